@@ -1,0 +1,774 @@
+"""Samplers for online tuning: Online Transition Correction (OTC) and the baselines it is compared with.
+
+* :class:`OTCSampler` implements Algorithm 1, lines 10-14 of Jiang & Lu, "Online Tuning for Offline
+  Decentralized Multi-Agent Reinforcement Learning" (AAAI 2023): rank-based prioritised sampling of the merged
+  offline + online data by how well each transition agrees with its best-matched online transition.
+* :class:`OnlineOnlySampler` samples uniformly from the online rows of the merged data.
+* Uniform sampling from the merged data is TorchRL's :class:`~torchrl.data.RandomSampler`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.utils import NestedKey
+from torch import Tensor
+from torchrl.data import ReplayBuffer
+from torchrl.data.replay_buffers.samplers import Sampler
+from torchrl.data.replay_buffers.storages import Storage, TensorStorage
+from torchrl.data.replay_buffers.utils import unravel_index
+
+from torchrl_otc.modules.distances import (
+    FeatureDistance,
+    L1EmbeddingDistance,
+    TransitionDistance,
+    pairwise_l1,
+)
+
+__all__ = ["OTCSampler", "OnlineOnlySampler", "rank_priorities", "argmin_random_ties"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure functions (the math of eq. 1 and eq. 3), exposed for tests and for users who build their own samplers.
+# --------------------------------------------------------------------------------------------------------------
+def argmin_random_ties(
+    distances: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Row-wise argmin with ties broken uniformly at random (eq. 1: "if there is more than one best-matched
+    transition, we uniformly select one").
+
+    Ties are rare with continuous features, so the random choice is only made for the rows that have them.
+
+    Args:
+        distances: ``[B, D]`` non-negative distances (``inf`` allowed).
+        generator: the random generator for the tie-breaking.
+
+    Returns:
+        ``(index [B], value [B])``: the chosen column and its distance.
+
+    Examples:
+        >>> import torch
+        >>> argmin_random_ties(torch.tensor([[3.0, 1.0, 2.0]]))
+        (tensor([1]), tensor([1.]))
+    """
+    values, index = distances.min(-1)
+    is_min = distances == values.unsqueeze(-1)
+    tied = (is_min.sum(-1) > 1).nonzero().squeeze(-1)
+    if tied.numel():
+        index = index.clone()
+        index[tied] = torch.multinomial(is_min[tied].float(), 1, generator=generator).squeeze(-1)
+    return index, values
+
+
+def rank_priorities(distances: Tensor, alpha: float | Tensor) -> tuple[Tensor, Tensor]:
+    """Rank-based priorities of eq. (3): ``P(j) = p_j^alpha / sum_m p_m^alpha`` with ``p_j = 1 / rank(j)``.
+
+    Rank 1 is the smallest distance. Tied distances share their ranks fairly: a group of ``g`` equal distances
+    that occupies ranks ``r .. r + g - 1`` gives each member the mean of ``(1/r)^alpha .. (1/(r+g-1))^alpha``.
+    This keeps the group's total probability what any ordering of the ties would give, and gives equal
+    distances equal probability (the paper's f-function is a function of the distance alone). Without ties this
+    is exactly eq. (3).
+
+    Args:
+        distances: ``[B]`` next-state distances ``d(s', s'*)`` (``inf`` allowed: ranked last).
+        alpha: the exponent ``alpha >= 0``; ``0`` gives uniform probabilities.
+
+    Returns:
+        ``(probabilities [B], rank [B])``; ``rank`` is the competition rank (ties share the smallest rank).
+
+    Examples:
+        >>> import torch
+        >>> probs, rank = rank_priorities(torch.tensor([0.3, 0.1, 0.2]), alpha=1.0)
+        >>> rank
+        tensor([3, 1, 2])
+        >>> torch.allclose(probs, torch.tensor([1 / 3, 1.0, 1 / 2]) / (1 + 1 / 2 + 1 / 3))
+        True
+    """
+    n = distances.shape[0]
+    order = torch.argsort(distances, stable=True)
+    ordered = distances[order]
+    positions = torch.arange(1, n + 1, device=distances.device, dtype=torch.float64)
+    base = positions.pow(-torch.as_tensor(alpha, dtype=torch.float64, device=distances.device))
+    new_group = torch.ones(n, dtype=torch.bool, device=distances.device)
+    if n > 1:
+        new_group[1:] = ordered[1:] != ordered[:-1]
+    group = new_group.cumsum(0) - 1
+    n_groups = int(group[-1]) + 1 if n else 0
+    group_sum = torch.zeros(n_groups, dtype=torch.float64, device=distances.device)
+    group_sum.scatter_add_(0, group, base)
+    group_count = torch.bincount(group, minlength=n_groups).to(torch.float64)
+    group_first = positions[new_group].long()
+    shared = (group_sum / group_count)[group]
+    priority = torch.empty_like(shared)
+    priority[order] = shared
+    rank = torch.empty(n, dtype=torch.long, device=distances.device)
+    rank[order] = group_first[group]
+    probs = priority / priority.sum()
+    return probs.to(torch.float32), rank
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Storage access
+# --------------------------------------------------------------------------------------------------------------
+def _check_tensor_storage(storage: Any, who: str) -> TensorStorage:
+    if not isinstance(storage, TensorStorage):
+        raise TypeError(
+            f"{who} needs a TensorStorage (LazyTensorStorage, LazyMemmapStorage, TensorStorage) that can be "
+            f"read by index as TensorDicts; got {type(storage).__name__}. Build the replay buffer with "
+            f"storage=LazyTensorStorage(capacity) or LazyMemmapStorage(capacity)."
+        )
+    return storage
+
+
+def _backing(storage: TensorStorage) -> TensorDictBase:
+    backing = storage._storage
+    if not isinstance(backing, TensorDictBase):
+        raise TypeError(
+            f"OTC samplers read transitions as TensorDicts; this storage holds {type(backing).__name__}. "
+            f"Write TensorDicts (TorchRL's transition layout) into the buffer."
+        )
+    return backing
+
+
+def _flat_column(storage: TensorStorage, key: NestedKey) -> Tensor:
+    """The column ``key`` of a storage with its storage dimensions flattened into one (a view when possible)."""
+    value = _backing(storage).get(key)
+    if storage.ndim > 1:
+        value = value.flatten(0, storage.ndim - 1)
+    return value
+
+
+def _gather(storage: TensorStorage, flat_index: Tensor, keys: Sequence[NestedKey]) -> TensorDict:
+    """Reads ``keys`` of the rows ``flat_index`` straight from the storage's tensors (no full-row gather)."""
+    return TensorDict(
+        {key: _flat_column(storage, key)[flat_index] for key in keys},
+        batch_size=[flat_index.shape[0]],
+        device=flat_index.device,
+    )
+
+
+def _keys_present(storage: TensorStorage) -> list[str]:
+    return sorted(map(str, _backing(storage).keys(include_nested=True, leaves_only=True)))
+
+
+def _check_keys(storage: TensorStorage, keys: Sequence[NestedKey], where: str) -> None:
+    present = _backing(storage).keys(include_nested=True)
+    missing = [key for key in keys if key not in present]
+    if missing:
+        raise KeyError(
+            f"OTCSampler: the {where} has no key {missing[0]!r} (missing: {missing}); keys present: "
+            f"{_keys_present(storage)}. Write these keys into the buffer or configure the distance's keys."
+        )
+
+
+def _to_storage_index(storage: Storage, flat_index: Tensor) -> Tensor | tuple[Tensor, ...]:
+    if storage.ndim > 1:
+        return unravel_index(flat_index, storage.shape)
+    return flat_index
+
+
+def _storage_device(storage: TensorStorage) -> torch.device:
+    return _backing(storage).device or torch.device("cpu")
+
+
+def _check_no_prefetch(storage: Storage, who: str) -> None:
+    for buffer in getattr(storage, "_attached_entities", []):
+        if getattr(buffer, "_prefetch", False):
+            raise RuntimeError(
+                f"{who} cannot be used with prefetch > 0: prefetched batches are drawn before new online data "
+                f"is written and before alpha adapts, so they would follow stale priorities. Build the "
+                f"replay buffer with prefetch=None (the OTC step costs about a millisecond)."
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# OTCSampler
+# --------------------------------------------------------------------------------------------------------------
+class OTCSampler(Sampler):
+    """Online Transition Correction: samples merged offline + online data by agreement with online dynamics.
+
+    Paper: Jiang & Lu, "Online Tuning for Offline Decentralized Multi-Agent Reinforcement Learning", AAAI 2023,
+    section 3 and Algorithm 1 (lines 10-14). On every :meth:`sample` call:
+
+    1. draw ``|B|`` candidate transitions uniformly from the storage this sampler is attached to (the merged
+       data ``B_i^k``) and ``|D|`` transitions from ``online_buffer`` (the latest deployment's data ``D_i^k``;
+       without replacement, or with replacement when it holds fewer than ``|D|``);
+    2. for every candidate find the best-matched online transition by the state-action distance (eq. 1), ties
+       broken uniformly at random;
+    3. rank the candidates by the next-state distance to their match (rank 1 = smallest), priority
+       ``p_j = 1 / rank(j)``, and draw the batch (with replacement) with
+
+    .. math::
+        P(j) = \\frac{p_j^{\\alpha}}{\\sum_m p_m^{\\alpha}} \\qquad (3)
+
+    With an empty online buffer (offline training) it samples uniformly and says so in ``info``.
+
+    **Adaptive alpha** (eq. 4). Call :meth:`adapt_alpha` once per deployment, after the deployment's data has
+    been written to both buffers. It estimates ``D_k = E_{(s, a_i, s') ~ B^k} d(s', s'*)`` (``s'*`` the next
+    state of the best match in the whole online buffer) and sets ``alpha_k = alpha_{k-1} * D_k / D_{k-1}``
+    (unchanged at the first call), clamped to ``alpha_range``. ``adaptive_alpha=False`` keeps alpha fixed
+    while still recording ``D_k``. :attr:`alpha_history` holds one record per call.
+
+    **Two readings the paper leaves open** are options:
+
+    * what ``d(s', s'*)`` compares: an option of the distance (see :class:`~torchrl_otc.FeatureDistance`'s
+      ``next_state``: displacements ``s' - s`` by default, the raw next states as the paper's text reads);
+    * ``self_match``: whether a candidate that *is* an online transition may match its own copy among the
+      ``|D|`` online rows (distance 0, so online rows take the top ranks). The paper's Algorithm 1 allows it
+      (``B`` is drawn from ``B^k``, which contains ``D^k``), and it is the default. ``self_match=False``
+      needs a per-transition id written to both buffers under ``id_key`` and forbids matching equal ids.
+
+    ``info`` (copied into every :class:`~torchrl.data.TensorDictReplayBuffer` batch) holds, per row,
+    ``otc_distance`` (next-state distance to the match), ``otc_match_distance`` (state-action distance),
+    ``otc_rank``, ``otc_prob`` (probability of the candidate in one draw), ``otc_match_index`` (row of the
+    match in the online storage); and per batch ``otc_alpha``, ``otc_uniform`` and, when the merged storage
+    marks online rows under ``online_key``, ``otc_online_share``. Importance weights are only added under
+    ``priority_weight`` when ``importance_weights=True`` (TorchRL's losses weight by that key).
+
+    Args:
+        online_buffer: the replay buffer holding the current deployment's online transitions ``D_i^k``. Its
+            storage must be a :class:`~torchrl.data.TensorStorage`.
+        alpha: the initial exponent ``alpha_i^0 >= 0`` (section 4.3 uses 1.0). ``0`` is uniform over the
+            candidates.
+
+    Keyword Args:
+        distance: a :class:`~torchrl_otc.TransitionDistance`. Defaults to :class:`~torchrl_otc.FeatureDistance`
+            (standardised L1 on ``observation``, ``action``, ``("next", "observation")``). Fit its
+            statistics on offline data (``distance.fit(offline_td)``) before online tuning.
+        num_candidates: ``|B|``, candidates per call (Table 3: 512).
+        num_online: ``|D|``, online transitions per call (Table 3: 2000).
+        adaptive_alpha: whether :meth:`adapt_alpha` changes alpha (eq. 4). Defaults to ``True``.
+        alpha_range: ``(min, max)`` clamp of the adapted alpha. Defaults to ``(0.1, 10.0)``: below 0.1 the
+            correction has all but vanished, above 10 the batch is drawn almost only from the top-ranked
+            candidate; one noisy ``D_k`` estimate must not push alpha to either end for good.
+        self_match: see above. Defaults to ``True`` (the paper's procedure).
+        online_key: key of a boolean column of the merged storage marking online rows; when present, ``info``
+            reports ``otc_online_share``. Defaults to ``"is_online"``. ``None`` disables it.
+        id_key: key of an integer id written with every transition into both buffers, used when
+            ``self_match=False``. Defaults to ``"transition_id"``.
+        with_replacement: draw the batch from the candidates with replacement (default, as in PER). Without
+            replacement needs ``num_candidates >= batch_size``.
+        importance_weights: add PER-style importance weights ``(|B| P(j))^{-beta} / max`` under
+            ``"priority_weight"``. Defaults to ``False``.
+        beta: exponent of the importance weights. Defaults to ``0.4``.
+        alpha_samples: candidates used by :meth:`adapt_alpha` to estimate ``D_k``. Defaults to ``4096``.
+        compile: compile the pairwise distance step with :func:`torch.compile` (for
+            :class:`~torchrl_otc.L1EmbeddingDistance` distances). Defaults to ``False``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> from torchrl_otc import OTCSampler
+        >>> def transitions(n, shift):
+        ...     obs, act = torch.randn(n, 3), torch.rand(n, 1)
+        ...     return TensorDict({"observation": obs, "action": act,
+        ...                        ("next", "observation"): obs + act + shift}, batch_size=[n])
+        >>> online = TensorDictReplayBuffer(storage=LazyTensorStorage(1_000))
+        >>> sampler = OTCSampler(online, alpha=1.0, num_candidates=64, num_online=100)
+        >>> merged = TensorDictReplayBuffer(storage=LazyTensorStorage(10_000), sampler=sampler, batch_size=16)
+        >>> offline = transitions(5_000, shift=0.5)
+        >>> _ = merged.extend(offline)
+        >>> sampler.distance.fit(offline)
+        FeatureDistance(next_state='displacement', fitted=True)
+        >>> merged.sample()["otc_uniform"].all().item()  # no online data yet: uniform
+        True
+        >>> d1 = transitions(100, shift=0.0)
+        >>> _ = online.extend(d1); _ = merged.extend(d1)
+        >>> batch = merged.sample()
+        >>> batch["otc_prob"].shape, bool(batch["otc_uniform"].any())
+        (torch.Size([16]), False)
+    """
+
+    def __init__(
+        self,
+        online_buffer: ReplayBuffer,
+        alpha: float = 1.0,
+        *,
+        distance: TransitionDistance | None = None,
+        num_candidates: int = 512,
+        num_online: int = 2000,
+        adaptive_alpha: bool = True,
+        alpha_range: tuple[float, float] = (0.1, 10.0),
+        self_match: bool = True,
+        online_key: NestedKey | None = "is_online",
+        id_key: NestedKey = "transition_id",
+        with_replacement: bool = True,
+        importance_weights: bool = False,
+        beta: float = 0.4,
+        alpha_samples: int = 4096,
+        compile: bool = False,
+    ) -> None:
+        if not isinstance(online_buffer, ReplayBuffer):
+            raise TypeError(
+                f"OTCSampler's first argument is the online replay buffer (a torchrl ReplayBuffer holding "
+                f"D_i^k); got {type(online_buffer).__name__}."
+            )
+        _check_tensor_storage(online_buffer._storage, "OTCSampler (online buffer)")
+        alpha = float(alpha)
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0; got {alpha}.")
+        lo, hi = (float(a) for a in alpha_range)
+        if not (0 <= lo <= hi and math.isfinite(hi)):
+            raise ValueError(
+                f"alpha_range must be (min, max) with 0 <= min <= max < inf; got {alpha_range}."
+            )
+        for name, value in (
+            ("num_candidates", num_candidates),
+            ("num_online", num_online),
+            ("alpha_samples", alpha_samples),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0; got {beta}.")
+        if distance is None:
+            distance = FeatureDistance()
+        if not isinstance(distance, TransitionDistance):
+            raise TypeError(
+                f"distance must follow the TransitionDistance protocol (in_keys, state_action_distance, "
+                f"next_state_distance); got {type(distance).__name__}."
+            )
+        self.online_buffer = online_buffer
+        self.distance = distance
+        self.alpha0 = alpha
+        self.alpha = alpha
+        self.num_candidates = num_candidates
+        self.num_online = num_online
+        self.adaptive_alpha = bool(adaptive_alpha)
+        self.alpha_range = (lo, hi)
+        self.self_match = bool(self_match)
+        self.online_key = online_key
+        self.id_key = id_key
+        self.with_replacement = bool(with_replacement)
+        self.importance_weights = bool(importance_weights)
+        self.beta = float(beta)
+        self.alpha_samples = alpha_samples
+        self.compile = bool(compile)
+        self.alpha_history: list[dict[str, float]] = []
+        self._compiled_pairwise = None
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def _online_storage(self) -> TensorStorage:
+        return self.online_buffer._storage
+
+    def _keys(self) -> list[NestedKey]:
+        keys = list(self.distance.in_keys)
+        if not self.self_match and self.id_key not in keys:
+            keys.append(self.id_key)
+        return keys
+
+    def _validate(self, storage: TensorStorage) -> list[NestedKey]:
+        keys = self._keys()
+        _check_keys(storage, keys, "merged storage")
+        _check_keys(self._online_storage, keys, "online buffer")
+        merged_td, online_td = _backing(storage), _backing(self._online_storage)
+        for key in keys:
+            a = merged_td.get(key).shape[storage.ndim :]
+            b = online_td.get(key).shape[self._online_storage.ndim :]
+            if a != b:
+                raise ValueError(
+                    f"OTCSampler: feature shapes differ for key {key!r}: {tuple(a)} in the merged storage, "
+                    f"{tuple(b)} in the online buffer. Both buffers must hold the same agent's transitions."
+                )
+        return keys
+
+    def _pairwise(self, x: Tensor, y: Tensor) -> Tensor:
+        if self.compile:
+            if self._compiled_pairwise is None:
+                self._compiled_pairwise = torch.compile(_broadcast_l1, dynamic=False)
+            return self._compiled_pairwise(x, y)
+        return pairwise_l1(x, y)
+
+    def _distances(
+        self, candidates: TensorDictBase, online: TensorDictBase
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(match [B], state-action distance of the match [B], next-state distance [B])``."""
+        rng = self._rng
+        if isinstance(self.distance, L1EmbeddingDistance):
+            sa_c, ns_c = self.distance.embed(candidates)
+            sa_o, ns_o = self.distance.embed(online)
+            sa = self._pairwise(sa_c, sa_o)
+        else:
+            sa = self.distance.state_action_distance(candidates, online)
+        expected = (candidates.shape[0], online.shape[0])
+        if tuple(sa.shape) != expected:
+            raise ValueError(
+                f"{type(self.distance).__name__}.state_action_distance returned shape {tuple(sa.shape)}; "
+                f"expected {expected} (candidates x online)."
+            )
+        if not self.self_match:
+            same = candidates.get(self.id_key).reshape(-1, 1) == online.get(self.id_key).reshape(
+                1, -1
+            )
+            sa = sa.masked_fill(same, float("inf"))
+        match, match_value = argmin_random_ties(sa, rng)
+        if isinstance(self.distance, L1EmbeddingDistance):
+            ns = (ns_c - ns_o[match]).abs().sum(-1)
+        else:
+            ns = self.distance.next_state_distance(candidates, online[match])
+        if not self.self_match:
+            # A candidate whose only possible matches were its own copies has no match: rank it last.
+            ns = torch.where(torch.isinf(match_value), torch.full_like(ns, float("inf")), ns)
+        return match, match_value, ns
+
+    @torch.no_grad()
+    def score(self, candidates: TensorDictBase, online: TensorDictBase) -> TensorDict:
+        """Scores candidate transitions against online transitions (Algorithm 1, lines 11-14).
+
+        This is the deterministic core of :meth:`sample` (up to random tie-breaking), exposed so that the
+        probabilities can be inspected or reused.
+
+        Args:
+            candidates: ``|B|`` transitions (a flat TensorDict holding the distance's ``in_keys``).
+            online: ``|D|`` online transitions (same keys).
+
+        Returns:
+            A TensorDict of batch size ``[|B|]`` with ``match`` (row of ``online`` matched by eq. 1),
+            ``match_distance`` (its state-action distance), ``distance`` (next-state distance ``d(s', s'*)``),
+            ``rank`` (1 = smallest distance) and ``prob`` (eq. 3 with the current alpha).
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+            >>> sampler = OTCSampler(TensorDictReplayBuffer(storage=LazyTensorStorage(10)), alpha=1.0)
+            >>> td = lambda s, a, s2: TensorDict({"observation": torch.tensor(s), "action": torch.tensor(a),
+            ...     ("next", "observation"): torch.tensor(s2)}, batch_size=[len(s)])
+            >>> cands = td([[0.0], [0.0], [5.0]], [[1.0], [1.0], [1.0]], [[1.0], [3.0], [6.2]])
+            >>> online = td([[0.0], [5.0]], [[1.0], [1.0]], [[1.0], [6.0]])
+            >>> scores = sampler.score(cands, online)
+            >>> scores["match"], scores["rank"]
+            (tensor([0, 0, 1]), tensor([1, 3, 2]))
+        """
+        match, match_value, ns = self._distances(candidates, online)
+        probs, rank = rank_priorities(ns, self.alpha)
+        return TensorDict(
+            {
+                "match": match,
+                "match_distance": match_value,
+                "distance": ns,
+                "rank": rank,
+                "prob": probs,
+            },
+            batch_size=[ns.shape[0]],
+        )
+
+    def _check_finite(self, ns: Tensor, match_value: Tensor, cand: Tensor) -> None:
+        bad = torch.isnan(ns) | torch.isnan(match_value)
+        bad |= torch.isinf(ns) & torch.isfinite(match_value)
+        if self.self_match:
+            bad |= torch.isinf(match_value)
+        if bad.any():
+            rows = cand[bad][:10].tolist()
+            raise ValueError(
+                f"OTCSampler: non-finite distances for {int(bad.sum())} candidate(s), storage rows {rows}"
+                f"{' ...' if int(bad.sum()) > 10 else ''}. Check these transitions for NaN/inf values "
+                f"and the distance's statistics (e.g. FeatureDistance.fit on data without NaNs)."
+            )
+
+    def _uniform(self, storage: TensorStorage, n: int, batch_size: int) -> tuple[Any, dict]:
+        device = _storage_device(storage)
+        flat = torch.randint(n, (batch_size,), generator=self._rng, device=device)
+        info: dict[str, Any] = {
+            "otc_uniform": torch.tensor(True),
+            "otc_alpha": torch.tensor(self.alpha),
+            "otc_prob": torch.full((batch_size,), 1.0 / n),
+        }
+        self._add_online_share(storage, flat, info)
+        return _to_storage_index(storage, flat), info
+
+    def _add_online_share(self, storage: TensorStorage, flat: Tensor, info: dict) -> None:
+        if self.online_key is not None and self.online_key in _backing(storage).keys(
+            include_nested=True
+        ):
+            flags = _flat_column(storage, self.online_key)[flat]
+            info["otc_online_share"] = flags.float().mean()
+
+    # ---------------------------------------------------------------- Sampler API
+    def sample(self, storage: Storage, batch_size: int) -> tuple[Any, dict]:
+        """Draws ``batch_size`` storage indices by eq. (3); see the class docstring for ``info``."""
+        storage = _check_tensor_storage(storage, "OTCSampler")
+        n = len(storage)
+        if n == 0:
+            raise RuntimeError(
+                "Cannot sample from an empty storage: extend the buffer with offline data first."
+            )
+        _check_no_prefetch(storage, "OTCSampler")
+        if not self.with_replacement and self.num_candidates < batch_size:
+            raise ValueError(
+                f"OTCSampler(with_replacement=False) draws the batch from {self.num_candidates} candidates, fewer "
+                f"than batch_size={batch_size}: raise num_candidates or use with_replacement=True."
+            )
+        m = len(self._online_storage)
+        if m == 0:
+            return self._uniform(storage, n, batch_size)
+        keys = self._validate(storage)
+        device = _storage_device(storage)
+        rng = self._rng
+        cand = torch.randint(n, (self.num_candidates,), generator=rng, device=device)
+        online_device = _storage_device(self._online_storage)
+        if m < self.num_online:
+            on = torch.randint(m, (self.num_online,), generator=rng, device=online_device)
+        else:
+            on = torch.randperm(m, generator=rng, device=online_device)[: self.num_online]
+        cand_td = _gather(storage, cand, keys)
+        online_td = _gather(self._online_storage, on, keys).to(device)
+        scores = self.score(cand_td, online_td)
+        self._check_finite(scores["distance"], scores["match_distance"], cand)
+        probs = scores["prob"]
+        draw = torch.multinomial(
+            probs, batch_size, replacement=self.with_replacement, generator=rng
+        )
+        flat = cand[draw]
+        info: dict[str, Any] = {
+            "otc_distance": scores["distance"][draw],
+            "otc_match_distance": scores["match_distance"][draw],
+            "otc_rank": scores["rank"][draw],
+            "otc_prob": probs[draw],
+            "otc_match_index": _to_storage_index(
+                self._online_storage, on[scores["match"][draw]].to(online_device)
+            ),
+            "otc_alpha": torch.tensor(self.alpha),
+            "otc_uniform": torch.tensor(False),
+        }
+        if isinstance(info["otc_match_index"], tuple):
+            info["otc_match_index"] = torch.stack(info["otc_match_index"], -1)
+        self._add_online_share(storage, flat, info)
+        if self.importance_weights:
+            weights = (self.num_candidates * probs[draw]).pow(-self.beta)
+            info["priority_weight"] = weights / weights.max()
+        return _to_storage_index(storage, flat), info
+
+    # ---------------------------------------------------------------- eq. (4)
+    @torch.no_grad()
+    def expected_distance(
+        self, storage: Storage | ReplayBuffer, num_samples: int | None = None
+    ) -> float:
+        """Estimates ``D_k = E_{(s, a_i, s') ~ B^k} d(s', s'*)`` of eq. (4).
+
+        ``num_samples`` transitions are drawn uniformly from the merged ``storage``; each is matched (eq. 1)
+        against the *whole* online buffer and the mean next-state distance to the match is returned.
+
+        Args:
+            storage: the merged storage (or the merged replay buffer).
+            num_samples: number of transitions; defaults to ``alpha_samples``.
+        """
+        if isinstance(storage, ReplayBuffer):
+            storage = storage._storage
+        storage = _check_tensor_storage(storage, "OTCSampler.expected_distance")
+        n, m = len(storage), len(self._online_storage)
+        if n == 0 or m == 0:
+            raise RuntimeError(
+                "expected_distance needs data in both the merged storage and the online buffer; write the "
+                "deployment's transitions to both before calling adapt_alpha."
+            )
+        keys = self._validate(storage)
+        device = _storage_device(storage)
+        num_samples = num_samples or self.alpha_samples
+        cand = torch.randint(n, (num_samples,), generator=self._rng, device=device)
+        online_td = _gather(self._online_storage, torch.arange(m), keys).to(device)
+        total, count = 0.0, 0
+        for chunk in cand.split(max(1, (1 << 22) // m)):
+            cand_td = _gather(storage, chunk, keys)
+            _, match_value, ns = self._distances(cand_td, online_td)
+            self._check_finite(ns, match_value, chunk)
+            finite = torch.isfinite(ns)
+            total += float(ns[finite].double().sum())
+            count += int(finite.sum())
+        if count == 0:
+            raise RuntimeError("expected_distance: no candidate had a valid match.")
+        return total / count
+
+    def adapt_alpha(self, storage: Storage | ReplayBuffer, num_samples: int | None = None) -> float:
+        """Adapts alpha once per deployment by eq. (4) and returns the new alpha.
+
+        .. math::
+            \\alpha_i^k = \\alpha_i^{k-1} \\, \\mathbb{D}_i^k / \\mathbb{D}_i^{k-1}
+
+        Call it after the deployment's transitions have been written to the online buffer and the merged
+        buffer. The first call only records ``D_1`` (Algorithm 1 adapts from ``k > 1``). The result is clamped to
+        ``alpha_range``; with ``adaptive_alpha=False`` alpha stays fixed. If ``D_{k-1}`` is zero, alpha is kept.
+
+        Args:
+            storage: the merged storage or replay buffer.
+            num_samples: transitions used to estimate ``D_k`` (defaults to ``alpha_samples``).
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+            >>> td = lambda x: TensorDict({"observation": x, "action": x, ("next", "observation"): x},
+            ...                           batch_size=[len(x)])
+            >>> online = TensorDictReplayBuffer(storage=LazyTensorStorage(10))
+            >>> sampler = OTCSampler(online, alpha=1.0)
+            >>> merged = TensorDictReplayBuffer(storage=LazyTensorStorage(10), sampler=sampler)
+            >>> _ = merged.extend(td(torch.zeros(1, 1))); _ = online.extend(td(torch.zeros(1, 1)))
+            >>> sampler.adapt_alpha(merged)  # D_1 = 0: alpha unchanged at the first deployment
+            1.0
+        """
+        d_k = self.expected_distance(storage, num_samples)
+        previous = self.alpha_history[-1]["D"] if self.alpha_history else None
+        alpha = self.alpha
+        if self.adaptive_alpha and previous is not None:
+            if previous > 0 and math.isfinite(previous):
+                alpha = min(max(alpha * d_k / previous, self.alpha_range[0]), self.alpha_range[1])
+            else:
+                logger.warning("adapt_alpha: D_{k-1} = %s; alpha kept at %s.", previous, alpha)
+        self.alpha = float(alpha)
+        self.alpha_history.append(
+            {"deployment": float(len(self.alpha_history) + 1), "D": d_k, "alpha": self.alpha}
+        )
+        logger.info("OTC adapt_alpha: D_k=%.6g alpha=%.6g", d_k, self.alpha)
+        return self.alpha
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "version": _STATE_VERSION,
+            "alpha": self.alpha,
+            "alpha0": self.alpha0,
+            "alpha_history": [dict(record) for record in self.alpha_history],
+        }
+        if isinstance(self.distance, torch.nn.Module):
+            state["distance"] = self.distance.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.alpha = float(state_dict["alpha"])
+        self.alpha0 = float(state_dict["alpha0"])
+        self.alpha_history = [
+            {k: float(v) for k, v in record.items()} for record in state_dict["alpha_history"]
+        ]
+        if "distance" in state_dict and isinstance(self.distance, torch.nn.Module):
+            self.distance.load_state_dict(state_dict["distance"])
+
+    def dumps(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        distance_state = state.pop("distance", None)
+        (path / "otc_sampler.json").write_text(json.dumps(state, indent=2))
+        if distance_state is not None:
+            torch.save(distance_state, path / "distance.pt")
+
+    def loads(self, path: str | Path) -> None:
+        path = Path(path)
+        state = json.loads((path / "otc_sampler.json").read_text())
+        if (path / "distance.pt").exists():
+            state["distance"] = torch.load(path / "distance.pt", weights_only=True)
+        self.load_state_dict(state)
+
+    def _empty(self) -> None:
+        # The merged data is gone: start over from alpha_0.
+        self.alpha = self.alpha0
+        self.alpha_history = []
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(alpha={self.alpha:.4g}, num_candidates={self.num_candidates}, "
+            f"num_online={self.num_online}, adaptive_alpha={self.adaptive_alpha}, "
+            f"self_match={self.self_match}, distance={type(self.distance).__name__})"
+        )
+
+
+def _broadcast_l1(x: Tensor, y: Tensor) -> Tensor:
+    # Written as a broadcast so that the compiler fuses it into one loop (no [B, D, k] tensor).
+    return (x.unsqueeze(1) - y.unsqueeze(0)).abs().sum(-1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# OnlineOnlySampler
+# --------------------------------------------------------------------------------------------------------------
+class OnlineOnlySampler(Sampler):
+    """Samples uniformly (with replacement) from the online rows of the merged storage.
+
+    The "online only" baseline of the paper (section 4.3, Figure 5): the agent is tuned on the online
+    transitions collected so far and ignores the offline data. Online rows are those whose boolean column
+    ``online_key`` is true (the tuning loop writes it). While no online row exists (offline training) it falls
+    back to uniform sampling of the whole storage and says so in ``info["otc_uniform"]``.
+
+    Keyword Args:
+        online_key: key of the boolean column marking online rows. Defaults to ``"is_online"``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(100), sampler=OnlineOnlySampler(),
+        ...                             batch_size=8)
+        >>> _ = rb.extend(TensorDict({"x": torch.arange(10), "is_online": torch.arange(10) >= 7},
+        ...                          batch_size=[10]))
+        >>> bool((rb.sample()["x"] >= 7).all())
+        True
+    """
+
+    def __init__(self, *, online_key: NestedKey = "is_online") -> None:
+        self.online_key = online_key
+        self._online_rows: Tensor | None = None
+
+    def extend(self, index: Any) -> None:
+        self._online_rows = None
+
+    def add(self, index: Any) -> None:
+        self._online_rows = None
+
+    def mark_update(self, index: Any, *, storage: Storage | None = None) -> None:
+        self._online_rows = None
+
+    def sample(self, storage: Storage, batch_size: int) -> tuple[Any, dict]:
+        """Draws ``batch_size`` indices uniformly among the online rows."""
+        storage = _check_tensor_storage(storage, "OnlineOnlySampler")
+        n = len(storage)
+        if n == 0:
+            raise RuntimeError("Cannot sample from an empty storage.")
+        if self.online_key not in _backing(storage).keys(include_nested=True):
+            raise KeyError(
+                f"OnlineOnlySampler: the storage has no key {self.online_key!r} marking online rows; keys "
+                f"present: {_keys_present(storage)}. Write a boolean column {self.online_key!r} with every "
+                f"transition (True for online data)."
+            )
+        if (
+            self._online_rows is None
+            or self._online_rows.numel()
+            and int(self._online_rows[-1]) >= n
+        ):
+            flags = _flat_column(storage, self.online_key)[:n].reshape(n, -1).any(-1)
+            self._online_rows = flags.nonzero().squeeze(-1)
+        rows = self._online_rows
+        device = _storage_device(storage)
+        if rows.numel() == 0:
+            flat = torch.randint(n, (batch_size,), generator=self._rng, device=device)
+            return _to_storage_index(storage, flat), {"otc_uniform": torch.tensor(True)}
+        flat = rows[torch.randint(rows.numel(), (batch_size,), generator=self._rng, device=device)]
+        return _to_storage_index(storage, flat), {"otc_uniform": torch.tensor(False)}
+
+    def _empty(self) -> None:
+        self._online_rows = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return
+
+    def dumps(self, path: str | Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+    def loads(self, path: str | Path) -> None:
+        return
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(online_key={self.online_key!r})"

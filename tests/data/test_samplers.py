@@ -613,6 +613,38 @@ class TestBadInput:
             merged.sample()
 
 
+def test_compiled_path_equals_eager():
+    g = torch.Generator().manual_seed(0)
+    cands = transitions(
+        torch.randn(64, 4, generator=g),
+        torch.rand(64, 2, generator=g),
+        torch.randn(64, 4, generator=g),
+        transition_id=torch.arange(64),
+    )
+    online = transitions(
+        torch.randn(100, 4, generator=g),
+        torch.rand(100, 2, generator=g),
+        torch.randn(100, 4, generator=g),
+        transition_id=torch.arange(30, 130),
+    )
+    for self_match in (True, False):
+        out = []
+        for compiled in (False, True):
+            _, _, sampler = buffers(alpha=1.0, compile=compiled, self_match=self_match)
+            sampler.distance.fit(cands)
+            out.append(sampler.score(cands, online))
+        assert torch.equal(out[0]["match"], out[1]["match"])
+        torch.testing.assert_close(out[0]["distance"], out[1]["distance"])
+        torch.testing.assert_close(out[0]["prob"], out[1]["prob"])
+    # Ties through the compiled path are still broken uniformly.
+    _, _, sampler = buffers(compile=True)
+    tied = transitions(torch.zeros(64, 4), torch.zeros(64, 2), torch.zeros(64, 4))
+    counts = np.bincount(
+        torch.cat([sampler.score(tied, tied[:4])["match"] for _ in range(40)]).numpy(), minlength=4
+    )
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
+
+
 # ------------------------------------------------------------------------------------------- self-matches
 def test_self_match_option_changes_online_share():
     """With self-matches online rows take the top ranks; without, they compete like offline rows."""

@@ -63,12 +63,24 @@ def argmin_random_ties(
         (tensor([1]), tensor([1.]))
     """
     values, index = distances.min(-1)
-    is_min = distances == values.unsqueeze(-1)
-    tied = (is_min.sum(-1) > 1).nonzero().squeeze(-1)
+    counts = (distances == values.unsqueeze(-1)).sum(-1)
+    return _break_ties(distances, values, index, counts, generator), values
+
+
+def _break_ties(
+    distances: Tensor,
+    values: Tensor,
+    index: Tensor,
+    counts: Tensor,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Replaces ``index`` by a uniform choice among the minima in the rows that have more than one."""
+    tied = (counts > 1).nonzero().squeeze(-1)
     if tied.numel():
+        is_min = distances[tied] == values[tied].unsqueeze(-1)
         index = index.clone()
-        index[tied] = torch.multinomial(is_min[tied].float(), 1, generator=generator).squeeze(-1)
-    return index, values
+        index[tied] = torch.multinomial(is_min.float(), 1, generator=generator).squeeze(-1)
+    return index
 
 
 def rank_priorities(distances: Tensor, alpha: float | Tensor) -> tuple[Tensor, Tensor]:
@@ -385,37 +397,46 @@ class OTCSampler(Sampler):
                 )
         return keys
 
-    def _pairwise(self, x: Tensor, y: Tensor) -> Tensor:
-        if self.compile:
-            if self._compiled_pairwise is None:
-                self._compiled_pairwise = torch.compile(_broadcast_l1, dynamic=False)
-            return self._compiled_pairwise(x, y)
-        return pairwise_l1(x, y)
+    def _match(
+        self, candidates: TensorDictBase, online: TensorDictBase
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """eq. (1): ``(match [B], its state-action distance [B], next-state embeddings or None)``."""
+        ids = None
+        if not self.self_match:
+            ids = (candidates.get(self.id_key).reshape(-1), online.get(self.id_key).reshape(-1))
+        if isinstance(self.distance, L1EmbeddingDistance):
+            sa_c, ns_c = self.distance.embed(candidates)
+            sa_o, ns_o = self.distance.embed(online)
+            embeddings = (ns_c, ns_o)
+            if self.compile:
+                if self._compiled_pairwise is None:
+                    self._compiled_pairwise = torch.compile(_l1_min, dynamic=False)
+                sa, values, index, counts = self._compiled_pairwise(
+                    sa_c, sa_o.t().contiguous(), *(ids or (None, None))
+                )
+                return _break_ties(sa, values, index, counts, self._rng), values, embeddings
+            sa = pairwise_l1(sa_c, sa_o)
+        else:
+            embeddings = None
+            sa = self.distance.state_action_distance(candidates, online)
+            expected = (candidates.shape[0], online.shape[0])
+            if tuple(sa.shape) != expected:
+                raise ValueError(
+                    f"{type(self.distance).__name__}.state_action_distance returned shape "
+                    f"{tuple(sa.shape)}; expected {expected} (candidates x online)."
+                )
+        if ids is not None:
+            sa = sa.masked_fill(ids[0].unsqueeze(1) == ids[1].unsqueeze(0), float("inf"))
+        index, values = argmin_random_ties(sa, self._rng)
+        return index, values, embeddings
 
     def _distances(
         self, candidates: TensorDictBase, online: TensorDictBase
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(match [B], state-action distance of the match [B], next-state distance [B])``."""
-        rng = self._rng
-        if isinstance(self.distance, L1EmbeddingDistance):
-            sa_c, ns_c = self.distance.embed(candidates)
-            sa_o, ns_o = self.distance.embed(online)
-            sa = self._pairwise(sa_c, sa_o)
-        else:
-            sa = self.distance.state_action_distance(candidates, online)
-        expected = (candidates.shape[0], online.shape[0])
-        if tuple(sa.shape) != expected:
-            raise ValueError(
-                f"{type(self.distance).__name__}.state_action_distance returned shape {tuple(sa.shape)}; "
-                f"expected {expected} (candidates x online)."
-            )
-        if not self.self_match:
-            same = candidates.get(self.id_key).reshape(-1, 1) == online.get(self.id_key).reshape(
-                1, -1
-            )
-            sa = sa.masked_fill(same, float("inf"))
-        match, match_value = argmin_random_ties(sa, rng)
-        if isinstance(self.distance, L1EmbeddingDistance):
+        match, match_value, embeddings = self._match(candidates, online)
+        if embeddings is not None:
+            ns_c, ns_o = embeddings
             ns = (ns_c - ns_o[match]).abs().sum(-1)
         else:
             ns = self.distance.next_state_distance(candidates, online[match])
@@ -676,6 +697,13 @@ class OTCSampler(Sampler):
         self.alpha = self.alpha0
         self.alpha_history = []
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_compiled_pairwise"] = (
+            None  # compiled functions do not pickle; recompiled on first use
+        )
+        return state
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(alpha={self.alpha:.4g}, num_candidates={self.num_candidates}, "
@@ -684,9 +712,20 @@ class OTCSampler(Sampler):
         )
 
 
-def _broadcast_l1(x: Tensor, y: Tensor) -> Tensor:
-    # Written as a broadcast so that the compiler fuses it into one loop (no [B, D, k] tensor).
-    return (x.unsqueeze(1) - y.unsqueeze(0)).abs().sum(-1)
+def _l1_min(
+    x: Tensor, y_t: Tensor, x_ids: Tensor | None = None, y_ids: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pairwise L1 ``[B, D]`` of ``x [B, k]`` and ``y_t [k, D]``, its row minima, argmins and tie counts.
+
+    Written for :func:`torch.compile`: with ``y`` transposed the compiler vectorises over the ``D`` online rows
+    and fuses the distance, the minimum and the tie count (about 5x faster than ``cdist`` on a 2-core CPU).
+    """
+    d = (x.unsqueeze(2) - y_t.unsqueeze(0)).abs().sum(1)
+    if x_ids is not None and y_ids is not None:
+        d = d.masked_fill(x_ids.unsqueeze(1) == y_ids.unsqueeze(0), float("inf"))
+    values, index = d.min(1)
+    counts = (d == values.unsqueeze(1)).sum(1)
+    return d, values, index, counts
 
 
 # --------------------------------------------------------------------------------------------------------------

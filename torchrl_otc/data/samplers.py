@@ -108,26 +108,27 @@ def rank_priorities(distances: Tensor, alpha: float | Tensor) -> tuple[Tensor, T
         True
     """
     n = distances.shape[0]
-    order = torch.argsort(distances, stable=True)
-    ordered = distances[order]
-    positions = torch.arange(1, n + 1, device=distances.device, dtype=torch.float64)
-    base = positions.pow(-torch.as_tensor(alpha, dtype=torch.float64, device=distances.device))
-    new_group = torch.ones(n, dtype=torch.bool, device=distances.device)
+    device = distances.device
+    ordered, order = torch.sort(distances, stable=True)
+    positions = torch.arange(1, n + 1, device=device, dtype=torch.float64)
+    base = positions.pow(-torch.as_tensor(alpha, dtype=torch.float64, device=device))
+    rank = torch.empty(n, dtype=torch.long, device=device)
+    priority = torch.empty_like(base)
+    new_group = torch.ones(n, dtype=torch.bool, device=device)
     if n > 1:
         new_group[1:] = ordered[1:] != ordered[:-1]
-    group = new_group.cumsum(0) - 1
-    n_groups = int(group[-1]) + 1 if n else 0
-    group_sum = torch.zeros(n_groups, dtype=torch.float64, device=distances.device)
-    group_sum.scatter_add_(0, group, base)
-    group_count = torch.bincount(group, minlength=n_groups).to(torch.float64)
-    group_first = positions[new_group].long()
-    shared = (group_sum / group_count)[group]
-    priority = torch.empty_like(shared)
-    priority[order] = shared
-    rank = torch.empty(n, dtype=torch.long, device=distances.device)
-    rank[order] = group_first[group]
-    probs = priority / priority.sum()
-    return probs.to(torch.float32), rank
+    if bool(new_group.all()):  # no ties (the usual case with continuous features)
+        priority[order] = base
+        rank[order] = positions.long()
+    else:
+        group = new_group.cumsum(0) - 1
+        n_groups = int(group[-1]) + 1
+        group_sum = torch.zeros(n_groups, dtype=torch.float64, device=device)
+        group_sum.scatter_add_(0, group, base)
+        group_count = torch.bincount(group, minlength=n_groups).to(torch.float64)
+        priority[order] = (group_sum / group_count)[group]
+        rank[order] = positions.long()[new_group][group]
+    return (priority / priority.sum()).to(torch.float32), rank
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -488,6 +489,8 @@ class OTCSampler(Sampler):
         )
 
     def _check_finite(self, ns: Tensor, match_value: Tensor, cand: Tensor) -> None:
+        if self.self_match and bool(torch.isfinite(ns).all() & torch.isfinite(match_value).all()):
+            return
         bad = torch.isnan(ns) | torch.isnan(match_value)
         bad |= torch.isinf(ns) & torch.isfinite(match_value)
         if self.self_match:

@@ -1,0 +1,59 @@
+"""Tests of the run report: the Table-1 numbers come from metrics.csv, and the figures are written."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from torchrl_otc.configs.tune import TuneConfig
+from torchrl_otc.report import improvement, load_run, write_report
+from torchrl_otc.trainers.run import RunFolder
+
+
+def fake_run(root, strategy, seed, returns, alphas=None):
+    cfg = TuneConfig(strategy=strategy, seed=seed).to_dict()
+    run = RunFolder(root / f"{strategy}-{seed}")
+    run.write_config(cfg)
+    for k, r in enumerate(returns):
+        run.log(
+            {"eval/return_mean": r, "eval/return_std": 1.0},
+            step=100 * k,
+            phase="online" if k else "offline",
+            deployment=k,
+        )
+        if alphas and k:
+            run.log(
+                {"agent0/alpha": alphas[k - 1], "agent1/alpha": 2 * alphas[k - 1]},
+                step=100 * k,
+                phase="online",
+                deployment=k,
+            )
+    return run.path
+
+
+def test_improvement_formula():
+    assert improvement({0: 10.0, 1: 12.0, 2: 15.0}) == 50.0
+    assert improvement({0: -20.0, 3: -10.0}) == 50.0
+    assert math.isnan(improvement({0: 10.0}))
+
+
+def test_report_table_matches_metrics(tmp_path):
+    fake_run(tmp_path, "otc", 0, [-100.0, -80.0, -50.0], alphas=[1.0, 1.5])
+    fake_run(tmp_path, "otc", 1, [-100.0, -90.0, -70.0], alphas=[1.0, 0.8])
+    fake_run(tmp_path, "uniform", 0, [-100.0, -100.0, -95.0])
+    report = write_report([tmp_path], tmp_path / "out")
+    text = report.read_text()
+    # otc: improvements 50 and 30 -> mean 40.0, sample std 14.1; uniform: 5.0 (one seed).
+    assert "40.0 ± 14.1 (n=2)" in text
+    assert "5.0 ± 0.0 (n=1)" in text
+    assert "| random | mpe/navigation-3 |" in text
+    assert (tmp_path / "out" / "returns.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "alpha.png").stat().st_size > 1000
+    run = load_run(tmp_path / "otc-0")
+    assert run.returns == {0: -100.0, 1: -80.0, 2: -50.0}
+
+
+def test_report_refuses_folders_without_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No run folders"):
+        write_report([tmp_path], tmp_path / "out")

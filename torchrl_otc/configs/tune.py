@@ -1,0 +1,244 @@
+"""Typed configuration of one online-tuning run (Algorithm 1), with Hydra-style ``key=value`` overrides.
+
+Every field is read by :class:`~torchrl_otc.trainers.tuning.OnlineTuner`; the values of the paper (section 4.1,
+Table 3) are the defaults where they fit a CPU, and the ``paper`` preset restores the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "TuneConfig",
+    "STRATEGIES",
+    "DISTANCES",
+    "ALGORITHMS",
+    "DATASET_KINDS",
+    "parse_overrides",
+]
+
+STRATEGIES = ("otc", "uniform", "online-only", "balanced-replay")
+DISTANCES = ("feature", "embedding", "value")
+ALGORITHMS = ("bcq", "awac", "cql", "td3bc")
+DATASET_KINDS = ("random", "medium", "medium-replay")
+LOGGERS = ("csv", "tensorboard", "wandb")
+
+
+@dataclass
+class TuneConfig:
+    """One run of offline training followed by K deployments of online tuning (Algorithm 1).
+
+    Attributes:
+        task: registered task name (``torchrl_otc.envs.registry``), e.g. ``"mpe/navigation-3"``.
+        dataset: dataset kind: ``"random"``, ``"medium"`` or ``"medium-replay"`` (section 4.1).
+        dataset_size: joint transitions in the offline dataset ``B^0``.
+        dataset_path: a dataset folder to load instead of building one (``otc data build`` writes them).
+        algo: base offline algorithm: ``"bcq"``, ``"awac"``, ``"cql"`` or ``"td3bc"``.
+        strategy: how online tuning samples: ``"otc"``, ``"uniform"`` (merged data), ``"online-only"``,
+            ``"balanced-replay"`` (Lee et al. 2021).
+        distance: OTC's transition distance: ``"feature"`` (standardised L1), ``"embedding"`` (d_e),
+            ``"value"`` (d_q) (section 3.3).
+        alpha: initial exponent alpha^0 of eq. (3) (section 4.3 uses 1.0).
+        adaptive_alpha: adapt alpha per deployment by eq. (4).
+        num_candidates: |B| (Table 3: 512).
+        num_online: |D| (Table 3: 2000).
+        next_state: what ``d(s', s'*)`` compares for the feature distance: ``"displacement"`` or ``"next_state"``.
+        self_match: whether online candidates may match their own copies (the paper's procedure).
+        offline_updates: gradient steps of offline training on ``B_i^0``.
+        deployments: K (section 4.1: 10).
+        steps_per_deployment: M, environment steps per deployment; ``None`` means 1 % of ``dataset_size``
+            (section 4.1).
+        updates_per_deployment: L; ``None`` means Table 3's value for the algorithm (4000 BCQ, 2000 others).
+        eval_episodes: episodes per evaluation (after offline training and after every deployment).
+        sequential_exploration: collect agent by agent with an exploration policy for the collecting agent
+            (section 4.6).
+        exploration_noise: std of the Gaussian noise of the exploration policy (sequential exploration).
+        seed: random seed of the run.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        runs_root: folder under which run folders are created.
+        run_name: name of the run folder; ``None`` derives one from the config.
+        cache_dir: folder for datasets and offline-trained agents shared by runs.
+        logger: ``"csv"``, ``"tensorboard"`` or ``"wandb"`` (TorchRL loggers).
+        checkpoint_every: gradient steps between checkpoints inside an update phase.
+        compile: compile OTC's distance step (:func:`torch.compile`).
+    """
+
+    task: str = "mpe/navigation-3"
+    dataset: str = "random"
+    dataset_size: int = 20_000
+    dataset_path: str | None = None
+    algo: str = "td3bc"
+    strategy: str = "otc"
+    distance: str = "feature"
+    alpha: float = 1.0
+    adaptive_alpha: bool = True
+    num_candidates: int = 512
+    num_online: int = 2000
+    next_state: str = "displacement"
+    self_match: bool = True
+    offline_updates: int = 2000
+    deployments: int = 3
+    steps_per_deployment: int | None = None
+    updates_per_deployment: int | None = 500
+    eval_episodes: int = 5
+    sequential_exploration: bool = False
+    exploration_noise: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    runs_root: str = "runs"
+    run_name: str | None = None
+    cache_dir: str = ".otc_cache"
+    logger: str = "csv"
+    checkpoint_every: int = 500
+    compile: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> TuneConfig:
+        """Checks every choice and number; raises :class:`ValueError` naming the valid values."""
+        choices = {
+            "strategy": STRATEGIES,
+            "distance": DISTANCES,
+            "algo": ALGORITHMS,
+            "dataset": DATASET_KINDS,
+            "logger": LOGGERS,
+            "next_state": ("displacement", "next_state"),
+            "device": ("auto", "cpu", "cuda"),
+        }
+        for name, valid in choices.items():
+            value = getattr(self, name)
+            if value not in valid and not (name == "device" and str(value).startswith("cuda:")):
+                raise ValueError(f"Unknown {name} {value!r}; valid values: {', '.join(valid)}.")
+        positive = (
+            "dataset_size",
+            "num_candidates",
+            "num_online",
+            "deployments",
+            "eval_episodes",
+            "checkpoint_every",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
+        for name in ("offline_updates",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}.")
+        for name in ("steps_per_deployment", "updates_per_deployment"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None; got {value}.")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0; got {self.alpha}.")
+        if self.extra:
+            raise ValueError(
+                f"Unknown config fields: {sorted(self.extra)}; valid fields: {field_names()}."
+            )
+        return self
+
+    @property
+    def resolved_steps_per_deployment(self) -> int:
+        """M: the configured value, or 1 % of the offline dataset (section 4.1)."""
+        return self.steps_per_deployment or max(1, self.dataset_size // 100)
+
+    @property
+    def resolved_updates_per_deployment(self) -> int:
+        """L: the configured value, or Table 3's (4000 for BCQ, 2000 otherwise)."""
+        if self.updates_per_deployment is not None:
+            return self.updates_per_deployment
+        return 4000 if self.algo == "bcq" else 2000
+
+    def offline_key(self) -> str:
+        """Identifies the offline phase: runs that share it reuse the same offline-trained agents."""
+        fields = (
+            self.task,
+            self.dataset,
+            self.dataset_size,
+            self.dataset_path,
+            self.algo,
+            self.seed,
+            self.offline_updates,
+        )
+        return "-".join(str(f).replace("/", "_") for f in fields)
+
+    def default_run_name(self) -> str:
+        distance = f"-{self.distance}" if self.strategy == "otc" else ""
+        return (
+            f"{self.task.replace('/', '_')}-{self.dataset}-{self.algo}-{self.strategy}{distance}"
+            f"-seed{self.seed}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("extra")
+        return out
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TuneConfig) if f.name != "extra"]
+
+
+def _coerce(name: str, raw: str) -> Any:
+    """Converts the text of an override to the field's type (``none`` for optional fields)."""
+    tp = typing.get_type_hints(TuneConfig)[name]
+    args = typing.get_args(tp)
+    if type(None) in args and raw.lower() in ("none", "null", ""):
+        return None
+    base = next(a for a in args if a is not type(None)) if args else tp
+    try:
+        if base is bool:
+            if raw.lower() in ("true", "1", "yes"):
+                return True
+            if raw.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(raw)
+        if base is int:
+            value = float(raw)
+            if not value.is_integer():
+                raise ValueError(raw)
+            return int(value)
+        if base is float:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected {getattr(base, '__name__', base)}.") from None
+    return raw
+
+
+def parse_overrides(overrides: Iterable[str], base: TuneConfig | None = None) -> TuneConfig:
+    """Builds a :class:`TuneConfig` from Hydra-style ``key=value`` strings.
+
+    ``config=PATH.yaml`` loads a YAML file of fields first; later overrides win.
+
+    Examples:
+        >>> cfg = parse_overrides(["algo=bcq", "deployments=10", "steps_per_deployment=none"])
+        >>> cfg.algo, cfg.deployments, cfg.steps_per_deployment
+        ('bcq', 10, None)
+    """
+    values: dict[str, Any] = dataclasses.asdict(base) if base is not None else {}
+    values.pop("extra", None)
+    names = field_names()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(
+                f"Overrides look like key=value; got {item!r}. Valid keys: {', '.join(names)}."
+            )
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("+")
+        if key == "config":
+            loaded = yaml.safe_load(Path(raw).read_text()) or {}
+            unknown = sorted(set(loaded) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"{raw}: unknown config fields {unknown}; valid fields: {', '.join(names)}."
+                )
+            values.update(loaded)
+            continue
+        if key not in names:
+            raise ValueError(f"Unknown config field {key!r}; valid fields: {', '.join(names)}.")
+        values[key] = _coerce(key, raw)
+    return TuneConfig(**values).validate()

@@ -1,0 +1,181 @@
+"""Run folders: resolved config, provenance, long-format metrics and crash-safe checkpoints.
+
+A run folder holds
+
+* ``config.yaml``: the resolved :class:`~torchrl_otc.configs.tune.TuneConfig`;
+* ``meta.json``: package, torch and torchrl versions, git revision, dataset checksum, host, start time;
+* ``metrics.csv``: one row per scalar, columns ``step, phase, deployment, name, value`` (both phases on one step
+  axis: ``step`` counts gradient steps from the start of offline training);
+* ``checkpoint/``: the last checkpoint. It is written next to the old one and swapped in by renames, so a crash or
+  a full disk while checkpointing leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from torchrl_otc._version import __version__
+from torchrl_otc.report import METRIC_COLUMNS
+
+__all__ = ["RunFolder", "atomic_checkpoint", "git_revision"]
+
+logger = logging.getLogger(__name__)
+
+
+def git_revision(path: str | Path | None = None) -> str | None:
+    """The git revision of the package source (``None`` outside a checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=path or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def atomic_checkpoint(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Writes a checkpoint folder so that ``target`` always holds a complete checkpoint.
+
+    ``write(tmp)`` fills a fresh temporary folder; a ``COMPLETE`` marker is written last; then the old folder is
+    moved aside, the new one renamed into place and the old one removed. If ``write`` raises (a full disk, an
+    interruption), ``target`` is left as it was.
+
+    Args:
+        target: the checkpoint folder.
+        write: fills the folder it is given.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = atomic_checkpoint(root / "ckpt", lambda p: (p / "a.txt").write_text("1"))
+        >>> (root / "ckpt" / "a.txt").read_text(), (root / "ckpt" / "COMPLETE").exists()
+        ('1', True)
+    """
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        (tmp / "COMPLETE").write_text(str(time.time()))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+class RunFolder:
+    """The folder of one run: config, provenance, metrics and checkpoints.
+
+    Args:
+        path: the run folder (created if missing).
+
+    Examples:
+        >>> import tempfile
+        >>> run = RunFolder(tempfile.mkdtemp())
+        >>> run.log({"eval/return_mean": -10.5}, step=0, phase="offline", deployment=0)
+        >>> run.read_metrics()[0]["name"], run.read_metrics()[0]["value"]
+        ('eval/return_mean', '-10.5')
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_file = self.path / "metrics.csv"
+        self.checkpoint_dir = self.path / "checkpoint"
+        self._extra_loggers: list[Any] = []
+
+    # ---------------------------------------------------------------- config and provenance
+    def write_config(self, config: dict[str, Any]) -> None:
+        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def read_config(self) -> dict[str, Any]:
+        file = self.path / "config.yaml"
+        if not file.exists():
+            raise FileNotFoundError(
+                f"{self.path} is not a run folder (no config.yaml); cannot resume it."
+            )
+        return yaml.safe_load(file.read_text())
+
+    def write_meta(self, **extra: Any) -> None:
+        import torchrl
+
+        meta = {
+            "package": "torchrl-otc",
+            "version": __version__,
+            "git_revision": git_revision(),
+            "torch": torch.__version__,
+            "torchrl": torchrl.__version__,
+            "python": platform.python_version(),
+            "host": platform.node(),
+            "machine": platform.machine(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        meta.update(extra)
+        (self.path / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    # ---------------------------------------------------------------- metrics
+    def add_logger(self, torchrl_logger: Any) -> None:
+        """Mirrors every scalar to a TorchRL logger (``log_scalar(name, value, step)``)."""
+        self._extra_loggers.append(torchrl_logger)
+
+    def log(self, scalars: dict[str, float], *, step: int, phase: str, deployment: int) -> None:
+        """Appends one row per scalar to ``metrics.csv`` (and to the TorchRL loggers)."""
+        new = not self.metrics_file.exists()
+        with self.metrics_file.open("a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(METRIC_COLUMNS)
+            for name, value in scalars.items():
+                writer.writerow([step, phase, deployment, name, repr(float(value))])
+        for extra in self._extra_loggers:
+            for name, value in scalars.items():
+                extra.log_scalar(name, float(value), step=step)
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        if not self.metrics_file.exists():
+            return []
+        with self.metrics_file.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def truncate_metrics(self, keep: Callable[[dict[str, str]], bool]) -> None:
+        """Rewrites ``metrics.csv`` keeping the rows ``keep`` accepts (used when resuming a checkpoint)."""
+        rows = [r for r in self.read_metrics() if keep(r)]
+        tmp = self.metrics_file.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.metrics_file)
+
+    # ---------------------------------------------------------------- checkpoints
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoint_dir / "COMPLETE").exists()
+
+    def save_checkpoint(self, write: Callable[[Path], None]) -> Path:
+        return atomic_checkpoint(self.checkpoint_dir, write)

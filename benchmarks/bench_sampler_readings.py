@@ -21,7 +21,9 @@ from torchrl_otc import FeatureDistance, OTCSampler
 from torchrl_otc.data.synthetic import point_mass_transitions
 
 
-def measure(make_sampler, n_offline: int, n_online: int, calls: int, seed: int) -> tuple[float, float]:
+def measure(
+    make_sampler, n_offline: int, n_online: int, calls: int, seed: int
+) -> tuple[float, float]:
     g = torch.Generator().manual_seed(seed)
     offline = point_mass_transitions(n_offline, (-0.2, 0.2), generator=g)
     deployment = point_mass_transitions(n_online, 0.15, online=True, generator=g)

@@ -1,0 +1,402 @@
+"""One agent's decentralised learner: buffers, sampler, algorithm, random streams (OTC paper, Algorithm 1).
+
+OTC tunes each agent i on its own: a merged buffer ``B_i^k`` (offline data plus every deployment's data), an
+online buffer ``D_i^k`` (the latest deployment's data only), a sampler drawing the training batches from the
+merged buffer (OTC's eq. 3 by default), and the base algorithm's networks and optimisers (section 4, Table 3).
+:class:`AgentLearner` holds all of that for one agent, and nothing in it is shared with another agent: separate
+parameters, optimisers, distance normalisers, random streams and gradient clipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer, TensorSpec
+from torchrl.data.replay_buffers.samplers import Sampler
+
+from torchrl_otc.configs.algorithms import AlgorithmConfig
+from torchrl_otc.objectives.batched import BatchedTD3BC
+from torchrl_otc.objectives.builders import Algorithm, make_algorithm
+
+__all__ = ["AgentLearner", "BatchedLearners"]
+
+logger = logging.getLogger(__name__)
+
+SamplerFactory = Callable[[TensorDictReplayBuffer], Sampler]
+
+
+def _otc_sampler(online: TensorDictReplayBuffer, **kwargs: Any) -> Sampler:
+    from torchrl_otc.data.samplers import OTCSampler
+
+    return OTCSampler(online, **kwargs)
+
+
+class AgentLearner:
+    r"""One agent's buffers, sampler, algorithm and random streams; one gradient step per :meth:`update`.
+
+    OTC paper, Algorithm 1, for agent :math:`i`: the merged buffer :math:`\mathcal{B}_i^k = \mathcal{B}_i^{k-1}
+    \cup \mathcal{D}_i^k` (offline data first, :meth:`add_offline`), the online buffer :math:`\mathcal{D}_i^k`
+    holding the latest deployment only (:meth:`add_deployment` empties it first), a sampler attached to the merged
+    buffer (by default :class:`~torchrl_otc.OTCSampler` reading the online buffer; it samples uniformly while the
+    online buffer is empty, i.e. during offline training) and the algorithm from
+    :func:`~torchrl_otc.objectives.make_algorithm`.
+
+    Isolation (section 3: decentralised agents): each learner owns its networks, optimisers, target networks and
+    gradient clipping (``config.max_grad_norm``, applied to this agent's parts only); its sampler's distance
+    normaliser is fitted on its own offline data; its random streams are its own: a
+    :class:`torch.Generator` for the buffers and sampler, and a saved torch random state swapped in (with
+    :func:`torch.random.fork_rng`) around every :meth:`update` and :meth:`act`, so that the losses' own sampling
+    (target noise, VAE latents, policy samples) neither reads nor advances another agent's or the caller's
+    stream.
+
+    Args:
+        algorithm: ``"bcq"``, ``"awac"``, ``"cql"``, ``"td3bc"``, an
+            :class:`~torchrl_otc.configs.algorithms.AlgorithmConfig` or an already built
+            :class:`~torchrl_otc.objectives.Algorithm`.
+        observation_spec: the agent's observation spec (used when ``algorithm`` is not built).
+        action_spec: the agent's bounded action spec (idem).
+
+    Keyword Args:
+        seed: seeds the parameters (when built here), the buffers' generator and the agent's torch stream.
+        device: where the algorithm's parameters live and batches are sent. Defaults to the CPU.
+        storage_device: where the buffers live. Defaults to the CPU.
+        merged_capacity: capacity of the merged buffer. Defaults to 1,100,000 (a D4RL dataset plus ten
+            deployments of 1 %).
+        online_capacity: capacity of the online buffer. Defaults to 100,000.
+        batch_size: transitions per update; ``None`` means ``config.batch_size`` (Table 3: 128).
+        sampler_factory: builds the merged buffer's sampler from the online buffer; ``None`` means
+            ``OTCSampler(online, **sampler_kwargs)``. Any TorchRL sampler works, e.g.
+            ``lambda online: RandomSampler()`` for the uniform baseline.
+        sampler_kwargs: keyword arguments of the default ``OTCSampler`` (``alpha``, ``distance``, ...).
+        online_key: name of the boolean column written with every transition (``False`` offline, ``True``
+            online); :class:`~torchrl_otc.OTCSampler` reports the online share of its batches from it. ``None``
+            writes nothing.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded, Unbounded
+        >>> def transitions(n):
+        ...     obs, act = torch.randn(n, 4), torch.rand(n, 2) * 2 - 1
+        ...     return TensorDict({"observation": obs, "action": act,
+        ...         ("next", "observation"): obs + 0.1 * act.sum(-1, keepdim=True),
+        ...         ("next", "reward"): -act.pow(2).sum(-1, keepdim=True),
+        ...         ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
+        ...         ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool)}, [n])
+        >>> agent = AgentLearner("td3bc", Unbounded(shape=(4,)), Bounded(-1.0, 1.0, (2,)), seed=0,
+        ...                      merged_capacity=10_000, online_capacity=1_000,
+        ...                      sampler_kwargs={"num_candidates": 64, "num_online": 50})
+        >>> agent.add_offline(transitions(1000))
+        >>> sorted(agent.update())  # offline: uniform sampling, no actor step at update 1 (TD3's delay)
+        ['loss_qvalue', 'next_state_value', 'otc_alpha', 'otc_online_share', 'otc_uniform', 'pred_value', 'target_value']
+        >>> agent.add_deployment(transitions(50))  # D_i^1
+        >>> metrics = agent.update()
+        >>> metrics["otc_uniform"], "loss_actor" in metrics
+        (0.0, True)
+        >>> agent.act(TensorDict({"observation": torch.randn(3, 4)}, [3]))["action"].shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        algorithm: str | AlgorithmConfig | Algorithm,
+        observation_spec: TensorSpec | None = None,
+        action_spec: TensorSpec | None = None,
+        *,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        storage_device: torch.device | str | None = None,
+        merged_capacity: int = 1_100_000,
+        online_capacity: int = 100_000,
+        batch_size: int | None = None,
+        sampler_factory: SamplerFactory | None = None,
+        sampler_kwargs: dict[str, Any] | None = None,
+        online_key: str | None = "is_online",
+    ) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if isinstance(algorithm, Algorithm):
+            self.algorithm = algorithm
+            self.device = algorithm.device
+        else:
+            if observation_spec is None or action_spec is None:
+                raise TypeError(
+                    "AgentLearner builds the algorithm from observation_spec and action_spec; pass both, or pass "
+                    "an Algorithm from make_algorithm."
+                )
+            self.algorithm = make_algorithm(
+                algorithm, observation_spec, action_spec, self.device, seed=seed
+            )
+        if sampler_factory is not None and sampler_kwargs:
+            raise ValueError(
+                "sampler_kwargs configure the default OTCSampler; drop them with a sampler_factory."
+            )
+        self.seed = seed
+        self.online_key = online_key
+        self.batch_size = int(batch_size or self.algorithm.config.batch_size)
+        storage_device = (
+            torch.device(storage_device) if storage_device is not None else torch.device("cpu")
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.online_buffer = TensorDictReplayBuffer(
+            storage=LazyTensorStorage(online_capacity, device=storage_device),
+            generator=torch.Generator().manual_seed(seed + 1),
+        )
+        if sampler_factory is None:
+            kwargs = dict(sampler_kwargs or {})
+            sampler_factory = lambda online: _otc_sampler(online, **kwargs)  # noqa: E731
+        self.sampler = sampler_factory(self.online_buffer)
+        self.merged_buffer = TensorDictReplayBuffer(
+            storage=LazyTensorStorage(merged_capacity, device=storage_device),
+            sampler=self.sampler,
+            batch_size=self.batch_size,
+            generator=self.generator,
+        )
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + 2)
+            self._cpu_rng_state = torch.get_rng_state()
+            self._cuda_rng_state = torch.cuda.get_rng_state(self.device) if devices else None
+        self.num_updates = 0
+        self.deployments = 0
+
+    # ------------------------------------------------------------------------------------------ random
+    @contextlib.contextmanager
+    def random_stream(self) -> Iterator[None]:
+        """Runs the block with this agent's torch random state (saved back afterwards); restores the caller's."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self._cpu_rng_state)
+            if devices:
+                torch.cuda.set_rng_state(self._cuda_rng_state, self.device)
+            yield
+            self._cpu_rng_state = torch.get_rng_state()
+            if devices:
+                self._cuda_rng_state = torch.cuda.get_rng_state(self.device)
+
+    # -------------------------------------------------------------------------------------------- data
+    @property
+    def config(self) -> AlgorithmConfig:
+        """The algorithm's config."""
+        return self.algorithm.config
+
+    @property
+    def distance(self) -> Any:
+        """The sampler's transition distance, if it has one."""
+        return getattr(self.sampler, "distance", None)
+
+    def _mark(self, data: TensorDictBase, online: bool) -> TensorDictBase:
+        if self.online_key is None or self.online_key in data.keys():
+            return data
+        data = data.copy()
+        data.set(
+            self.online_key,
+            torch.full(data.batch_size, online, dtype=torch.bool, device=data.device),
+        )
+        return data
+
+    def add_offline(self, data: TensorDictBase, *, fit_distance: bool = True) -> None:
+        """Writes offline transitions ``B_i^0`` to the merged buffer and fits the distance's normaliser on them.
+
+        Args:
+            data: the agent's offline transitions (flat batch).
+            fit_distance: call ``distance.fit(data)`` when the sampler's distance has a ``fit`` method (the
+                standardisation statistics of :class:`~torchrl_otc.FeatureDistance` are this agent's own).
+        """
+        self.merged_buffer.extend(self._mark(data, online=False))
+        distance = self.distance
+        if fit_distance and callable(getattr(distance, "fit", None)):
+            distance.fit(data)
+
+    def add_deployment(self, data: TensorDictBase, *, adapt_alpha: bool = True) -> None:
+        """Starts deployment ``k``: ``D_i^k`` replaces the online buffer's content and joins the merged buffer.
+
+        Then, if the sampler has ``adapt_alpha`` (OTC's eq. 4) and ``adapt_alpha`` is true, adapts alpha once.
+
+        Args:
+            data: this deployment's transitions of this agent.
+            adapt_alpha: call ``sampler.adapt_alpha(merged_buffer)``.
+        """
+        marked = self._mark(data, online=True)
+        self.online_buffer.empty()
+        self.online_buffer.extend(marked)
+        self.merged_buffer.extend(marked)
+        self.deployments += 1
+        if adapt_alpha and callable(getattr(self.sampler, "adapt_alpha", None)):
+            self.sampler.adapt_alpha(self.merged_buffer)
+
+    # ---------------------------------------------------------------------------------------- training
+    def sample(self) -> TensorDictBase:
+        """One batch from the merged buffer, on the learner's device."""
+        return self.merged_buffer.sample(self.batch_size).to(self.device, non_blocking=True)
+
+    def update(self) -> dict[str, float]:
+        """One gradient step of every part of the algorithm on a batch from the sampler, then the targets.
+
+        If the sampler's distance has an ``update`` method (a learned distance), it is called with the same batch
+        afterwards (``distance_update``). Runs in this agent's random stream.
+
+        Returns:
+            the algorithm's metrics (see :func:`~torchrl_otc.objectives.update_step`), the batch means of the
+            sampler's scalar ``otc_*`` entries, and the distance's metrics prefixed ``distance/``.
+        """
+        with self.random_stream():
+            batch = self.sample()
+            metrics = self.algorithm.update(batch)
+            metrics.update(self.distance_update(batch))
+        self.num_updates += 1
+        info = {
+            k: batch.get(k)
+            for k in ("otc_alpha", "otc_uniform", "otc_online_share", "otc_distance")
+            if k in batch.keys()
+        }
+        if info:
+            values = torch.stack([v.float().mean() for v in info.values()]).tolist()
+            metrics.update(zip(info, values))
+        return metrics
+
+    def distance_update(self, batch: TensorDictBase) -> dict[str, float]:
+        """Hook for learned distances: calls ``distance.update(batch)`` when the distance has one.
+
+        Returns:
+            its metrics (a mapping of floats or scalar tensors), prefixed ``distance/``; ``{}`` otherwise.
+        """
+        update = getattr(self.distance, "update", None)
+        if not callable(update):
+            return {}
+        out = update(batch) or {}
+        return {f"distance/{k}": float(v) for k, v in dict(out).items()}
+
+    def finetune(self, num_updates: int | None = None) -> dict[str, float]:
+        """``L`` updates after a deployment (Table 3: 4000 for BCQ, 2000 otherwise); returns the mean metrics.
+
+        Args:
+            num_updates: ``None`` means ``config.finetune_updates``.
+        """
+        n = self.config.finetune_updates if num_updates is None else int(num_updates)
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for _ in range(n):
+            for key, value in self.update().items():
+                totals[key] = totals.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + 1
+        return {k: totals[k] / counts[k] for k in totals}
+
+    @torch.no_grad()
+    def act(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Writes the deterministic deployment action (``"action"``) into ``tensordict`` (on the learner's device)."""
+        with self.random_stream():  # BCQ's greedy action samples VAE actions
+            return self.algorithm.policy(tensordict.to(self.device))
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        """Every trainable parameter of this agent."""
+        return self.algorithm.parameters()
+
+    # ------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Algorithm (parameters, targets, optimisers), sampler state, random states and counters.
+
+        The buffers' contents are not included (save them with ``merged_buffer.dumps(path)``).
+        """
+        state: dict[str, Any] = {
+            "algorithm": self.algorithm.state_dict(),
+            "generator": self.generator.get_state(),
+            "online_generator": self.online_buffer._rng.get_state()
+            if self.online_buffer._rng is not None
+            else None,
+            "cpu_rng_state": self._cpu_rng_state.clone(),
+            "cuda_rng_state": None
+            if self._cuda_rng_state is None
+            else self._cuda_rng_state.clone(),
+            "num_updates": self.num_updates,
+            "deployments": self.deployments,
+            "seed": self.seed,
+        }
+        if callable(getattr(self.sampler, "state_dict", None)):
+            state["sampler"] = self.sampler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` saved (copies; nothing is shared with ``state``'s owner)."""
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.generator.set_state(state["generator"])
+        if state.get("online_generator") is not None and self.online_buffer._rng is not None:
+            self.online_buffer._rng.set_state(state["online_generator"])
+        self._cpu_rng_state = state["cpu_rng_state"].clone()
+        if state.get("cuda_rng_state") is not None:
+            self._cuda_rng_state = state["cuda_rng_state"].clone()
+        self.num_updates = int(state["num_updates"])
+        self.deployments = int(state["deployments"])
+        if "sampler" in state and callable(getattr(self.sampler, "load_state_dict", None)):
+            self.sampler.load_state_dict(state["sampler"])
+
+
+class BatchedLearners:
+    """N TD3+BC :class:`AgentLearner` s updated by one batched call; the same numbers as N separate updates.
+
+    Each learner still samples its own batch with its own sampler and generator, and draws its target-policy
+    noise from its own random stream, exactly as :meth:`AgentLearner.update` would; the gradient steps of all
+    agents then run as one :class:`~torchrl_otc.objectives.batched.BatchedTD3BC` call on stacked copies of their
+    parameters. Call :meth:`write_back` before using the learners' own algorithms again (acting, checkpointing,
+    separate updates).
+
+    Args:
+        learners: TD3+BC learners with identical configs, at the same update count, on one device.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded, RandomSampler, Unbounded
+        >>> from torchrl_otc.configs.algorithms import TD3BCConfig
+        >>> data = TensorDict({"observation": torch.randn(500, 3), "action": torch.rand(500, 1) * 2 - 1,
+        ...     ("next", "observation"): torch.randn(500, 3), ("next", "reward"): torch.randn(500, 1),
+        ...     ("next", "done"): torch.zeros(500, 1, dtype=torch.bool),
+        ...     ("next", "terminated"): torch.zeros(500, 1, dtype=torch.bool)}, [500])
+        >>> learners = [AgentLearner(TD3BCConfig(hidden_sizes=(16,)), Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+        ...                          seed=i, merged_capacity=1000, sampler_factory=lambda online: RandomSampler())
+        ...             for i in range(2)]
+        >>> for learner in learners:
+        ...     learner.add_offline(data)
+        >>> group = BatchedLearners(learners)
+        >>> len(group.update()), group.num_agents
+        (2, 2)
+        >>> group.write_back()
+    """
+
+    def __init__(self, learners: Sequence[AgentLearner]) -> None:
+        self.learners = list(learners)
+        if len({learner.device for learner in self.learners}) != 1:
+            raise ValueError("BatchedLearners needs all learners on one device.")
+        self.batched = BatchedTD3BC([learner.algorithm for learner in self.learners])
+
+    @property
+    def num_agents(self) -> int:
+        """N."""
+        return len(self.learners)
+
+    def update(self) -> list[dict[str, float]]:
+        """One update of every agent; returns each agent's losses (and its ``distance/`` metrics)."""
+        batches, noise, extra = [], [], []
+        for learner in self.learners:
+            with learner.random_stream():
+                batch = learner.sample()
+                noise.append(torch.randn_like(batch.get("action")))
+            batches.append(batch.select("observation", "action", "next"))
+        stacked = torch.stack(batches)
+        out = self.batched.update(stacked, torch.stack(noise))
+        for learner, batch in zip(self.learners, batches):
+            with learner.random_stream():
+                extra.append(learner.distance_update(batch))
+            learner.num_updates += 1
+        columns = {k: v.tolist() for k, v in out.items()}
+        return [
+            {**{k: v[i] for k, v in columns.items()}, **extra[i]} for i in range(self.num_agents)
+        ]
+
+    def write_back(self) -> None:
+        """Copies the batched parameters, targets and optimiser states into each learner's algorithm."""
+        self.batched.write_back()

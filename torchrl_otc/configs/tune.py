@@ -151,7 +151,9 @@ class TuneConfig:
         """L: the configured value, or Table 3's (4000 for BCQ, 2000 otherwise)."""
         if self.updates_per_deployment is not None:
             return self.updates_per_deployment
-        return 4000 if self.algo == "bcq" else 2000
+        from torchrl_otc.configs.algorithms import make_config
+
+        return make_config(self.algo).finetune_updates
 
     def offline_key(self) -> str:
         """Identifies the offline phase: runs that share it reuse the same offline-trained agents."""

@@ -1,0 +1,141 @@
+"""Environment speed and dataset build time (paper tasks: sections 4.1, 4.4, 4.5, 4.7).
+
+Prints two markdown tables:
+
+1. environment steps per second with uniformly random actions, through the TorchRL env (``env.rollout``), for
+   every task: VMAS at 1, 64 and 4096 environments (and 1 PettingZoo env), non-stationary navigation at 1, 64 and
+   4096, MaMuJoCo (one env; the bare gymnasium env for comparison);
+2. seconds to build 10^5 joint transitions with ``build_dataset`` (``random``; ``medium`` where a behaviour policy
+   is shipped).
+
+    python benchmarks/bench_envs.py            # full
+    python benchmarks/bench_envs.py --quick    # fewer steps, no 4096-env runs, smaller builds (scaled to 10^5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import time
+import warnings
+
+import torch
+
+from torchrl_otc.data.datasets import build_dataset
+from torchrl_otc.data.datasets.behaviour import behaviour_checkpoint_path
+from torchrl_otc.envs import make_env
+
+
+def _rate(env, steps: int, repeats: int = 3) -> float:
+    """Median env-steps per second of ``env.rollout(steps)`` with random actions (all envs counted)."""
+    n = env.batch_size.numel() if len(env.batch_size) else 1
+    env.rollout(min(steps, 5), break_when_any_done=False)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        env.rollout(steps, break_when_any_done=False)
+        rates.append(steps * n / (time.perf_counter() - t0))
+    rates.sort()
+    return rates[len(rates) // 2]
+
+
+def _gym_rate(scenario: str, steps: int) -> float:
+    import gymnasium
+
+    env = gymnasium.make(f"{scenario}-v5")
+    env.reset(seed=0)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _, _, term, trunc, _ = env.step(env.action_space.sample())
+        if term or trunc:
+            env.reset()
+    return steps / (time.perf_counter() - t0)
+
+
+def bench_envs(quick: bool) -> list[tuple[str, str, int, float]]:
+    rows = []
+    counts = (1, 64) if quick else (1, 64, 4096)
+    if importlib.util.find_spec("vmas"):
+        for name in ("mpe/navigation-3", "mpe/navigation-6", "mpe/predator-prey"):
+            for n in counts:
+                steps = 50 if n < 4096 else 25
+                rows.append((name, "VMAS", n, _rate(make_env(name, num_envs=n, seed=0), steps)))
+        if importlib.util.find_spec("mpe2"):
+            for name in ("mpe/navigation-3", "mpe/predator-prey"):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    env = make_env(name, backend="pettingzoo", seed=0)
+                rows.append((name, "PettingZoo (mpe2)", 1, _rate(env, 200 if quick else 500)))
+    for n in counts:
+        rows.append(
+            (
+                "nav/nonstationary",
+                "pure torch",
+                n,
+                _rate(make_env("nav/nonstationary", num_envs=n, seed=0), 50),
+            )
+        )
+    if importlib.util.find_spec("gymnasium_robotics") and importlib.util.find_spec("mujoco"):
+        for name, scenario in (
+            ("mamujoco/halfcheetah-2x3", "HalfCheetah"),
+            ("mamujoco/walker2d-2x3", "Walker2d"),
+            ("mamujoco/hopper-3x1", "Hopper"),
+        ):
+            steps = 500 if quick else 2000
+            rows.append((name, "TorchRL agents layout", 1, _rate(make_env(name, seed=0), steps)))
+            rows.append(
+                (
+                    name,
+                    "TorchRL joint layout",
+                    1,
+                    _rate(make_env(name, layout="joint", seed=0), steps),
+                )
+            )
+            rows.append((name, "bare gymnasium -v5", 1, _gym_rate(scenario, steps)))
+    return rows
+
+
+def bench_builds(quick: bool) -> list[tuple[str, str, int, int, float]]:
+    size = 20_000 if quick else 100_000
+    rows = []
+    jobs = [("nav/nonstationary", "random"), ("nav/nonstationary", "medium")]
+    if importlib.util.find_spec("vmas"):
+        jobs += [
+            ("mpe/navigation-3", "random"),
+            ("mpe/navigation-3", "medium"),
+            ("mpe/predator-prey", "random"),
+        ]
+    if importlib.util.find_spec("gymnasium_robotics"):
+        jobs += [("mamujoco/halfcheetah-2x3", "random")]
+    for task, kind in jobs:
+        if kind == "medium" and not behaviour_checkpoint_path(task).exists():
+            continue
+        t0 = time.perf_counter()
+        ds = build_dataset(task, kind, size, seed=0, progress=False)
+        seconds = time.perf_counter() - t0
+        rows.append((task, kind, ds.metadata["env"]["num_envs"], size, seconds * 100_000 / size))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    print()
+    print("| task | backend | envs | env-steps/s |")
+    print("|---|---|---|---|")
+    for task, backend, n, rate in bench_envs(args.quick):
+        print(f"| {task} | {backend} | {n} | {rate:,.0f} |")
+    print()
+    print("| task | kind | envs in parallel | transitions built | seconds per 10^5 transitions |")
+    print("|---|---|---|---|---|")
+    for task, kind, n, size, sec in bench_builds(args.quick):
+        print(f"| {task} | {kind} | {n} | {size:,} | {sec:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Behaviour policies of the medium datasets: experts, references, determinism, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from torchrl_otc.data.datasets.behaviour import (
+    ASSETS_DIR,
+    BehaviourConfig,
+    load_behaviour_policy,
+    reference_returns,
+    save_behaviour_policy,
+    scripted_expert,
+    train_behaviour_policy,
+)
+
+
+def _tiny(seed: int = 0) -> BehaviourConfig:
+    return BehaviourConfig.for_task(
+        "nav/nonstationary",
+        seed=seed,
+        max_transitions=1_536,
+        start_transitions=512,
+        eval_every=512,
+        eval_episodes=16,
+        target_fraction=10.0,  # never reached: run to max_transitions
+    )
+
+
+def test_training_is_deterministic_and_independent_of_given_references():
+    ref = reference_returns("nav/nonstationary", episodes=32)
+    a = train_behaviour_policy("nav/nonstationary", _tiny(), progress=False)
+    b = train_behaviour_policy("nav/nonstationary", _tiny(), progress=False, reference=a.reference)
+    c = train_behaviour_policy("nav/nonstationary", _tiny(seed=1), progress=False, reference=ref)
+    for pa, pb in zip(a.actor.parameters(), b.actor.parameters()):
+        assert torch.equal(pa, pb)
+    assert torch.equal(a.replay["observation"], b.replay["observation"])
+    assert not torch.equal(a.replay["observation"], c.replay["observation"])
+    assert len(a.replay) == 1_536 and not a.reached
+    assert [h["transitions"] for h in a.history] == [512, 1024, 1536]
+    # the replay is the training run's data in order: within an env's episode, s' of one step is s of the next
+    # one (16 envs step together, so rows 16 apart belong to the same env)
+    r = a.replay
+    same = r["episode"][16:] == r["episode"][:-16]
+    assert torch.equal(r["next", "observation"][:-16][same], r["observation"][16:][same])
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    res = train_behaviour_policy("nav/nonstationary", _tiny(), progress=False)
+    path = save_behaviour_policy("nav/nonstationary", res, tmp_path / "b.pt", command="otc test")
+    actor, record = load_behaviour_policy("nav/nonstationary", path)
+    obs = torch.randn(5, 4)
+    assert torch.equal(actor(obs), res.actor(obs))
+    assert record["command"] == "otc test" and record["final"] == res.final
+    index = json.loads((tmp_path / "behaviour_policies.json").read_text())
+    assert index["nav/nonstationary"]["file"] == "b.pt"
+    assert "| nav/nonstationary |" in (tmp_path / "README.md").read_text()
+    with pytest.raises(ValueError, match="not 'mpe/navigation-3'"):
+        load_behaviour_policy("mpe/navigation-3", path)
+    with pytest.raises(FileNotFoundError, match="otc data train-behaviour mpe/navigation-3"):
+        load_behaviour_policy("mpe/navigation-3", tmp_path / "missing.pt")
+
+
+def test_navigation_expert_takes_the_best_assignment():
+    pytest.importorskip("vmas")
+    agents = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    landmarks = [
+        [0.0, 1.05],
+        [0.5, 0.0],
+        [1.0, -0.05],
+    ]  # best: agent 0 -> 1, agent 1 -> 2, agent 2 -> 0
+    s = torch.tensor([sum(agents + landmarks, [])])
+    a = scripted_expert("mpe/navigation-3")(TensorDict({"observation": s}, [1]))["action"].view(
+        3, 2
+    )
+    torch.testing.assert_close(a, torch.tensor([[0.1, 0.0], [0.0, -0.05], [0.0, 0.05]]))
+
+
+def test_references_order_random_below_expert():
+    pytest.importorskip("vmas")
+    for task in ("mpe/navigation-3", "mpe/predator-prey", "nav/nonstationary"):
+        ref = reference_returns(task, episodes=64)
+        assert ref["expert"] > ref["random"] + 1.0, (task, ref)
+    assert reference_returns("mamujoco/hopper-3x1")["expert"] == pytest.approx(3234.3)
+
+
+def test_shipped_checkpoints_reach_about_a_third():
+    from torchrl_otc.envs.registry import get_task
+
+    index = json.loads((ASSETS_DIR / "behaviour_policies.json").read_text())
+    assert {"nav/nonstationary", "mpe/navigation-3", "mpe/predator-prey"} <= set(index)
+    for task, entry in index.items():
+        actor, record = load_behaviour_policy(task)
+        assert record["reached_target"], task
+        assert 0.3 <= record["final"]["normalised_score"] <= 0.5, task
+        assert (ASSETS_DIR / entry["file"]).stat().st_size < 400_000, task
+        spec = get_task(task)
+        assert (actor.obs_dim, actor.action_dim) == (spec.state_dim, spec.action_dim), task
+        assert record["command"].startswith("otc") and "train-behaviour" in record["command"], task
+
+
+@pytest.mark.slow
+def test_medium_replay_reruns_the_recorded_training():
+    """Re-running the recorded training (what medium-replay does) ends where the shipped policy ended."""
+    pytest.importorskip("vmas")
+    from torchrl_otc.data.datasets import build_dataset
+
+    task = "mpe/navigation-3"
+    _, record = load_behaviour_policy(task)
+    ds = build_dataset(task, "medium-replay", 10**7, seed=0, progress=False)
+    assert len(ds) == record["transitions"]
+    assert ds.metadata["stats"]["rerun_final"] == record["final"]

@@ -1,0 +1,134 @@
+"""Multi-agent MuJoCo (section 4.1): partitions, specs, equality with the single-agent gymnasium env."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchrl.envs.utils import check_env_specs
+
+pytest.importorskip("mujoco")
+pytest.importorskip("gymnasium_robotics")
+
+import gymnasium  # noqa: E402
+
+from torchrl_otc.envs.mamujoco import ACTION_PARTITIONS, MaMuJoCoEnv  # noqa: E402
+
+ROBOTS = [("HalfCheetah", "2x3"), ("Walker2d", "2x3"), ("Hopper", "3x1")]
+
+
+@pytest.mark.parametrize("scenario,conf", ROBOTS)
+def test_partition_matches_gymnasium_robotics(scenario, conf):
+    from gymnasium_robotics.envs.multiagent_mujoco.obsk import get_parts_and_edges
+
+    parts, _, _ = get_parts_and_edges(scenario, conf)
+    assert (
+        tuple(tuple(node.act_ids for node in p) for p in parts)
+        == ACTION_PARTITIONS[(scenario, conf)]
+    )
+    assert MaMuJoCoEnv(scenario, conf).action_partition == ACTION_PARTITIONS[(scenario, conf)]
+
+
+def test_walker_local_order_is_reversed():
+    assert ACTION_PARTITIONS[("Walker2d", "2x3")] == ((2, 1, 0), (5, 4, 3))
+
+
+@pytest.mark.parametrize("scenario,conf", ROBOTS)
+@pytest.mark.parametrize(
+    "layout,local_obs", [("agents", False), ("agents", True), ("joint", False)]
+)
+def test_specs(scenario, conf, layout, local_obs):
+    env = MaMuJoCoEnv(scenario, conf, layout=layout, local_obs=local_obs, seed=0)
+    check_env_specs(env)
+    if layout == "agents":
+        n = len(ACTION_PARTITIONS[(scenario, conf)])
+        td = env.rollout(3)
+        obs = td["next", "agents", "observation"]
+        assert obs.shape[-2] == n and torch.equal(
+            obs[..., 0, :], obs[..., n - 1, :]
+        )  # global state for all
+        r = td["next", "agents", "reward"]
+        assert torch.equal(r[..., 0, :], r[..., n - 1, :])  # shared reward
+        if local_obs:
+            local = td["next", "agents", "local_observation"]
+            assert local.shape[-1] == max(env.local_obs_dims)
+
+
+@pytest.mark.parametrize("scenario,conf", ROBOTS)
+def test_rollout_from_agent_actions_equals_single_agent_env(scenario, conf):
+    """Per-agent actions assembled by the partition give exactly the single-agent env's rollout."""
+    from gymnasium_robotics import mamujoco_v1
+
+    part = ACTION_PARTITIONS[(scenario, conf)]
+    n_agents, act = len(part), len(part[0])
+    env = MaMuJoCoEnv(scenario, conf, seed=7)
+    ref = gymnasium.make(f"{scenario}-v5")
+    ref_ma = mamujoco_v1.parallel_env(scenario, conf)
+    rng = np.random.default_rng(0)
+    td = env.reset()
+    obs_ref, _ = ref.reset(seed=7)
+    torch.testing.assert_close(
+        td["agents", "observation"][0], torch.as_tensor(obs_ref, dtype=torch.float32)
+    )
+    steps = 300
+    for t in range(steps):
+        local = rng.uniform(-1, 1, size=(n_agents, act)).astype(np.float32)
+        joint = np.empty(n_agents * act)
+        for i, cols in enumerate(part):  # agent i's k-th action -> robot action cols[k]
+            joint[list(cols)] = local[i]
+        # the assembly agrees with gymnasium-robotics' own mapping
+        mapped = ref_ma.map_local_actions_to_global_action(
+            {f"agent_{i}": local[i] for i in range(n_agents)}
+        )
+        np.testing.assert_array_equal(mapped, joint)
+        td["agents", "action"] = torch.as_tensor(local)
+        out = env.step(td)
+        nxt = out["next"]
+        obs_ref, r_ref, term_ref, trunc_ref, _ = ref.step(joint)
+        torch.testing.assert_close(
+            nxt["agents", "observation"],
+            torch.as_tensor(obs_ref, dtype=torch.float32).expand(n_agents, -1),
+        )
+        assert torch.allclose(
+            nxt["agents", "reward"], torch.tensor(float(r_ref)), atol=1e-5, rtol=0
+        ), t
+        assert bool(nxt["terminated"]) == bool(term_ref)
+        assert bool(nxt["truncated"]) == bool(trunc_ref)
+        if term_ref or trunc_ref:
+            env.set_seed(100 + t)
+            td = env.reset()
+            obs_ref, _ = ref.reset(seed=100 + t)
+            torch.testing.assert_close(
+                td["agents", "observation"][0], torch.as_tensor(obs_ref, dtype=torch.float32)
+            )
+        else:
+            td = env.step_mdp(out)
+
+
+def test_concatenation_is_not_the_walker_action():
+    """A naive concatenation of the agents' actions is a different robot action for Walker2d."""
+    env = MaMuJoCoEnv("Walker2d", "2x3")
+    local = np.arange(6.0).reshape(2, 3)
+    assert env.local_to_global_action(local).tolist() == [2.0, 1.0, 0.0, 5.0, 4.0, 3.0]
+    assert env.local_to_global_action(local).tolist() != local.reshape(-1).tolist()
+
+
+def test_timeout_is_truncation():
+    env = MaMuJoCoEnv("HalfCheetah", "2x3", seed=0, max_episode_steps=5)
+    td = env.rollout(5, break_when_any_done=False)
+    assert td["next", "truncated"].view(-1).tolist() == [False] * 4 + [True]
+    assert not td["next", "terminated"].any()
+    assert td["next", "done"][-1].all()
+
+
+def test_joint_layout_matches_agents_layout():
+    a = MaMuJoCoEnv("Walker2d", "2x3", seed=3)
+    j = MaMuJoCoEnv("Walker2d", "2x3", seed=3, layout="joint")
+    ta, tj = a.reset(), j.reset()
+    torch.testing.assert_close(ta["agents", "observation"][0], tj["observation"])
+    local = torch.tensor([[0.1, 0.2, 0.3], [-0.4, -0.5, -0.6]])
+    ta["agents", "action"] = local
+    tj["action"] = torch.tensor([0.3, 0.2, 0.1, -0.6, -0.5, -0.4])
+    na, nj = a.step(ta)["next"], j.step(tj)["next"]
+    torch.testing.assert_close(na["agents", "observation"][0], nj["observation"])
+    torch.testing.assert_close(na["agents", "reward"][0], nj["reward"])

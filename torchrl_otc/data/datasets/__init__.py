@@ -1,0 +1,40 @@
+"""Offline datasets: one on-disk format, builders (random / medium / medium-replay) and foreign-format loaders.
+
+* :mod:`.storage`: the format (memory-mapped TorchRL transitions + ``metadata.json`` with a checksum),
+  :func:`save_dataset`, :func:`load_dataset`, :class:`OfflineDataset`.
+* :mod:`.builders`: :func:`build_dataset` (``otc data build``).
+* :mod:`.behaviour`: the TD3 behaviour policies of ``medium`` / ``medium-replay`` and their checkpoints.
+* :mod:`.foreign`: :func:`load_d4rl_hdf5`, :func:`load_minari` (h5py only).
+
+Joint datasets become the agents' decentralised datasets with :func:`torchrl_otc.data.transforms.split_agents`
+or the :class:`~torchrl_otc.data.transforms.AgentView` replay-buffer transform (section 4.1).
+"""
+
+from torchrl_otc.data.datasets.builders import KINDS, build_dataset, collect_transitions
+from torchrl_otc.data.datasets.foreign import load_d4rl_hdf5, load_minari
+from torchrl_otc.data.datasets.storage import (
+    REQUIRED_KEYS,
+    DatasetError,
+    OfflineDataset,
+    content_checksum,
+    load_dataset,
+    read_metadata,
+    save_dataset,
+    validate_transitions,
+)
+
+__all__ = [
+    "KINDS",
+    "REQUIRED_KEYS",
+    "DatasetError",
+    "OfflineDataset",
+    "build_dataset",
+    "collect_transitions",
+    "content_checksum",
+    "load_d4rl_hdf5",
+    "load_dataset",
+    "load_minari",
+    "read_metadata",
+    "save_dataset",
+    "validate_transitions",
+]

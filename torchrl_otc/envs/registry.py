@@ -1,0 +1,348 @@
+"""Task names used by configs and the command line (``mamujoco/halfcheetah-2x3``, ``mpe/navigation-4``, ...).
+
+===========================  ========  ==============================================================
+name                         agents    what (paper section)
+===========================  ========  ==============================================================
+``mamujoco/halfcheetah-2x3``  2        HalfCheetah split in back/front legs (4.1, D4RL tasks)
+``mamujoco/walker2d-2x3``     2        Walker2d split in right/left legs (4.1)
+``mamujoco/hopper-3x1``       3        Hopper, one joint per agent (4.1)
+``mpe/navigation-3`` .. ``-6``  3..6   Cooperative Navigation, N agents / N landmarks (4.4, 4.7)
+``mpe/predator-prey``         3        3 predators, a faster rule-based prey (4.4)
+``nav/nonstationary``         1        non-stationary single-agent navigation (4.5)
+``smac/5m_vs_6m``             5        StarCraft II via TorchRL's SMACv2 wrapper; needs the game (4.6)
+===========================  ========  ==============================================================
+
+:func:`make_env` builds any of them; :func:`get_task` describes one (number of agents, action partition, state
+size, episode length). Simulators are imported only when an environment is built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torchrl.envs import EnvBase
+
+from torchrl_otc.envs.mamujoco import ACTION_PARTITIONS, MAMUJOCO_TASKS, STATE_DIMS
+
+__all__ = ["TaskSpec", "TASKS", "get_task", "list_tasks", "make_env", "UnknownTaskError"]
+
+
+class UnknownTaskError(KeyError, ValueError):
+    """Raised for a task name that is not registered; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it as written
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What configs, datasets and the command line need to know about a registered task.
+
+    Attributes:
+        name: registered name, e.g. ``"mpe/navigation-4"``.
+        family: ``"mamujoco"``, ``"mpe"``, ``"nav"`` or ``"smac"``.
+        n_agents: number of agents.
+        action_partition: the joint action's columns held by each agent, in the agent's own order.
+        state_dim: size of the global state (every agent's observation).
+        action_low: lower bound of every action column.
+        action_high: upper bound of every action column.
+        max_steps: episode length (a timeout is a truncation).
+        description: one line, with the paper section.
+        requires: Python packages needed to build the environment.
+        d4rl_reference: ``(random, expert)`` returns of D4RL's score normalisation, where D4RL has the robot.
+        options: task-specific arguments passed to the builder.
+
+    Examples:
+        >>> task = get_task("mpe/navigation-4")
+        >>> task.n_agents, task.state_dim, task.action_dim, task.max_steps
+        (4, 16, 8, 25)
+    """
+
+    name: str
+    family: str
+    n_agents: int
+    action_partition: tuple[tuple[int, ...], ...]
+    state_dim: int
+    action_low: float
+    action_high: float
+    max_steps: int
+    description: str
+    requires: tuple[str, ...] = ()
+    d4rl_reference: tuple[float, float] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def action_dim(self) -> int:
+        """Size of the joint action."""
+        return sum(len(p) for p in self.action_partition)
+
+    def available(self) -> bool:
+        """Whether the Python packages this task needs are installed.
+
+        Examples:
+            >>> get_task("nav/nonstationary").available()
+            True
+        """
+        return all(importlib.util.find_spec(m) is not None for m in self.requires)
+
+
+# D4RL's reference returns (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE): random and expert policies.
+_D4RL_REFERENCE = {
+    "HalfCheetah": (-280.178953, 12135.0),
+    "Walker2d": (1.629008, 4592.3),
+    "Hopper": (-20.272305, 3234.3),
+}
+
+
+def _build_registry() -> dict[str, TaskSpec]:
+    tasks: dict[str, TaskSpec] = {}
+    for suffix, (scenario, conf) in MAMUJOCO_TASKS.items():
+        name = f"mamujoco/{suffix}"
+        tasks[name] = TaskSpec(
+            name=name,
+            family="mamujoco",
+            n_agents=len(ACTION_PARTITIONS[(scenario, conf)]),
+            action_partition=ACTION_PARTITIONS[(scenario, conf)],
+            state_dim=STATE_DIMS[scenario],
+            action_low=-1.0,
+            action_high=1.0,
+            max_steps=1000,
+            description=f"multi-agent MuJoCo {scenario} {conf} (section 4.1)",
+            requires=("gymnasium_robotics", "mujoco"),
+            d4rl_reference=_D4RL_REFERENCE[scenario],
+            options={"scenario": scenario, "agent_conf": conf},
+        )
+    for n in range(3, 7):
+        name = f"mpe/navigation-{n}"
+        tasks[name] = TaskSpec(
+            name=name,
+            family="mpe",
+            n_agents=n,
+            action_partition=tuple((2 * i, 2 * i + 1) for i in range(n)),
+            state_dim=4 * n,
+            action_low=-0.1,
+            action_high=0.1,
+            max_steps=25,
+            description=f"Cooperative Navigation, {n} agents and {n} landmarks (sections 4.4, 4.7)",
+            requires=("vmas",),
+            options={"task": "navigation", "n_agents": n},
+        )
+    tasks["mpe/predator-prey"] = TaskSpec(
+        name="mpe/predator-prey",
+        family="mpe",
+        n_agents=3,
+        action_partition=((0, 1), (2, 3), (4, 5)),
+        state_dim=8,
+        action_low=-0.1,
+        action_high=0.1,
+        max_steps=25,
+        description="Predator-Prey: 3 predators chase a faster rule-based prey (section 4.4)",
+        requires=("vmas",),
+        options={"task": "predator_prey", "n_agents": 3},
+    )
+    tasks["nav/nonstationary"] = TaskSpec(
+        name="nav/nonstationary",
+        family="nav",
+        n_agents=1,
+        action_partition=((0, 1),),
+        state_dim=4,
+        action_low=-1.0,
+        action_high=1.0,
+        max_steps=50,
+        description="non-stationary single-agent navigation, velocity beta * a (section 4.5)",
+    )
+    tasks["smac/5m_vs_6m"] = TaskSpec(
+        name="smac/5m_vs_6m",
+        family="smac",
+        n_agents=5,
+        action_partition=tuple((i,) for i in range(5)),
+        state_dim=-1,
+        action_low=0.0,
+        action_high=11.0,
+        max_steps=70,
+        description="SMAC 5m_vs_6m through TorchRL's SMACv2 wrapper; needs StarCraft II (section 4.6)",
+        requires=("smacv2",),
+        options={"map_name": "5m_vs_6m"},
+    )
+    return tasks
+
+
+#: Every registered task, by name.
+TASKS: dict[str, TaskSpec] = _build_registry()
+
+
+def list_tasks(family: str | None = None) -> list[str]:
+    """Registered task names (the paper's tasks, sections 4.1, 4.4-4.7), optionally of one family.
+
+    Args:
+        family: ``"mamujoco"``, ``"mpe"``, ``"nav"`` or ``"smac"``; ``None`` for all.
+
+    Returns:
+        The names, sorted.
+
+    Examples:
+        >>> list_tasks("mpe")
+        ['mpe/navigation-3', 'mpe/navigation-4', 'mpe/navigation-5', 'mpe/navigation-6', 'mpe/predator-prey']
+    """
+    return sorted(n for n, t in TASKS.items() if family is None or t.family == family)
+
+
+def get_task(name: str) -> TaskSpec:
+    """The :class:`TaskSpec` of a registered task (sections 4.1, 4.4-4.7).
+
+    Args:
+        name: a registered name (see :func:`list_tasks`).
+
+    Returns:
+        The task's description.
+
+    Raises:
+        UnknownTaskError: the name is not registered; the message lists the valid names.
+
+    Examples:
+        >>> get_task("mamujoco/walker2d-2x3").action_partition
+        ((2, 1, 0), (5, 4, 3))
+    """
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTaskError(
+            f"Unknown task {name!r}. Valid tasks: {', '.join(list_tasks())}."
+        ) from None
+
+
+def _require(task: TaskSpec) -> None:
+    missing = [m for m in task.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        hint = {
+            "smacv2": "SMACv2 and the StarCraft II game (see https://github.com/oxwhirl/smacv2); "
+            "it cannot be installed with pip alone",
+        }
+        what = "; ".join(hint.get(m, f"the Python package {m!r}") for m in missing)
+        raise ImportError(
+            f"Task {task.name!r} needs {what}. For the simulators of this package: pip install 'torchrl-otc[envs]'."
+        )
+
+
+def make_env(
+    name: str,
+    *,
+    layout: str = "agents",
+    backend: str = "vmas",
+    num_envs: int = 1,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+    local_obs: bool = False,
+    **kwargs: Any,
+) -> EnvBase:
+    """Build a registered task of the paper (sections 4.1, 4.4-4.7) as a TorchRL environment.
+
+    Multi-agent tasks use TorchRL's multi-agent layout (group ``"agents"``: per-agent ``observation`` = the
+    global state, per-agent ``action``, the shared ``reward`` repeated per agent; root ``done``/``terminated``/
+    ``truncated``). ``layout="joint"`` gives the single-agent view the datasets use (:class:`JointEnv`).
+    ``nav/nonstationary`` is single-agent and always flat.
+
+    Args:
+        name: registered task name (see :func:`list_tasks`).
+
+    Keyword Args:
+        layout: ``"agents"`` (default) or ``"joint"``.
+        backend: for ``mpe/*``: ``"vmas"`` (vectorised; default) or ``"pettingzoo"`` (mpe2, one env).
+        num_envs: environments at once: vectorised for VMAS and ``nav/nonstationary``, a TorchRL ``SerialEnv``
+            for MaMuJoCo, unsupported for PettingZoo and SMAC.
+        device: torch device (VMAS and ``nav/nonstationary`` simulate on it).
+        seed: seed of the environment.
+        local_obs: also provide local observations (``("agents", "local_observation")``).
+        **kwargs: passed to the task's builder (e.g. ``beta=0.15`` for ``nav/nonstationary``,
+            ``prey_speed`` for predator-prey, ``max_steps``).
+
+    Returns:
+        A TorchRL ``EnvBase``.
+
+    Raises:
+        UnknownTaskError: unknown task name (the message lists the valid names).
+        ImportError: the simulator is not installed (the message says what to install).
+
+    Examples:
+        >>> env = make_env("nav/nonstationary", num_envs=4, seed=0, beta=0.15)
+        >>> env.rollout(2)["observation"].shape
+        torch.Size([4, 2, 4])
+        >>> make_env("mpe/navigation-9")
+        Traceback (most recent call last):
+        ...
+        torchrl_otc.envs.registry.UnknownTaskError: Unknown task 'mpe/navigation-9'. Valid tasks: ...
+    """
+    task = get_task(name)
+    if layout not in ("agents", "joint"):
+        raise ValueError(f"layout must be 'agents' or 'joint'; got {layout!r}.")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1; got {num_envs}.")
+    _require(task)
+    if task.family == "nav":
+        from torchrl_otc.envs.nonstationary_nav import NonStationaryNavEnv
+
+        if local_obs:
+            raise ValueError("nav/nonstationary is single-agent: it has no local observations.")
+        return NonStationaryNavEnv(num_envs, device=device, seed=seed, **kwargs)
+    if task.family == "mpe":
+        from torchrl_otc.envs import mpe
+
+        opts = dict(task.options)
+        if backend == "vmas":
+            env = mpe.make_vmas_env(
+                opts["task"],
+                opts["n_agents"],
+                num_envs=num_envs,
+                device=device,
+                seed=seed,
+                local_obs=local_obs,
+                **kwargs,
+            )
+        elif backend == "pettingzoo":
+            if num_envs != 1:
+                raise ValueError(
+                    "The PettingZoo backend runs one environment; use backend='vmas' for num_envs > 1."
+                )
+            env = mpe.make_pettingzoo_env(
+                opts["task"], opts["n_agents"], seed=seed, local_obs=local_obs, **kwargs
+            )
+        else:
+            raise ValueError(f"backend must be 'vmas' or 'pettingzoo'; got {backend!r}.")
+    elif task.family == "mamujoco":
+        from torchrl_otc.envs.mamujoco import MaMuJoCoEnv
+
+        opts = dict(task.options)
+        direct_layout = "joint" if layout == "joint" else "agents"
+
+        def _one(i: int = 0) -> EnvBase:
+            return MaMuJoCoEnv(
+                opts["scenario"],
+                opts["agent_conf"],
+                layout=direct_layout,
+                local_obs=local_obs,
+                device=device,
+                seed=None if seed is None else seed + i,
+                **kwargs,
+            )
+
+        if num_envs == 1:
+            return _one()
+        from torchrl.envs import SerialEnv
+
+        return SerialEnv(num_envs, [lambda i=i: _one(i) for i in range(num_envs)])
+    elif task.family == "smac":
+        if num_envs != 1:
+            raise ValueError("SMAC runs one environment per instance.")
+        from torchrl.envs.libs.smacv2 import SMACv2Env
+
+        return SMACv2Env(map_name=task.options["map_name"], seed=seed, **kwargs)
+    else:  # pragma: no cover - registry and builders are written together
+        raise RuntimeError(f"No builder for family {task.family!r}.")
+    if layout == "joint":
+        from torchrl_otc.envs.joint import JointEnv
+
+        return JointEnv(env, task.action_partition)
+    return env

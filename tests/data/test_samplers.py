@@ -165,8 +165,14 @@ class TestTies:
 def _discrete_mdp(seed=0, n_states=5, n_actions=2, n_offline=20_000, n_online=2_000):
     """Offline data follows kernel P_B, online data P_D; states and actions one-hot encoded."""
     g = torch.Generator().manual_seed(seed)
-    p_b = torch.distributions.Dirichlet(torch.ones(n_states)).sample((n_states, n_actions))
-    p_d = torch.distributions.Dirichlet(torch.full((n_states,), 0.3)).sample((n_states, n_actions))
+    with torch.random.fork_rng():
+        torch.manual_seed(
+            seed
+        )  # Dirichlet draws use the global generator: fix it, leave the caller's alone
+        p_b = torch.distributions.Dirichlet(torch.ones(n_states)).sample((n_states, n_actions))
+        p_d = torch.distributions.Dirichlet(torch.full((n_states,), 0.3)).sample(
+            (n_states, n_actions)
+        )
 
     def draw(n, kernel):
         s = torch.randint(n_states, (n,), generator=g)
@@ -175,7 +181,6 @@ def _discrete_mdp(seed=0, n_states=5, n_actions=2, n_offline=20_000, n_online=2_
         eye_s, eye_a = torch.eye(n_states), torch.eye(n_actions)
         return transitions(eye_s[s], eye_a[a], eye_s[s2], s_id=s, a_id=a, s2_id=s2)
 
-    torch.manual_seed(seed)  # Dirichlet draws above use the global generator
     return p_b, p_d, draw(n_offline, p_b), draw(n_online, p_d)
 
 

@@ -72,7 +72,7 @@ class TuneConfig:
 
     task: str = "mpe/navigation-3"
     dataset: str = "random"
-    dataset_size: int = 20_000
+    dataset_size: int = 10_000
     dataset_path: str | None = None
     algo: str = "td3bc"
     strategy: str = "otc"
@@ -83,10 +83,10 @@ class TuneConfig:
     num_online: int = 2000
     next_state: str = "displacement"
     self_match: bool = True
-    offline_updates: int = 2000
+    offline_updates: int = 1000
     deployments: int = 3
     steps_per_deployment: int | None = None
-    updates_per_deployment: int | None = 500
+    updates_per_deployment: int | None = 300
     eval_episodes: int = 5
     sequential_exploration: bool = False
     exploration_noise: float = 0.1

@@ -14,35 +14,10 @@ import argparse
 import logging
 import statistics
 
-import torch
-from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
+from torchrl.data import RandomSampler
 
 from torchrl_otc import FeatureDistance, OTCSampler
-from torchrl_otc.data.synthetic import point_mass_transitions
-
-
-def measure(
-    make_sampler, n_offline: int, n_online: int, calls: int, seed: int
-) -> tuple[float, float]:
-    g = torch.Generator().manual_seed(seed)
-    offline = point_mass_transitions(n_offline, (-0.2, 0.2), generator=g)
-    deployment = point_mass_transitions(n_online, 0.15, online=True, generator=g)
-    offline["transition_id"] = torch.arange(n_offline)
-    deployment["transition_id"] = torch.arange(n_offline, n_offline + n_online)
-    online = TensorDictReplayBuffer(storage=LazyTensorStorage(n_online))
-    sampler = make_sampler(online)
-    merged = TensorDictReplayBuffer(
-        storage=LazyTensorStorage(n_offline + n_online), sampler=sampler, batch_size=128
-    )
-    merged.extend(offline)
-    if isinstance(sampler, OTCSampler):
-        sampler.distance.fit(offline)
-    online.extend(deployment)
-    merged.extend(deployment)
-    merged.set_rng(torch.Generator().manual_seed(seed))
-    batch = torch.cat([merged.sample() for _ in range(calls)])
-    off = ~batch["is_online"]
-    return float((batch["beta"][off] > 0).float().mean()), float(batch["is_online"].float().mean())
+from torchrl_otc.data.synthetic import point_mass_sampling_shares
 
 
 def main() -> None:
@@ -67,7 +42,12 @@ def main() -> None:
     print("| sampler | offline rows with the online dynamics | online rows in batches |")
     print("|---|---|---|")
     for name, make in settings.items():
-        runs = [measure(make, args.offline, args.online, args.calls, s) for s in range(args.seeds)]
+        runs = [
+            point_mass_sampling_shares(
+                make, n_offline=args.offline, n_online=args.online, calls=args.calls, seed=s
+            )
+            for s in range(args.seeds)
+        ]
         right = [r[0] for r in runs]
         share = [r[1] for r in runs]
         print(

@@ -9,10 +9,14 @@ off a batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict import TensorDict
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data.replay_buffers.samplers import Sampler
 
-__all__ = ["point_mass_transitions"]
+__all__ = ["point_mass_transitions", "point_mass_sampling_shares"]
 
 
 def point_mass_transitions(
@@ -62,3 +66,53 @@ def point_mass_transitions(
         },
         batch_size=[n],
     )
+
+
+def point_mass_sampling_shares(
+    make_sampler: Callable[[TensorDictReplayBuffer], Sampler],
+    *,
+    n_offline: int = 50_000,
+    n_online: int = 500,
+    online_beta: float = 0.15,
+    calls: int = 100,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """What a sampler draws from merged point-mass data whose dynamics changed (section 4.5's setting).
+
+    Offline rows have ``beta ~ U[-0.2, 0.2]``, the deployment's online rows ``beta = online_beta``; both are written
+    to a merged buffer (online rows also to the online buffer, with ``transition_id`` columns so that
+    ``self_match=False`` works). ``make_sampler(online_buffer)`` builds the merged buffer's sampler; a sampler with
+    a ``distance`` that has ``fit`` gets it fitted on the offline rows.
+
+    Returns:
+        ``(share of drawn offline rows whose beta has the online sign, share of online rows in the batches)``.
+
+    Examples:
+        >>> from torchrl.data import RandomSampler
+        >>> right, online = point_mass_sampling_shares(lambda online: RandomSampler(), n_offline=2000,
+        ...                                            n_online=100, calls=20)
+        >>> 0.4 < right < 0.6, online < 0.15
+        (True, True)
+    """
+    g = torch.Generator().manual_seed(seed)
+    offline = point_mass_transitions(n_offline, (-0.2, 0.2), generator=g)
+    deployment = point_mass_transitions(n_online, online_beta, online=True, generator=g)
+    offline["transition_id"] = torch.arange(n_offline)
+    deployment["transition_id"] = torch.arange(n_offline, n_offline + n_online)
+    online = TensorDictReplayBuffer(storage=LazyTensorStorage(n_online))
+    sampler = make_sampler(online)
+    merged = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(n_offline + n_online), sampler=sampler, batch_size=batch_size
+    )
+    merged.extend(offline)
+    fit = getattr(getattr(sampler, "distance", None), "fit", None)
+    if callable(fit):
+        fit(offline)
+    online.extend(deployment)
+    merged.extend(deployment)
+    merged.set_rng(torch.Generator().manual_seed(seed))
+    batch = torch.cat([merged.sample() for _ in range(calls)])
+    off = ~batch["is_online"]
+    right = (torch.sign(batch["beta"][off]) == (1.0 if online_beta > 0 else -1.0)).float().mean()
+    return float(right), float(batch["is_online"].float().mean())

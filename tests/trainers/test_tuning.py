@@ -159,3 +159,118 @@ def test_otc_tune_and_report_commands(tmp_path, capsys, caplog):
     assert main(["tune", "algo=sac"]) == 2
     assert "valid values: bcq, awac, cql, td3bc" in caplog.text
     assert main(["tune", f"resume={tmp_path / 'nothing'}"]) == 2
+
+
+@pytest.mark.parametrize("algo", ["bcq", "awac", "cql", "td3bc"])
+@pytest.mark.parametrize("task", ["mpe/navigation-3", "mamujoco/hopper-3x1"])
+def test_every_algorithm_on_mpe_and_mamujoco(tmp_path, algo, task):
+    pytest.importorskip("vmas" if task.startswith("mpe") else "gymnasium_robotics")
+    cfg = config(
+        tmp_path,
+        f"task={task}",
+        f"algo={algo}",
+        "dataset_size=600",
+        "offline_updates=4",
+        "updates_per_deployment=4",
+        "steps_per_deployment=40",
+        "eval_episodes=1",
+        "deployments=2",
+    )
+    summary = OnlineTuner(cfg, progress=False).run()
+    run = load_run(summary["run_dir"])
+    assert sorted(run.returns) == [0, 1, 2]
+    assert all(math.isfinite(float(r["value"])) for r in run.rows)
+    n_agents = 3
+    alphas = {r["name"] for r in run.rows if r["name"].endswith("/alpha")}
+    assert alphas == {f"agent{i}/alpha" for i in range(n_agents)}
+
+
+def test_decentralised_buffers_and_parameters(tmp_path, monkeypatch):
+    pytest.importorskip("vmas")
+    cfg = config(
+        tmp_path,
+        "task=mpe/navigation-3",
+        "dataset_size=600",
+        "offline_updates=2",
+        "updates_per_deployment=2",
+        "steps_per_deployment=40",
+        "eval_episodes=1",
+        "deployments=1",
+    )
+    tuner = OnlineTuner(cfg, progress=False)
+    joints = []
+    original = tuner._add_online
+    monkeypatch.setattr(
+        tuner,
+        "_add_online",
+        lambda k, joint, agents=None: (joints.append(joint), original(k, joint, agents)),
+    )
+    tuner.run()
+    from torchrl_otc.envs.registry import get_task
+
+    partition = get_task("mpe/navigation-3").action_partition
+    (joint,) = joints
+    for agent in tuner.agents:
+        online = agent.learner.online_buffer[:]
+        # Only this agent's action columns: exactly its columns of the joint action, nothing of the others.
+        assert online["action"].shape[-1] == len(partition[agent.index])
+        torch.testing.assert_close(
+            online["action"], joint["action"][:, list(partition[agent.index])]
+        )
+    pointers = [
+        {p.untyped_storage().data_ptr() for p in agent.learner.parameters()}
+        for agent in tuner.agents
+    ]
+    for i in range(len(pointers)):
+        for j in range(i + 1, len(pointers)):
+            assert not pointers[i] & pointers[j]
+
+
+def test_diverging_agent_stops_the_run_and_names_it(tmp_path, monkeypatch):
+    tuner = OnlineTuner(config(tmp_path), progress=False)
+    original = tuner._build_agents
+
+    def build_then_break():
+        original()
+        learner = tuner.agents[0].learner
+        update = learner.update
+
+        def nan_after_offline():
+            metrics = update()
+            if tuner._stage["stage"] == "update":
+                metrics["loss_qvalue"] = float("nan")
+            return metrics
+
+        monkeypatch.setattr(learner, "update", nan_after_offline)
+
+    monkeypatch.setattr(tuner, "_build_agents", build_then_break)
+    from torchrl_otc.trainers.tuning import DivergenceError
+
+    with pytest.raises(
+        DivergenceError, match=r"Agent 0 diverged: loss_qvalue = nan at update 0.*checkpoint"
+    ):
+        tuner.run()
+    run = load_run(tuner.folder.path)
+    assert run.returns[0] is not None  # the offline evaluation written before the failure is kept
+    assert (tuner.folder.path / "checkpoint" / "COMPLETE").exists()
+
+
+def test_dataset_of_another_task_is_refused(tmp_path):
+    from torchrl_otc.data.datasets.builders import build_dataset
+
+    build_dataset("nav/nonstationary", "random", 300, seed=0, out=tmp_path / "nav", progress=False)
+    cfg = config(tmp_path, "task=mpe/navigation-3", f"dataset_path={tmp_path / 'nav'}")
+    with pytest.raises(ValueError, match="is for task 'nav/nonstationary', not 'mpe/navigation-3'"):
+        OnlineTuner(cfg, progress=False).run()
+
+
+def test_tensorboard_logger_mirrors_metrics_or_says_what_to_install(tmp_path):
+    cfg = config(tmp_path, "logger=tensorboard", "deployments=1")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            OnlineTuner(cfg, progress=False).run()
+        return
+    summary = OnlineTuner(cfg, progress=False).run()
+    assert list((tmp_path / "runs").rglob("events.out.tfevents*")), summary

@@ -486,6 +486,26 @@ class OnlineTuner:
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
+    def _attach_logger(self) -> None:
+        """``metrics.csv`` is always written; ``logger=tensorboard|wandb`` mirrors it to a TorchRL logger."""
+        kind = self.config.logger
+        if kind == "csv":
+            return
+        from torchrl.record.loggers import get_logger
+
+        try:
+            torchrl_logger = get_logger(
+                kind,
+                logger_name=str(self.folder.path / kind),
+                experiment_name=self.folder.path.name,
+            )
+        except ImportError as err:
+            package = {"tensorboard": "tensorboard", "wandb": "wandb"}[kind]
+            raise ImportError(
+                f"logger={kind} needs the {package} package: pip install {package}."
+            ) from err
+        self.folder.add_logger(torchrl_logger)
+
     # ------------------------------------------------------------------------------------------------ main
     @classmethod
     def resume(cls, run_dir: str | Path, *, progress: bool = True) -> OnlineTuner:
@@ -504,6 +524,7 @@ class OnlineTuner:
         cfg = self.config
         resuming = getattr(self, "_resume", False)
         torch.manual_seed(cfg.seed)
+        self._attach_logger()
         self._build_agents()
         if resuming and self.folder.has_checkpoint():
             state = torch.load(self.folder.checkpoint_dir / "state.pt", weights_only=False)

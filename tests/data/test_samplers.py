@@ -141,6 +141,28 @@ class TestTies:
         observed = counts[[1, 3, 4, 7]].numpy()
         assert stats.chisquare(observed).pvalue > 1e-3, observed
 
+    def test_weighted_ties_follow_the_multiplicities(self):
+        # Columns 0 and 2 tie; column 2 stands for three copies of its transition: P = 1/4 and 3/4.
+        n = 8000
+        idx, _ = argmin_random_ties(
+            torch.tensor([1.0, 2.0, 1.0]).expand(n, -1),
+            torch.Generator().manual_seed(0),
+            torch.tensor([1, 5, 3]),
+        )
+        counts = torch.bincount(idx, minlength=3).numpy()
+        assert counts[1] == 0
+        assert stats.chisquare(counts[[0, 2]], f_exp=[n / 4, 3 * n / 4]).pvalue > 1e-3, counts
+
+    def test_small_online_buffer_matches_copies_uniformly_through_sample(self):
+        # 4 online rows, |D| = 2000 drawn with replacement and scored as distinct rows with their counts: the
+        # match of a candidate tied with all four must still be uniform over them.
+        merged, online, sampler = buffers(num_candidates=256, num_online=2000)
+        merged.extend(transitions([0.0] * 10, [0.0] * 10, [0.0] * 10))
+        online.extend(transitions([0.0] * 4, [0.0] * 4, [0.0] * 4))  # identical features: only the index differs
+        merged.set_rng(torch.Generator().manual_seed(0))
+        matches = torch.cat([merged.sample(128)["otc_match_index"] for _ in range(30)])
+        assert stats.chisquare(np.bincount(matches.numpy(), minlength=4)).pvalue > 1e-3
+
     def test_ties_broken_independently_per_candidate(self):
         # Within one call, rows with the same tie set must not all pick the same column.
         gen = torch.Generator().manual_seed(1)

@@ -43,7 +43,7 @@ _STATE_VERSION = 1
 # Pure functions (the math of eq. 1 and eq. 3), exposed for tests and for users who build their own samplers.
 # --------------------------------------------------------------------------------------------------------------
 def argmin_random_ties(
-    distances: Tensor, generator: torch.Generator | None = None
+    distances: Tensor, generator: torch.Generator | None = None, weights: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Row-wise argmin with ties broken uniformly at random (eq. 1: "if there is more than one best-matched
     transition, we uniformly select one").
@@ -53,6 +53,8 @@ def argmin_random_ties(
     Args:
         distances: ``[B, D]`` non-negative distances (``inf`` allowed).
         generator: the random generator for the tie-breaking.
+        weights: ``[D]`` multiplicities of the columns (a column standing for a transition drawn several times);
+            tied columns are chosen in proportion to them, which is the uniform choice among the copies.
 
     Returns:
         ``(index [B], value [B])``: the chosen column and its distance.
@@ -64,7 +66,7 @@ def argmin_random_ties(
     """
     values, index = distances.min(-1)
     counts = (distances == values.unsqueeze(-1)).sum(-1)
-    return _break_ties(distances, values, index, counts, generator), values
+    return _break_ties(distances, values, index, counts, generator, weights), values
 
 
 def _break_ties(
@@ -73,13 +75,16 @@ def _break_ties(
     index: Tensor,
     counts: Tensor,
     generator: torch.Generator | None,
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Replaces ``index`` by a uniform choice among the minima in the rows that have more than one."""
+    """Replaces ``index`` by a (weighted) uniform choice among the minima in the rows that have more than one."""
     tied = (counts > 1).nonzero().squeeze(-1)
     if tied.numel():
-        is_min = distances[tied] == values[tied].unsqueeze(-1)
+        is_min = (distances[tied] == values[tied].unsqueeze(-1)).float()
+        if weights is not None:
+            is_min = is_min * weights.to(is_min)
         index = index.clone()
-        index[tied] = torch.multinomial(is_min.float(), 1, generator=generator).squeeze(-1)
+        index[tied] = torch.multinomial(is_min, 1, generator=generator).squeeze(-1)
     return index
 
 
@@ -399,7 +404,7 @@ class OTCSampler(Sampler):
         return keys
 
     def _match(
-        self, candidates: TensorDictBase, online: TensorDictBase
+        self, candidates: TensorDictBase, online: TensorDictBase, weights: Tensor | None = None
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """eq. (1): ``(match [B], its state-action distance [B], next-state embeddings or None)``."""
         ids = None
@@ -415,7 +420,11 @@ class OTCSampler(Sampler):
                 sa, values, index, counts = self._compiled_pairwise(
                     sa_c, sa_o.t().contiguous(), *(ids or (None, None))
                 )
-                return _break_ties(sa, values, index, counts, self._rng), values, embeddings
+                return (
+                    _break_ties(sa, values, index, counts, self._rng, weights),
+                    values,
+                    embeddings,
+                )
             sa = pairwise_l1(sa_c, sa_o)
         else:
             embeddings = None
@@ -428,14 +437,14 @@ class OTCSampler(Sampler):
                 )
         if ids is not None:
             sa = sa.masked_fill(ids[0].unsqueeze(1) == ids[1].unsqueeze(0), float("inf"))
-        index, values = argmin_random_ties(sa, self._rng)
+        index, values = argmin_random_ties(sa, self._rng, weights)
         return index, values, embeddings
 
     def _distances(
-        self, candidates: TensorDictBase, online: TensorDictBase
+        self, candidates: TensorDictBase, online: TensorDictBase, weights: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(match [B], state-action distance of the match [B], next-state distance [B])``."""
-        match, match_value, embeddings = self._match(candidates, online)
+        match, match_value, embeddings = self._match(candidates, online, weights)
         if embeddings is not None:
             ns_c, ns_o = embeddings
             ns = (ns_c - ns_o[match]).abs().sum(-1)
@@ -447,7 +456,12 @@ class OTCSampler(Sampler):
         return match, match_value, ns
 
     @torch.no_grad()
-    def score(self, candidates: TensorDictBase, online: TensorDictBase) -> TensorDict:
+    def score(
+        self,
+        candidates: TensorDictBase,
+        online: TensorDictBase,
+        online_weights: Tensor | None = None,
+    ) -> TensorDict:
         """Scores candidate transitions against online transitions (Algorithm 1, lines 11-14).
 
         This is the deterministic core of :meth:`sample` (up to random tie-breaking), exposed so that the
@@ -456,6 +470,8 @@ class OTCSampler(Sampler):
         Args:
             candidates: ``|B|`` transitions (a flat TensorDict holding the distance's ``in_keys``).
             online: ``|D|`` online transitions (same keys).
+            online_weights: how many times each online row was drawn (``|D|`` draws from fewer rows are passed
+                as the distinct rows and their counts: the same eq. 1 and tie-breaking, less work).
 
         Returns:
             A TensorDict of batch size ``[|B|]`` with ``match`` (row of ``online`` matched by eq. 1),
@@ -475,7 +491,7 @@ class OTCSampler(Sampler):
             >>> scores["match"], scores["rank"]
             (tensor([0, 0, 1]), tensor([1, 3, 2]))
         """
-        match, match_value, ns = self._distances(candidates, online)
+        match, match_value, ns = self._distances(candidates, online, online_weights)
         probs, rank = rank_priorities(ns, self.alpha)
         return TensorDict(
             {
@@ -544,13 +560,16 @@ class OTCSampler(Sampler):
         rng = self._rng
         cand = torch.randint(n, (self.num_candidates,), generator=rng, device=device)
         online_device = _storage_device(self._online_storage)
+        multiplicity = None
         if m < self.num_online:
+            # |D| draws with replacement, scored as the distinct rows and their counts (same eq. 1, less work)
             on = torch.randint(m, (self.num_online,), generator=rng, device=online_device)
+            on, multiplicity = torch.unique(on, return_counts=True)
         else:
             on = torch.randperm(m, generator=rng, device=online_device)[: self.num_online]
         cand_td = _gather(storage, cand, keys)
         online_td = _gather(self._online_storage, on, keys).to(device)
-        scores = self.score(cand_td, online_td)
+        scores = self.score(cand_td, online_td, multiplicity)
         self._check_finite(scores["distance"], scores["match_distance"], cand)
         probs = scores["prob"]
         draw = torch.multinomial(

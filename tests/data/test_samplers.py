@@ -158,7 +158,9 @@ class TestTies:
         # match of a candidate tied with all four must still be uniform over them.
         merged, online, sampler = buffers(num_candidates=256, num_online=2000)
         merged.extend(transitions([0.0] * 10, [0.0] * 10, [0.0] * 10))
-        online.extend(transitions([0.0] * 4, [0.0] * 4, [0.0] * 4))  # identical features: only the index differs
+        online.extend(
+            transitions([0.0] * 4, [0.0] * 4, [0.0] * 4)
+        )  # identical features: only the index differs
         merged.set_rng(torch.Generator().manual_seed(0))
         matches = torch.cat([merged.sample(128)["otc_match_index"] for _ in range(30)])
         assert stats.chisquare(np.bincount(matches.numpy(), minlength=4)).pvalue > 1e-3

@@ -674,6 +674,52 @@ def test_compiled_path_equals_eager():
     assert stats.chisquare(counts).pvalue > 1e-3, counts
 
 
+class TestOnlineEmbeddingCache:
+    def _setup(self):
+        merged, online, sampler = buffers(num_candidates=128, num_online=100)
+        g = torch.Generator().manual_seed(0)
+        off = transitions(
+            torch.randn(2000, 3, generator=g),
+            torch.rand(2000, 1, generator=g),
+            torch.randn(2000, 3, generator=g),
+        )
+        merged.extend(off)
+        sampler.distance.fit(off)
+        online.extend(
+            transitions(
+                torch.randn(300, 3, generator=g),
+                torch.rand(300, 1, generator=g),
+                torch.randn(300, 3, generator=g),
+            )
+        )
+        return merged, online, sampler
+
+    def test_refill_with_the_same_number_of_rows_is_seen(self):
+        merged, online, sampler = self._setup()
+        assert (merged.sample()["otc_match_distance"] < 40).all()
+        online.empty()
+        online.extend(
+            transitions(torch.full((300, 3), 50.0), torch.rand(300, 1), torch.full((300, 3), 50.0))
+        )
+        assert (merged.sample()["otc_match_distance"] > 40).all()  # matched against the new rows
+
+    def test_cached_scores_equal_fresh_ones_and_refit_invalidates(self):
+        merged, online, sampler = self._setup()
+        keys = sampler.distance.in_keys
+        cands, on = merged[:128].select(*keys), online[:100].select(*keys)
+        cached = sampler._online_embeddings(torch.device("cpu"))
+        fresh = sampler.distance.embed(online[:].select(*keys))
+        torch.testing.assert_close(cached[0], fresh[0])
+        torch.testing.assert_close(cached[1], fresh[1])
+        a = sampler.score(cands, on)
+        b = sampler.score(cands, on, online_embeddings=(cached[0][:100], cached[1][:100]))
+        assert torch.equal(a["match"], b["match"]) and torch.equal(a["prob"], b["prob"])
+        sampler.distance.fit(online[:])  # new statistics: the cache must follow
+        refit = sampler._online_embeddings(torch.device("cpu"))
+        torch.testing.assert_close(refit[0], sampler.distance.embed(online[:].select(*keys))[0])
+        assert not torch.allclose(refit[0], cached[0])
+
+
 # ------------------------------------------------------------------------------------------- self-matches
 def test_self_match_option_changes_online_share():
     """With self-matches online rows take the top ranks; without, they compete like offline rows."""

@@ -210,6 +210,16 @@ def _check_no_prefetch(storage: Storage, who: str) -> None:
             )
 
 
+class _WriteTracker:
+    """Attached to the online buffer's storage: the writer calls :meth:`mark_update` on every write."""
+
+    def __init__(self) -> None:
+        self.version = 0
+
+    def mark_update(self, index: Any, *, storage: Storage | None = None) -> None:
+        self.version += 1
+
+
 # --------------------------------------------------------------------------------------------------------------
 # OTCSampler
 # --------------------------------------------------------------------------------------------------------------
@@ -376,6 +386,10 @@ class OTCSampler(Sampler):
         self.compile = bool(compile)
         self.alpha_history: list[dict[str, float]] = []
         self._compiled_pairwise = None
+        # Online embeddings are computed once per online buffer content and distance version.
+        self._online_tracker = _WriteTracker()
+        online_buffer._storage.attach(self._online_tracker)
+        self._online_cache: tuple[tuple, Tensor, Tensor] | None = None
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -404,7 +418,11 @@ class OTCSampler(Sampler):
         return keys
 
     def _match(
-        self, candidates: TensorDictBase, online: TensorDictBase, weights: Tensor | None = None
+        self,
+        candidates: TensorDictBase,
+        online: TensorDictBase,
+        weights: Tensor | None = None,
+        online_embeddings: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """eq. (1): ``(match [B], its state-action distance [B], next-state embeddings or None)``."""
         ids = None
@@ -412,7 +430,7 @@ class OTCSampler(Sampler):
             ids = (candidates.get(self.id_key).reshape(-1), online.get(self.id_key).reshape(-1))
         if isinstance(self.distance, L1EmbeddingDistance):
             sa_c, ns_c = self.distance.embed(candidates)
-            sa_o, ns_o = self.distance.embed(online)
+            sa_o, ns_o = online_embeddings or self.distance.embed(online)
             embeddings = (ns_c, ns_o)
             if self.compile:
                 if self._compiled_pairwise is None:
@@ -441,10 +459,14 @@ class OTCSampler(Sampler):
         return index, values, embeddings
 
     def _distances(
-        self, candidates: TensorDictBase, online: TensorDictBase, weights: Tensor | None = None
+        self,
+        candidates: TensorDictBase,
+        online: TensorDictBase,
+        weights: Tensor | None = None,
+        online_embeddings: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(match [B], state-action distance of the match [B], next-state distance [B])``."""
-        match, match_value, embeddings = self._match(candidates, online, weights)
+        match, match_value, embeddings = self._match(candidates, online, weights, online_embeddings)
         if embeddings is not None:
             ns_c, ns_o = embeddings
             ns = (ns_c - ns_o[match]).abs().sum(-1)
@@ -456,11 +478,28 @@ class OTCSampler(Sampler):
         return match, match_value, ns
 
     @torch.no_grad()
+    def _online_embeddings(self, device: torch.device) -> tuple[Tensor, Tensor] | None:
+        """Embeddings of every online row, recomputed only after a write to the online buffer or a new
+        distance ``version`` (``None`` for distances that are not row-wise L1 embeddings)."""
+        distance = self.distance
+        if not isinstance(distance, L1EmbeddingDistance) or not distance.rowwise_embedding:
+            return None
+        m = len(self._online_storage)
+        key = (self._online_tracker.version, m, distance.version, str(device))
+        if self._online_cache is None or self._online_cache[0] != key:
+            rows = torch.arange(m, device=_storage_device(self._online_storage))
+            online = _gather(self._online_storage, rows, list(distance.in_keys)).to(device)
+            self._online_cache = (key, *distance.embed(online))
+        return self._online_cache[1], self._online_cache[2]
+
+    @torch.no_grad()
     def score(
         self,
         candidates: TensorDictBase,
         online: TensorDictBase,
         online_weights: Tensor | None = None,
+        *,
+        online_embeddings: tuple[Tensor, Tensor] | None = None,
     ) -> TensorDict:
         """Scores candidate transitions against online transitions (Algorithm 1, lines 11-14).
 
@@ -472,6 +511,7 @@ class OTCSampler(Sampler):
             online: ``|D|`` online transitions (same keys).
             online_weights: how many times each online row was drawn (``|D|`` draws from fewer rows are passed
                 as the distinct rows and their counts: the same eq. 1 and tie-breaking, less work).
+            online_embeddings: precomputed ``embed(online)`` of an :class:`~torchrl_otc.L1EmbeddingDistance`.
 
         Returns:
             A TensorDict of batch size ``[|B|]`` with ``match`` (row of ``online`` matched by eq. 1),
@@ -491,7 +531,9 @@ class OTCSampler(Sampler):
             >>> scores["match"], scores["rank"]
             (tensor([0, 0, 1]), tensor([1, 3, 2]))
         """
-        match, match_value, ns = self._distances(candidates, online, online_weights)
+        match, match_value, ns = self._distances(
+            candidates, online, online_weights, online_embeddings
+        )
         probs, rank = rank_priorities(ns, self.alpha)
         return TensorDict(
             {
@@ -568,8 +610,14 @@ class OTCSampler(Sampler):
         else:
             on = torch.randperm(m, generator=rng, device=online_device)[: self.num_online]
         cand_td = _gather(storage, cand, keys)
-        online_td = _gather(self._online_storage, on, keys).to(device)
-        scores = self.score(cand_td, online_td, multiplicity)
+        cached = self._online_embeddings(device)
+        if cached is not None:  # only the id column is still read per call (self_match=False)
+            id_keys = [k for k in keys if k == self.id_key and not self.self_match]
+            online_td = _gather(self._online_storage, on, id_keys).to(device)
+            embeddings = (cached[0][on.to(device)], cached[1][on.to(device)])
+        else:
+            online_td, embeddings = _gather(self._online_storage, on, keys).to(device), None
+        scores = self.score(cand_td, online_td, multiplicity, online_embeddings=embeddings)
         self._check_finite(scores["distance"], scores["match_distance"], cand)
         probs = scores["prob"]
         draw = torch.multinomial(
@@ -623,10 +671,11 @@ class OTCSampler(Sampler):
         num_samples = num_samples or self.alpha_samples
         cand = torch.randint(n, (num_samples,), generator=self._rng, device=device)
         online_td = _gather(self._online_storage, torch.arange(m), keys).to(device)
+        embeddings = self._online_embeddings(device)
         total, count = 0.0, 0
         for chunk in cand.split(max(1, (1 << 22) // m)):
             cand_td = _gather(storage, chunk, keys)
-            _, match_value, ns = self._distances(cand_td, online_td)
+            _, match_value, ns = self._distances(cand_td, online_td, online_embeddings=embeddings)
             self._check_finite(ns, match_value, chunk)
             finite = torch.isfinite(ns)
             total += float(ns[finite].double().sum())

@@ -97,9 +97,13 @@ class L1EmbeddingDistance(nn.Module):
 
     Attributes:
         version (int): increases whenever the embedding function changes (refit, parameter update).
+        rowwise_embedding (bool): whether a row's embedding depends on that row alone. Then the sampler embeds
+            the online buffer once and reuses it until the buffer is written to or ``version`` changes. A
+            distance that normalises over the set it embeds sets it to ``False``.
     """
 
     in_keys: list[NestedKey]
+    rowwise_embedding: bool = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -15,22 +15,21 @@ from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor
-from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
     ValueEstimators,
-    _cache_values,
-    _vmap_func,
-    dispatch_value_estimator,
     distance_loss,
 )
-from torchrl.objectives.value import ValueEstimatorBase
 
-from torchrl_otc.objectives.utils import StackedMLP, critic_values, policy_distribution
+from torchrl_otc.objectives.utils import (
+    TwinCriticLoss,
+    critic_values,
+    policy_distribution,
+)
 
 __all__ = ["AWACLoss"]
 
 
-class AWACLoss(LossModule):
+class AWACLoss(TwinCriticLoss):
     r"""AWAC loss (Nair et al. 2020), continuous actions.
 
     Two parts, one public method each, each returning ``(loss, metadata)``:
@@ -208,29 +207,7 @@ class AWACLoss(LossModule):
         self.reduction = reduction
         self._make_vmap()
 
-    def _make_vmap(self) -> None:
-        self._vmap_qvalue_networkN0 = _vmap_func(
-            self.qvalue_network,
-            (None, 0),
-            randomness=self.vmap_randomness,
-            pseudo_vmap=self.deactivate_vmap,
-        )
-        # one batched matmul per layer when the critic is a plain MLP; vmap otherwise (same values)
-        self._fast_qvalue = (
-            None if self.deactivate_vmap else StackedMLP.from_module(self.qvalue_network)
-        )
-
     # ----------------------------------------------------------------------------------------------- keys
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.state_action_value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-        self._set_in_keys()
-
     @property
     def observation_keys(self) -> list[NestedKey]:
         """The keys the actor and critics read, other than the action."""
@@ -240,32 +217,6 @@ class AWACLoss(LossModule):
                 if key != self.tensor_keys.action and key not in keys:
                     keys.append(key)
         return keys
-
-    def _set_in_keys(self) -> None:
-        keys = [
-            self.tensor_keys.action,
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
-            *self.observation_keys,
-            *[("next", key) for key in self.observation_keys],
-        ]
-        self._in_keys = list(dict.fromkeys(unravel_key(key) for key in keys))
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values: list[NestedKey]) -> None:
-        self._in_keys = values
-
-    @property
-    @_cache_values
-    def _cached_detach_qvalue_network_params(self) -> TensorDictBase:
-        return self.qvalue_network_params.detach()
 
     def _min_q(self, inputs: dict[NestedKey, Tensor], params: TensorDictBase) -> Tensor:
         return critic_values(self, inputs, params).min(0).values
@@ -363,37 +314,4 @@ class AWACLoss(LossModule):
         tensordict.set(self.tensor_keys.priority, meta_q.pop("td_error").max(0).values)
         return TensorDict(
             {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **meta_actor, **meta_q}
-        )
-
-    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
-
-    def make_value_estimator(
-        self, value_type: ValueEstimators | None = None, **hyperparams
-    ) -> None:
-        """Builds the value estimator (TD(0) only: the critic target is a one-step backup on transitions).
-
-        Args:
-            value_type: ``ValueEstimators.TD0`` (default), or a :class:`~torchrl.objectives.value.ValueEstimatorBase`
-                instance or subclass.
-            **hyperparams: e.g. ``gamma``.
-        """
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            LossModule.make_value_estimator(self, value_type, **hyperparams)
-            return
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value": self.tensor_keys.state_action_value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hyperparams,
         )

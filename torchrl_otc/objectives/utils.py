@@ -20,10 +20,17 @@ from tensordict.nn import (
     ProbabilisticTensorDictSequential,
     TensorDictModule,
 )
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.modules import MLP
 from torchrl.objectives import LossModule, SoftUpdate
+from torchrl.objectives.utils import (
+    ValueEstimators,
+    _cache_values,
+    _vmap_func,
+    dispatch_value_estimator,
+)
+from torchrl.objectives.value import ValueEstimatorBase
 
 __all__ = [
     "ForeachSoftUpdate",
@@ -379,3 +386,99 @@ def policy_distribution(
     td = TensorDict({k: inputs[k] for k in actor.in_keys}, batch)
     with params.to_module(actor, preserve_module_state=False):
         return actor.get_dist(td)
+
+
+class TwinCriticLoss(LossModule):
+    """What :class:`~torchrl_otc.objectives.BCQLoss` and :class:`~torchrl_otc.objectives.AWACLoss` share: stacked
+    twin critics with target copies (``qvalue_network``), TD(0) value estimation on transitions, and in-keys built
+    from :attr:`observation_keys` (defined by each loss).
+
+    Subclasses call ``convert_to_functional(qvalue_network, "qvalue_network", n, create_target_params=True)`` and
+    then :meth:`_make_vmap` in their ``__init__``.
+    """
+
+    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
+    _in_keys: list[NestedKey] | None = None
+
+    @property
+    def observation_keys(self) -> list[NestedKey]:  # pragma: no cover - every loss defines it
+        raise NotImplementedError
+
+    def _make_vmap(self) -> None:
+        self._vmap_qvalue_networkN0 = _vmap_func(
+            self.qvalue_network,
+            (None, 0),
+            randomness=self.vmap_randomness,
+            pseudo_vmap=self.deactivate_vmap,
+        )
+        # one batched matmul per layer when the critic is a plain MLP; vmap otherwise (same values)
+        self._fast_qvalue = (
+            None if self.deactivate_vmap else StackedMLP.from_module(self.qvalue_network)
+        )
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                value=self.tensor_keys.state_action_value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._set_in_keys()
+
+    def _set_in_keys(self) -> None:
+        keys = [
+            self.tensor_keys.action,
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+            *self.observation_keys,
+            *[("next", key) for key in self.observation_keys],
+        ]
+        self._in_keys = list(dict.fromkeys(unravel_key(key) for key in keys))
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    @in_keys.setter
+    def in_keys(self, values: list[NestedKey]) -> None:
+        self._in_keys = values
+
+    @property
+    @_cache_values
+    def _cached_detach_qvalue_network_params(self) -> TensorDictBase:
+        return self.qvalue_network_params.detach()
+
+    def make_value_estimator(
+        self, value_type: ValueEstimators | None = None, **hyperparams
+    ) -> None:
+        """Builds the value estimator (TD(0) only: the critic target is a one-step backup on transitions).
+
+        Args:
+            value_type: ``ValueEstimators.TD0`` (default), or a :class:`~torchrl.objectives.value.ValueEstimatorBase`
+                instance or subclass.
+            **hyperparams: e.g. ``gamma``.
+        """
+        if value_type is None:
+            value_type = self.default_value_estimator
+        if isinstance(value_type, ValueEstimatorBase) or (
+            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
+        ):
+            LossModule.make_value_estimator(self, value_type, **hyperparams)
+            return
+        dispatch_value_estimator(
+            self,
+            value_type,
+            supported=self.SUPPORTED_VALUE_ESTIMATORS,
+            tensor_keys={
+                "value": self.tensor_keys.state_action_value,
+                "reward": self.tensor_keys.reward,
+                "done": self.tensor_keys.done,
+                "terminated": self.tensor_keys.terminated,
+            },
+            value_network=None,
+            **hyperparams,
+        )

@@ -137,6 +137,7 @@ def _plot_curves(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:  # pragma: no cover - plots are optional
         logger.warning(
             "matplotlib is not installed: no figures (pip install 'torchrl-otc[plots]')."
@@ -168,6 +169,7 @@ def _plot_curves(
             )
         ax.set_title(f"{task} ({dataset})")
         ax.set_xlabel("deployment")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     fig.tight_layout()

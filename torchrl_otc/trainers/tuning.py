@@ -309,9 +309,20 @@ class OnlineTuner:
         num_envs = env.batch_size[0] if env.batch_size else 1
         horizon = math.ceil(steps / num_envs)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        data = env.rollout(
-            horizon, policy=self._joint_policy(explore_agent, generator), break_when_any_done=False
-        )
+        who = "all agents" if explore_agent is None else f"agent {explore_agent} exploring"
+        with tqdm(
+            total=horizon * num_envs,
+            desc=f"collection (deployment {deployment}, {who})",
+            disable=not self.progress,
+            leave=False,
+            unit="step",
+        ) as bar:
+            data = env.rollout(
+                horizon,
+                policy=self._joint_policy(explore_agent, generator),
+                break_when_any_done=False,
+                callback=lambda *_: bar.update(num_envs),
+            )
         env.close()
         if data.batch_dims == 2:
             data = data.transpose(0, 1)

@@ -1,14 +1,33 @@
-"""torchrl-otc: Online Transition Correction for offline decentralized multi-agent RL, on TorchRL."""
+"""torchrl-otc: Online Transition Correction for offline decentralized multi-agent RL, on TorchRL.
+
+The pieces users reach for first are exported here; everything else lives at the TorchRL-like paths
+(``torchrl_otc.data``, ``.modules``, ``.objectives``, ``.envs``, ``.trainers``). Simulators are imported only when
+an environment is built.
+"""
 
 from torchrl_otc._version import __version__
+from torchrl_otc.configs.tune import TuneConfig, parse_overrides
 from torchrl_otc.data.samplers import OnlineOnlySampler, OTCSampler
+from torchrl_otc.data.transforms import AgentView
+from torchrl_otc.envs.registry import make_env
 from torchrl_otc.modules.distances import FeatureDistance, L1EmbeddingDistance, TransitionDistance
+from torchrl_otc.objectives import AWACLoss, BCQLoss, make_algorithm
+from torchrl_otc.trainers import AgentLearner, OnlineTuner
 
 __all__ = [
     "__version__",
-    "OTCSampler",
-    "OnlineOnlySampler",
+    "AWACLoss",
+    "AgentLearner",
+    "AgentView",
+    "BCQLoss",
     "FeatureDistance",
     "L1EmbeddingDistance",
+    "OTCSampler",
+    "OnlineOnlySampler",
+    "OnlineTuner",
     "TransitionDistance",
+    "TuneConfig",
+    "make_algorithm",
+    "make_env",
+    "parse_overrides",
 ]

@@ -1,5 +1,6 @@
-"""Replay-buffer components: OTC and baseline samplers, datasets, transforms."""
+"""Replay-buffer components: OTC and baseline samplers, decentralised views, datasets, synthetic data."""
 
 from torchrl_otc.data.samplers import OnlineOnlySampler, OTCSampler
+from torchrl_otc.data.transforms import AgentView, agent_transitions, split_agents
 
-__all__ = ["OTCSampler", "OnlineOnlySampler"]
+__all__ = ["AgentView", "OTCSampler", "OnlineOnlySampler", "agent_transitions", "split_agents"]

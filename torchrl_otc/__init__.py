@@ -7,10 +7,17 @@ an environment is built.
 
 from torchrl_otc._version import __version__
 from torchrl_otc.configs.tune import TuneConfig, parse_overrides
+from torchrl_otc.data.balanced_replay import BalancedReplaySampler
 from torchrl_otc.data.samplers import OnlineOnlySampler, OTCSampler
 from torchrl_otc.data.transforms import AgentView
 from torchrl_otc.envs.registry import make_env
-from torchrl_otc.modules.distances import FeatureDistance, L1EmbeddingDistance, TransitionDistance
+from torchrl_otc.modules.distances import (
+    EmbeddingDistance,
+    FeatureDistance,
+    L1EmbeddingDistance,
+    TransitionDistance,
+    ValueDistance,
+)
 from torchrl_otc.objectives import AWACLoss, BCQLoss, make_algorithm
 from torchrl_otc.trainers import AgentLearner, OnlineTuner
 
@@ -20,6 +27,8 @@ __all__ = [
     "AgentLearner",
     "AgentView",
     "BCQLoss",
+    "BalancedReplaySampler",
+    "EmbeddingDistance",
     "FeatureDistance",
     "L1EmbeddingDistance",
     "OTCSampler",
@@ -27,6 +36,7 @@ __all__ = [
     "OnlineTuner",
     "TransitionDistance",
     "TuneConfig",
+    "ValueDistance",
     "make_algorithm",
     "make_env",
     "parse_overrides",

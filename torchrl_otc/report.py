@@ -56,7 +56,7 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """The column of the run in Table 1: strategy (and distance for OTC) + algorithm."""
+        """The column of the run in Table 1, the strategy (and distance for OTC) + algorithm."""
         cfg = self.config
         strategy = cfg["strategy"]
         if strategy == "otc":

@@ -20,6 +20,7 @@ from torchrl.data import (
 
 from torchrl_otc import FeatureDistance, OnlineOnlySampler, OTCSampler
 from torchrl_otc.data.samplers import argmin_random_ties, rank_priorities
+from torchrl_otc.data.synthetic import discrete_mdp, kernel_kl
 
 
 def transitions(s, a, s2, **extra) -> TensorDict:
@@ -186,47 +187,9 @@ class TestTies:
 
 
 # ------------------------------------------------------------------------------------------- the point
-def _discrete_mdp(seed=0, n_states=5, n_actions=2, n_offline=20_000, n_online=2_000):
-    """Offline data follows kernel P_B, online data P_D; states and actions one-hot encoded."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(
-            seed
-        )  # Dirichlet draws use the global generator: fix it, leave the caller's alone
-        p_b = torch.distributions.Dirichlet(torch.ones(n_states)).sample((n_states, n_actions))
-        p_d = torch.distributions.Dirichlet(torch.full((n_states,), 0.3)).sample(
-            (n_states, n_actions)
-        )
-
-    def draw(n, kernel):
-        s = torch.randint(n_states, (n,), generator=g)
-        a = torch.randint(n_actions, (n,), generator=g)
-        s2 = torch.multinomial(kernel[s, a], 1, generator=g).squeeze(-1)
-        eye_s, eye_a = torch.eye(n_states), torch.eye(n_actions)
-        return transitions(eye_s[s], eye_a[a], eye_s[s2], s_id=s, a_id=a, s2_id=s2)
-
-    return p_b, p_d, draw(n_offline, p_b), draw(n_online, p_d)
-
-
-def _empirical_kl(batches: TensorDict, p_d: torch.Tensor) -> tuple[float, int]:
-    """Mean over (s, a) of KL(P_D(.|s,a) || P_emp(.|s,a)) and the smallest per-pair count."""
-    n_states, n_actions = p_d.shape[:2]
-    counts = torch.zeros(n_states, n_actions, n_states)
-    counts.index_put_(
-        (batches["s_id"], batches["a_id"], batches["s2_id"]),
-        torch.ones(len(batches)),
-        accumulate=True,
-    )
-    emp = (counts + 0.5) / (counts + 0.5).sum(
-        -1, keepdim=True
-    )  # Jeffreys smoothing keeps the KL finite
-    kl = (p_d * (p_d.clamp_min(1e-12).log() - emp.log())).sum(-1)
-    return float(kl.mean()), int(counts.sum(-1).min())
-
-
 @pytest.fixture(scope="module")
 def mdp():
-    return _discrete_mdp()
+    return discrete_mdp()
 
 
 class TestTransitionCorrection:
@@ -241,7 +204,7 @@ class TestTransitionCorrection:
         merged.extend(online_data)
         merged.set_rng(torch.Generator().manual_seed(0))
         batches = torch.cat([merged.sample() for _ in range(calls)])
-        return _empirical_kl(batches, p_d)
+        return kernel_kl(batches, p_d)
 
     def test_otc_is_closer_to_online_kernel_than_uniform_and_gap_grows_with_alpha(self, mdp):
         kl_uniform, n_min = self._kl_of(mdp, lambda online: RandomSampler())
@@ -715,9 +678,23 @@ class TestOnlineEmbeddingCache:
         b = sampler.score(cands, on, online_embeddings=(cached[0][:100], cached[1][:100]))
         assert torch.equal(a["match"], b["match"]) and torch.equal(a["prob"], b["prob"])
         sampler.distance.fit(online[:])  # new statistics: the cache must follow
-        refit = sampler._online_embeddings(torch.device("cpu"))
+        refit = sampler._online_embeddings(torch.device("cpu"), force=True)
         torch.testing.assert_close(refit[0], sampler.distance.embed(online[:].select(*keys))[0])
         assert not torch.allclose(refit[0], cached[0])
+
+    def test_a_distance_that_moves_every_call_is_not_cached(self):
+        """A learned distance trained at every update: embedding the |D| drawn rows beats re-embedding all."""
+        merged, online, sampler = self._setup()
+        sampler.num_online = 100  # fewer than the 300 online rows
+        device = torch.device("cpu")
+        assert sampler._online_embeddings(device) is not None  # built once
+        sampler.distance.version += 1
+        assert sampler._online_embeddings(device) is None  # moved since the last call: not rebuilt
+        assert (
+            sampler._online_embeddings(device) is not None
+        )  # stable for one call: rebuilt and reused
+        sampler.distance.version += 1
+        assert sampler._online_embeddings(device, force=True) is not None
 
 
 # ------------------------------------------------------------------------------------------- self-matches

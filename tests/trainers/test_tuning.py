@@ -31,9 +31,19 @@ def config(tmp_path, *overrides):
     return cfg
 
 
-@pytest.mark.parametrize("strategy", ["otc", "uniform", "online-only"])
-def test_run_folder_and_metrics(tmp_path, strategy):
-    cfg = config(tmp_path, f"strategy={strategy}")
+STRATEGIES = [
+    ("otc",),
+    ("otc", "distance=embedding"),
+    ("otc", "distance=value"),
+    ("uniform",),
+    ("online-only",),
+    ("balanced-replay",),
+]
+
+
+@pytest.mark.parametrize("strategy,overrides", [(s[0], s[1:]) for s in STRATEGIES])
+def test_run_folder_and_metrics(tmp_path, strategy, overrides):
+    cfg = config(tmp_path, f"strategy={strategy}", *overrides)
     summary = OnlineTuner(cfg, progress=False).run()
     assert sorted(summary["returns"]) == [0, 1, 2]
     run = load_run(summary["run_dir"])
@@ -51,6 +61,23 @@ def test_run_folder_and_metrics(tmp_path, strategy):
         assert share[1] == 1.0 and share[2] == 1.0
     if strategy == "uniform":  # 100 online rows among 1600: uniform draws ~6 % of them
         assert share[1] < 0.2
+    online_names = {r["name"] for r in run.rows if r["phase"] == "online"}
+    offline_names = {r["name"] for r in run.rows if r["phase"] == "offline"}
+    if (
+        "distance=embedding" in overrides
+    ):  # the CVAE trains in the online phase, and before it on B^0
+        assert {"agent0/distance/loss_vae", "agent0/distance/vae_kl"} <= online_names
+        assert "agent0/distance/loss_vae" in offline_names
+    else:
+        assert not any("distance/" in name for name in online_names | offline_names)
+    if (
+        strategy == "balanced-replay"
+    ):  # the density-ratio network trains only once online data exists
+        assert {"agent0/sampler/loss", "agent0/sampler/weight_online"} <= online_names
+        assert not any("sampler/" in name for name in offline_names)
+    if strategy == "otc":
+        alpha, d = run.series("agent0/alpha"), run.series("agent0/D")
+        assert alpha[2] == pytest.approx(min(max(alpha[1] * d[2] / d[1], 0.1), 10.0), rel=1e-6)
 
 
 def test_alpha_follows_eq4(tmp_path):
@@ -61,9 +88,10 @@ def test_alpha_follows_eq4(tmp_path):
     assert alpha[2] == pytest.approx(min(max(alpha[1] * d[2] / d[1], 0.1), 10.0), rel=1e-6)
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
-    reference = OnlineTuner(config(tmp_path / "a"), progress=False).run()
-    cfg = config(tmp_path / "b")
+@pytest.mark.parametrize("distance", ["feature", "embedding"])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch, distance):
+    reference = OnlineTuner(config(tmp_path / "a", f"distance={distance}"), progress=False).run()
+    cfg = config(tmp_path / "b", f"distance={distance}")
     tuner = OnlineTuner(cfg, progress=False)
     original = tuner._train
     calls = {"n": 0}
@@ -74,10 +102,10 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
             learner = tuner.agents[0].learner
             update = learner.update
 
-            def failing():
+            def failing(**kwargs):
                 if tuner._stage["update"] >= 13:
                     raise KeyboardInterrupt("killed")
-                return update()
+                return update(**kwargs)
 
             monkeypatch.setattr(learner, "update", failing)
         return original(steps, phase=phase, deployment=deployment, start=start)
@@ -89,7 +117,10 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
     resumed = OnlineTuner.resume(summary_dir := tuner.folder.path, progress=False).run()
     assert resumed["returns"] == pytest.approx(reference["returns"])
     a, b = load_run(reference["run_dir"]), load_run(summary_dir)
-    for name in ("agent0/loss_qvalue", "agent0/alpha", "agent0/D", "eval/return_mean"):
+    names = ["agent0/loss_qvalue", "agent0/alpha", "agent0/D", "eval/return_mean"]
+    if distance == "embedding":  # the CVAE, its optimiser and its random stream were checkpointed
+        names.append("agent0/distance/loss_vae")
+    for name in names:
         assert a.series(name) == pytest.approx(b.series(name)), name
     # The online data of deployment 1 survived the crash.
     state = torch.load(summary_dir / "checkpoint" / "state.pt", weights_only=False)
@@ -102,6 +133,22 @@ def test_offline_agents_are_reused_across_strategies(tmp_path):
     assert (
         first["returns"][0] == second["returns"][0]
     )  # same offline-trained agents, same evaluation
+
+
+def test_learned_distances_do_not_change_the_offline_agents(tmp_path):
+    """d_e trains on B^0 after offline training, in its own stream: the offline phase is the strategies' own."""
+    plain = OnlineTuner(config(tmp_path / "a", "strategy=uniform"), progress=False)
+    plain.run()
+    learned = OnlineTuner(config(tmp_path / "b", "distance=embedding"), progress=False)
+    learned.run()
+    a, b = load_run(plain.folder.path), load_run(learned.folder.path)
+    assert a.series("eval/return_mean")[0] == b.series("eval/return_mean")[0]
+    offline = [n for n in {r["name"] for r in a.rows if r["phase"] == "offline"} if "loss" in n]
+    assert offline
+    for name in offline:
+        assert [r["value"] for r in a.rows if r["name"] == name and r["phase"] == "offline"] == [
+            r["value"] for r in b.rows if r["name"] == name and r["phase"] == "offline"
+        ], name
 
 
 def test_existing_run_folder_is_not_overwritten(tmp_path):
@@ -235,8 +282,8 @@ def test_diverging_agent_stops_the_run_and_names_it(tmp_path, monkeypatch):
         learner = tuner.agents[0].learner
         update = learner.update
 
-        def nan_after_offline():
-            metrics = update()
+        def nan_after_offline(**kwargs):
+            metrics = update(**kwargs)
             if tuner._stage["stage"] == "update":
                 metrics["loss_qvalue"] = float("nan")
             return metrics

@@ -47,9 +47,14 @@ class TuneConfig:
             ``"value"`` (d_q) (section 3.3).
         alpha: initial exponent alpha^0 of eq. (3) (section 4.3 uses 1.0).
         adaptive_alpha: adapt alpha per deployment by eq. (4).
-        num_candidates: |B| (Table 3: 512).
-        num_online: |D| (Table 3: 2000).
+        num_candidates: ``|B|`` (Table 3: 512).
+        num_online: ``|D|`` (Table 3: 2000).
         next_state: what ``d(s', s'*)`` compares for the feature distance: ``"displacement"`` or ``"next_state"``.
+        embedding_reconstruct: what d_e's CVAE decodes: ``"action"`` (the paper's ``D(a_i | s, s', z)``) or
+            ``"next_state"`` (``D(s' | s, a_i, z)``).
+        embedding_update_every: d_e's CVAE makes one gradient step every this many agent updates.
+        value_actions: how d_q computes ``V(s') = E_a Q(s', a)``: ``"policy"`` (the policy's action) or
+            ``"sample"`` (mean over sampled actions; not for TD3+BC).
         self_match: whether online candidates may match their own copies (the paper's procedure).
         offline_updates: gradient steps of offline training on ``B_i^0``.
         deployments: K (section 4.1: 10).
@@ -82,6 +87,9 @@ class TuneConfig:
     num_candidates: int = 512
     num_online: int = 2000
     next_state: str = "displacement"
+    embedding_reconstruct: str = "action"
+    embedding_update_every: int = 1
+    value_actions: str = "policy"
     self_match: bool = True
     offline_updates: int = 1000
     deployments: int = 3
@@ -109,6 +117,8 @@ class TuneConfig:
             "dataset": DATASET_KINDS,
             "logger": LOGGERS,
             "next_state": ("displacement", "next_state"),
+            "embedding_reconstruct": ("action", "next_state"),
+            "value_actions": ("policy", "sample"),
             "device": ("auto", "cpu", "cuda"),
         }
         for name, valid in choices.items():
@@ -122,6 +132,7 @@ class TuneConfig:
             "deployments",
             "eval_episodes",
             "checkpoint_every",
+            "embedding_update_every",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -133,6 +144,11 @@ class TuneConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None; got {value}.")
+        if self.value_actions == "sample" and self.algo == "td3bc":
+            raise ValueError(
+                "value_actions=sample needs a stochastic policy; TD3+BC's actor is deterministic. Use "
+                "value_actions=policy with algo=td3bc."
+            )
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0; got {self.alpha}.")
         if self.extra:
@@ -143,12 +159,12 @@ class TuneConfig:
 
     @property
     def resolved_steps_per_deployment(self) -> int:
-        """M: the configured value, or 1 % of the offline dataset (section 4.1)."""
+        """M, the configured value or 1 % of the offline dataset (section 4.1)."""
         return self.steps_per_deployment or max(1, self.dataset_size // 100)
 
     @property
     def resolved_updates_per_deployment(self) -> int:
-        """L: the configured value, or Table 3's (4000 for BCQ, 2000 otherwise)."""
+        """L, the configured value or Table 3's (4000 for BCQ, 2000 otherwise)."""
         if self.updates_per_deployment is not None:
             return self.updates_per_deployment
         from torchrl_otc.configs.algorithms import make_config

@@ -390,6 +390,7 @@ class OTCSampler(Sampler):
         self._online_tracker = _WriteTracker()
         online_buffer._storage.attach(self._online_tracker)
         self._online_cache: tuple[tuple, Tensor, Tensor] | None = None
+        self._last_distance_version: int | None = None
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -478,15 +479,28 @@ class OTCSampler(Sampler):
         return match, match_value, ns
 
     @torch.no_grad()
-    def _online_embeddings(self, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    def _online_embeddings(
+        self, device: torch.device, *, force: bool = False
+    ) -> tuple[Tensor, Tensor] | None:
         """Embeddings of every online row, recomputed only after a write to the online buffer or a new
-        distance ``version`` (``None`` for distances that are not row-wise L1 embeddings)."""
+        distance ``version`` (``None`` for distances that are not row-wise L1 embeddings).
+
+        A learned distance that changes at every update (:class:`~torchrl_otc.EmbeddingDistance` trained once
+        per update) would make the cache stale at every call; when the online buffer holds more than ``|D|``
+        rows, embedding all of them per call costs more than embedding the ``|D|`` drawn rows, so the cache is
+        only rebuilt when the distance's version has not moved since the previous call (``force`` rebuilds it
+        anyway: :meth:`expected_distance` embeds the whole buffer).
+        """
         distance = self.distance
         if not isinstance(distance, L1EmbeddingDistance) or not distance.rowwise_embedding:
             return None
         m = len(self._online_storage)
         key = (self._online_tracker.version, m, distance.version, str(device))
+        version_moved = self._last_distance_version not in (None, distance.version)
+        self._last_distance_version = distance.version
         if self._online_cache is None or self._online_cache[0] != key:
+            if version_moved and m > self.num_online and not force:
+                return None
             rows = torch.arange(m, device=_storage_device(self._online_storage))
             online = _gather(self._online_storage, rows, list(distance.in_keys)).to(device)
             self._online_cache = (key, *distance.embed(online))
@@ -671,7 +685,10 @@ class OTCSampler(Sampler):
         num_samples = num_samples or self.alpha_samples
         cand = torch.randint(n, (num_samples,), generator=self._rng, device=device)
         online_td = _gather(self._online_storage, torch.arange(m), keys).to(device)
-        embeddings = self._online_embeddings(device)
+        embeddings = self._online_embeddings(device, force=True)
+        if embeddings is None and isinstance(self.distance, L1EmbeddingDistance):
+            # a set-dependent embedding (ValueDistance's E[V]) is computed once, over the whole online buffer
+            embeddings = self.distance.embed(online_td)
         total, count = 0.0, 0
         for chunk in cand.split(max(1, (1 << 22) // m)):
             cand_td = _gather(storage, chunk, keys)

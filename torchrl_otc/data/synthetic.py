@@ -5,6 +5,10 @@ The point-mass transitions follow the dynamics of the non-stationary navigation 
 from ``[-0.2, 0.2]`` (so the expected move of every action is zero); online data has one ``beta``. The true
 ``beta`` of every row is stored under ``"beta"``, so the share of sampled rows with the online dynamics can be read
 off a batch.
+
+The discrete MDP (:func:`discrete_mdp`) has one-hot states and actions whose offline data follows a kernel ``P_B``
+and whose online data follows another kernel ``P_D``; :func:`kernel_kl` measures how close the ``(s, a) -> s'``
+distribution of sampled batches is to ``P_D`` (eq. 2's objective).
 """
 
 from __future__ import annotations
@@ -13,10 +17,16 @@ from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict
+from torch import Tensor
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import Sampler
 
-__all__ = ["point_mass_transitions", "point_mass_sampling_shares"]
+__all__ = [
+    "point_mass_transitions",
+    "point_mass_sampling_shares",
+    "discrete_mdp",
+    "kernel_kl",
+]
 
 
 def point_mass_transitions(
@@ -116,3 +126,83 @@ def point_mass_sampling_shares(
     off = ~batch["is_online"]
     right = (torch.sign(batch["beta"][off]) == (1.0 if online_beta > 0 else -1.0)).float().mean()
     return float(right), float(batch["is_online"].float().mean())
+
+
+def discrete_mdp(
+    seed: int = 0,
+    n_states: int = 5,
+    n_actions: int = 2,
+    n_offline: int = 20_000,
+    n_online: int = 2_000,
+) -> tuple[Tensor, Tensor, TensorDict, TensorDict]:
+    """A small MDP whose transition kernel changed between offline and online collection.
+
+    ``P_B`` (offline) has rows drawn from a flat Dirichlet, ``P_D`` (online) from a sparse one (concentration 0.3).
+    States and actions are drawn uniformly and written one-hot; their indices are kept under ``s_id``, ``a_id`` and
+    ``s2_id``.
+
+    Returns:
+        ``(P_B, P_D, offline transitions, online transitions)``; the kernels have shape
+        ``[n_states, n_actions, n_states]``.
+
+    Examples:
+        >>> p_b, p_d, offline, online = discrete_mdp(n_offline=100, n_online=10)
+        >>> p_d.shape, offline["observation"].shape, online["s2_id"].shape
+        (torch.Size([5, 2, 5]), torch.Size([100, 5]), torch.Size([10]))
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(
+            seed
+        )  # Dirichlet draws use the global generator: fix it, leave the caller's alone
+        p_b = torch.distributions.Dirichlet(torch.ones(n_states)).sample((n_states, n_actions))
+        p_d = torch.distributions.Dirichlet(torch.full((n_states,), 0.3)).sample(
+            (n_states, n_actions)
+        )
+
+    def draw(n: int, kernel: Tensor) -> TensorDict:
+        s = torch.randint(n_states, (n,), generator=g)
+        a = torch.randint(n_actions, (n,), generator=g)
+        s2 = torch.multinomial(kernel[s, a], 1, generator=g).squeeze(-1)
+        eye_s, eye_a = torch.eye(n_states), torch.eye(n_actions)
+        return TensorDict(
+            {
+                "observation": eye_s[s],
+                "action": eye_a[a],
+                ("next", "observation"): eye_s[s2],
+                "s_id": s,
+                "a_id": a,
+                "s2_id": s2,
+            },
+            batch_size=[n],
+        )
+
+    return p_b, p_d, draw(n_offline, p_b), draw(n_online, p_d)
+
+
+def kernel_kl(batches: TensorDict, kernel: Tensor) -> tuple[float, int]:
+    """Mean over ``(s, a)`` of ``KL(kernel(.|s, a) || empirical(.|s, a))`` of sampled batches of :func:`discrete_mdp`.
+
+    The empirical distribution is smoothed by adding 1/2 to every count (Jeffreys), which keeps the KL finite.
+
+    Returns:
+        ``(mean KL, the smallest number of sampled rows of any (s, a) pair)``: the plug-in KL over ``K`` outcomes
+        has a bias of order ``(K - 1) / (2 n)`` with ``n`` rows per pair, from which tests derive their margins.
+
+    Examples:
+        >>> p_b, p_d, offline, online = discrete_mdp(n_offline=5000, n_online=10)
+        >>> kl_b, n = kernel_kl(offline, p_b)
+        >>> kl_d, _ = kernel_kl(offline, p_d)
+        >>> kl_b < kl_d, n > 300
+        (True, True)
+    """
+    n_states, n_actions = kernel.shape[:2]
+    counts = torch.zeros(n_states, n_actions, n_states)
+    counts.index_put_(
+        (batches["s_id"], batches["a_id"], batches["s2_id"]),
+        torch.ones(len(batches)),
+        accumulate=True,
+    )
+    emp = (counts + 0.5) / (counts + 0.5).sum(-1, keepdim=True)
+    kl = (kernel * (kernel.clamp_min(1e-12).log() - emp.log())).sum(-1)
+    return float(kl.mean()), int(counts.sum(-1).min())

@@ -99,7 +99,7 @@ def split_agents(
     *,
     local_obs: bool = False,
 ) -> list[TensorDictBase]:
-    """Split a joint dataset into the ``N`` per-agent datasets ``B_1^0 .. B_N^0`` (section 4.1).
+    """Split a joint dataset into the ``N`` per-agent datasets ``B_1^0, ..., B_N^0`` (section 4.1).
 
     Args:
         data: joint transitions (a TensorDict) or an :class:`~torchrl_otc.data.datasets.OfflineDataset`.

@@ -52,9 +52,9 @@ __all__ = [
     "PREY_SPEED",
 ]
 
-#: Bound of the velocity actions (appendix: "the action space of agents is [-0.1, 0.1]").
+#: Bound of the velocity actions (appendix, "the action space of agents is [-0.1, 0.1]").
 ACTION_BOUND = 0.1
-#: Speed of the rule-based prey per step: 1.3 times the predators' top speed ``0.1 * sqrt(2)`` (MPE's ratio).
+#: Speed of the rule-based prey per step, 1.3 times the predators' top speed ``0.1 * sqrt(2)`` (MPE's ratio).
 PREY_SPEED = 1.3 * ACTION_BOUND * 2**0.5
 #: The two MPE scenarios implemented here.
 MPE_TASKS = ("navigation", "predator_prey")

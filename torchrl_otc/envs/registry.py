@@ -1,16 +1,16 @@
 """Task names used by configs and the command line (``mamujoco/halfcheetah-2x3``, ``mpe/navigation-4``, ...).
 
-===========================  ========  ==============================================================
-name                         agents    what (paper section)
-===========================  ========  ==============================================================
-``mamujoco/halfcheetah-2x3``  2        HalfCheetah split in back/front legs (4.1, D4RL tasks)
-``mamujoco/walker2d-2x3``     2        Walker2d split in right/left legs (4.1)
-``mamujoco/hopper-3x1``       3        Hopper, one joint per agent (4.1)
-``mpe/navigation-3`` .. ``-6``  3..6   Cooperative Navigation, N agents / N landmarks (4.4, 4.7)
-``mpe/predator-prey``         3        3 predators, a faster rule-based prey (4.4)
-``nav/nonstationary``         1        non-stationary single-agent navigation (4.5)
-``smac/5m_vs_6m``             5        StarCraft II via TorchRL's SMACv2 wrapper; needs the game (4.6)
-===========================  ========  ==============================================================
+==============================  ========  ===============================================================
+name                            agents    what (paper section)
+==============================  ========  ===============================================================
+``mamujoco/halfcheetah-2x3``    2         HalfCheetah split in back/front legs (4.1, D4RL tasks)
+``mamujoco/walker2d-2x3``       2         Walker2d split in right/left legs (4.1)
+``mamujoco/hopper-3x1``         3         Hopper, one joint per agent (4.1)
+``mpe/navigation-3`` .. ``-6``  3..6      Cooperative Navigation, N agents / N landmarks (4.4, 4.7)
+``mpe/predator-prey``           3         3 predators, a faster rule-based prey (4.4)
+``nav/nonstationary``           1         non-stationary single-agent navigation (4.5)
+``smac/5m_vs_6m``               5         StarCraft II via TorchRL's SMACv2 wrapper; needs the game (4.6)
+==============================  ========  ===============================================================
 
 :func:`make_env` builds any of them; :func:`get_task` describes one (number of agents, action partition, state
 size, episode length). Simulators are imported only when an environment is built.

@@ -14,6 +14,7 @@ from torchrl_otc.objectives.builders import (
     make_algorithm,
     update_step,
 )
+from torchrl_otc.objectives.transition_vae import TransitionVAELoss
 from torchrl_otc.objectives.utils import ForeachSoftUpdate
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "BoundedTanh",
     "DeterministicPolicy",
     "ForeachSoftUpdate",
+    "TransitionVAELoss",
     "make_algorithm",
     "update_step",
 ]

@@ -65,7 +65,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def add_report_command(sub: Any) -> None:
-    """Registers ``otc report RUN_DIR... [--out DIR]`` (Table 1 layout, Figures 3-5)."""
+    """Registers ``otc report RUN_DIR [RUN_DIR ...] [--out DIR]`` (Table 1 layout, Figures 3-5)."""
     report = sub.add_parser(
         "report",
         help="Table-1 layout and learning/alpha curves from run folders",

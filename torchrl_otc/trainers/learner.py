@@ -19,6 +19,7 @@ from tensordict import TensorDictBase
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer, TensorSpec
 from torchrl.data.replay_buffers.samplers import Sampler
 
+from torchrl_otc._random import RandomStream
 from torchrl_otc.configs.algorithms import AlgorithmConfig
 from torchrl_otc.objectives.batched import BatchedTD3BC
 from torchrl_otc.objectives.builders import Algorithm, make_algorithm
@@ -156,27 +157,17 @@ class AgentLearner:
             batch_size=self.batch_size,
             generator=self.generator,
         )
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed + 2)
-            self._cpu_rng_state = torch.get_rng_state()
-            self._cuda_rng_state = torch.cuda.get_rng_state(self.device) if devices else None
+        self.stream = RandomStream(seed + 2, self.device)
         self.num_updates = 0
         self.deployments = 0
+        bind = getattr(self.distance, "bind", None)
+        if callable(bind):  # a distance computed from the agent's own networks (ValueDistance, d_q)
+            bind(self.algorithm)
 
     # ------------------------------------------------------------------------------------------ random
-    @contextlib.contextmanager
-    def random_stream(self) -> Iterator[None]:
+    def random_stream(self) -> contextlib.AbstractContextManager[None]:
         """Runs the block with this agent's torch random state (saved back afterwards); restores the caller's."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self._cpu_rng_state)
-            if devices:
-                torch.cuda.set_rng_state(self._cuda_rng_state, self.device)
-            yield
-            self._cpu_rng_state = torch.get_rng_state()
-            if devices:
-                self._cuda_rng_state = torch.cuda.get_rng_state(self.device)
+        return self.stream.activate()
 
     # -------------------------------------------------------------------------------------------- data
     @property
@@ -199,18 +190,25 @@ class AgentLearner:
         )
         return data
 
+    def _trained_parts(self) -> list[tuple[str, Any]]:
+        """The sampler's learned parts: ``("distance", its distance)`` and ``("sampler", the sampler)``, where any."""
+        return [("distance", self.distance), ("sampler", self.sampler)]
+
     def add_offline(self, data: TensorDictBase, *, fit_distance: bool = True) -> None:
-        """Writes offline transitions ``B_i^0`` to the merged buffer and fits the distance's normaliser on them.
+        """Writes offline transitions ``B_i^0`` to the merged buffer and fits the sampler's normalisers on them.
 
         Args:
             data: the agent's offline transitions (flat batch).
-            fit_distance: call ``distance.fit(data)`` when the sampler's distance has a ``fit`` method (the
-                standardisation statistics of :class:`~torchrl_otc.FeatureDistance` are this agent's own).
+            fit_distance: call ``fit(data)`` on the sampler's distance and on the sampler where they have one
+                (e.g. the standardisation statistics of :class:`~torchrl_otc.FeatureDistance`, of
+                :class:`~torchrl_otc.EmbeddingDistance` and of :class:`~torchrl_otc.BalancedReplaySampler`):
+                fitted on this agent's own data only.
         """
         self.merged_buffer.extend(self._mark(data, online=False))
-        distance = self.distance
-        if fit_distance and callable(getattr(distance, "fit", None)):
-            distance.fit(data)
+        if fit_distance:
+            for _, part in self._trained_parts():
+                if callable(getattr(part, "fit", None)):
+                    part.fit(data)
 
     def add_deployment(self, data: TensorDictBase, *, adapt_alpha: bool = True) -> None:
         """Starts deployment ``k``: ``D_i^k`` replaces the online buffer's content and joins the merged buffer.
@@ -234,20 +232,27 @@ class AgentLearner:
         """One batch from the merged buffer, on the learner's device."""
         return self.merged_buffer.sample(self.batch_size).to(self.device, non_blocking=True)
 
-    def update(self) -> dict[str, float]:
+    def update(self, *, train_sampler: bool = True) -> dict[str, float]:
         """One gradient step of every part of the algorithm on a batch from the sampler, then the targets.
 
-        If the sampler's distance has an ``update`` method (a learned distance), it is called with the same batch
-        afterwards (``distance_update``). Runs in this agent's random stream.
+        Then, with ``train_sampler``, one step of the sampler's learned parts on the same batch
+        (:meth:`sampler_update`: the transition CVAE of :class:`~torchrl_otc.EmbeddingDistance`, the
+        density-ratio network of :class:`~torchrl_otc.BalancedReplaySampler`). Runs in this agent's random stream.
+
+        Keyword Args:
+            train_sampler: also train the sampler's learned parts. The tuning loop turns it off during offline
+                training so that the offline-trained agents do not depend on the sampling strategy.
 
         Returns:
             the algorithm's metrics (see :func:`~torchrl_otc.objectives.update_step`), the batch means of the
-            sampler's scalar ``otc_*`` entries, and the distance's metrics prefixed ``distance/``.
+            sampler's scalar ``otc_*`` entries, and the learned parts' metrics prefixed ``distance/`` and
+            ``sampler/``.
         """
         with self.random_stream():
             batch = self.sample()
             metrics = self.algorithm.update(batch)
-            metrics.update(self.distance_update(batch))
+            if train_sampler:
+                metrics.update(self.sampler_update(batch))
         self.num_updates += 1
         info = {
             k: batch.get(k)
@@ -259,17 +264,40 @@ class AgentLearner:
             metrics.update(zip(info, values))
         return metrics
 
-    def distance_update(self, batch: TensorDictBase) -> dict[str, float]:
-        """Hook for learned distances: calls ``distance.update(batch)`` when the distance has one.
+    def sampler_update(self, batch: TensorDictBase) -> dict[str, float]:
+        """One step of the sampler's learned parts: ``update(batch)`` of the distance and of the sampler.
 
         Returns:
-            its metrics (a mapping of floats or scalar tensors), prefixed ``distance/``; ``{}`` otherwise.
+            their metrics (mappings of floats or scalar tensors), prefixed ``distance/`` and ``sampler/``; ``{}``
+            when neither learns.
         """
-        update = getattr(self.distance, "update", None)
-        if not callable(update):
-            return {}
-        out = update(batch) or {}
-        return {f"distance/{k}": float(v) for k, v in dict(out).items()}
+        metrics: dict[str, float] = {}
+        for prefix, part in self._trained_parts():
+            update = getattr(part, "update", None)
+            if callable(update):
+                out = update(batch) or {}
+                metrics.update({f"{prefix}/{k}": float(v) for k, v in dict(out).items()})
+        return metrics
+
+    def pretrain_sampler(self, num_updates: int, *, progress: bool = False) -> dict[str, float]:
+        """Trains the sampler's learned parts on the offline data alone (before the first deployment).
+
+        Calls ``pretrain(data, num_updates)`` of the distance and of the sampler where they have one, with the
+        merged buffer's content as ``data``; each part draws its own batches with its own random stream, so
+        this leaves the agent's streams untouched.
+
+        Returns:
+            the parts' final metrics, prefixed as in :meth:`sampler_update`.
+        """
+        metrics: dict[str, float] = {}
+        parts = [(p, m) for p, m in self._trained_parts() if callable(getattr(m, "pretrain", None))]
+        if not parts or num_updates < 1:
+            return metrics
+        data = self.merged_buffer[:]
+        for prefix, part in parts:
+            out = part.pretrain(data, num_updates, progress=progress) or {}
+            metrics.update({f"{prefix}/{k}": float(v) for k, v in dict(out).items()})
+        return metrics
 
     def finetune(self, num_updates: int | None = None) -> dict[str, float]:
         """``L`` updates after a deployment (Table 3: 4000 for BCQ, 2000 otherwise); returns the mean metrics.
@@ -308,10 +336,8 @@ class AgentLearner:
             "online_generator": self.online_buffer._rng.get_state()
             if self.online_buffer._rng is not None
             else None,
-            "cpu_rng_state": self._cpu_rng_state.clone(),
-            "cuda_rng_state": None
-            if self._cuda_rng_state is None
-            else self._cuda_rng_state.clone(),
+            "cpu_rng_state": self.stream.state_dict()["cpu"],
+            "cuda_rng_state": self.stream.state_dict()["cuda"],
             "num_updates": self.num_updates,
             "deployments": self.deployments,
             "seed": self.seed,
@@ -326,9 +352,9 @@ class AgentLearner:
         self.generator.set_state(state["generator"])
         if state.get("online_generator") is not None and self.online_buffer._rng is not None:
             self.online_buffer._rng.set_state(state["online_generator"])
-        self._cpu_rng_state = state["cpu_rng_state"].clone()
-        if state.get("cuda_rng_state") is not None:
-            self._cuda_rng_state = state["cuda_rng_state"].clone()
+        self.stream.load_state_dict(
+            {"cpu": state["cpu_rng_state"], "cuda": state.get("cuda_rng_state")}
+        )
         self.num_updates = int(state["num_updates"])
         self.deployments = int(state["deployments"])
         if "sampler" in state and callable(getattr(self.sampler, "load_state_dict", None)):
@@ -379,7 +405,7 @@ class BatchedLearners:
         return len(self.learners)
 
     def update(self) -> list[dict[str, float]]:
-        """One update of every agent; returns each agent's losses (and its ``distance/`` metrics)."""
+        """One update of every agent; returns each agent's losses (and its ``distance/``, ``sampler/`` metrics)."""
         batches, noise, extra = [], [], []
         for learner in self.learners:
             with learner.random_stream():
@@ -390,7 +416,7 @@ class BatchedLearners:
         out = self.batched.update(stacked, torch.stack(noise))
         for learner, batch in zip(self.learners, batches):
             with learner.random_stream():
-                extra.append(learner.distance_update(batch))
+                extra.append(learner.sampler_update(batch))
             learner.num_updates += 1
         columns = {k: v.tolist() for k, v in out.items()}
         return [

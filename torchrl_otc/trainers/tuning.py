@@ -17,6 +17,7 @@ updates), so strategies compared on the same seed share the same starting point.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import statistics
@@ -33,8 +34,14 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from tqdm.auto import tqdm
 
 from torchrl_otc.configs.tune import TuneConfig
+from torchrl_otc.data.balanced_replay import BalancedReplaySampler
 from torchrl_otc.data.samplers import OnlineOnlySampler, OTCSampler
-from torchrl_otc.modules.distances import FeatureDistance
+from torchrl_otc.modules.distances import (
+    EmbeddingDistance,
+    FeatureDistance,
+    TransitionDistance,
+    ValueDistance,
+)
 from torchrl_otc.trainers.learner import AgentLearner
 from torchrl_otc.trainers.run import RunFolder, atomic_checkpoint
 
@@ -123,7 +130,6 @@ class OnlineTuner:
         self.L = config.resolved_updates_per_deployment
         self.step = 0
         self._stage: dict[str, Any] = {"stage": "offline", "deployment": 0, "update": 0}
-        self._check_available()
         name = config.run_name or config.default_run_name()
         self.folder = RunFolder(run_dir or Path(config.runs_root) / name)
         self.dataset = None
@@ -131,23 +137,6 @@ class OnlineTuner:
         self.returns: dict[int, float] = {}
 
     # ------------------------------------------------------------------------------------------------ setup
-    def _check_available(self) -> None:
-        """Refuses, before any work, the options whose implementation this version does not have."""
-        import importlib.util
-
-        cfg = self.config
-        needs = []
-        if cfg.strategy == "balanced-replay":
-            needs.append(("torchrl_otc.data.balanced_replay", "strategy=balanced-replay"))
-        if cfg.strategy == "otc" and cfg.distance in ("embedding", "value"):
-            needs.append(("torchrl_otc.modules.learned_distances", f"distance={cfg.distance}"))
-        for module, option in needs:
-            if importlib.util.find_spec(module) is None:
-                raise ValueError(
-                    f"{option} is not available in this version of torchrl-otc (no {module}); use "
-                    f"distance=feature or strategy=otc|uniform|online-only."
-                )
-
     def _load_dataset(self):
         """The joint dataset ``B^0``: ``dataset_path``, else the cache, else built once and cached."""
         from torchrl_otc.data.datasets.builders import build_dataset
@@ -188,22 +177,37 @@ class OnlineTuner:
             )
         return dataset
 
-    def _make_sampler(self, online: TensorDictReplayBuffer) -> Sampler:
+    def _make_sampler(self, online: TensorDictReplayBuffer, agent: int, action_dim: int) -> Sampler:
+        """Agent ``agent``'s sampler for ``strategy`` (and its distance for ``strategy=otc``)."""
         cfg = self.config
+        seed = cfg.seed * 1000 + 10 * agent + 5
         if cfg.strategy == "uniform":
             return RandomSampler()
         if cfg.strategy == "online-only":
             return OnlineOnlySampler(online_key=ONLINE_KEY)
         if cfg.strategy == "balanced-replay":
-            from torchrl_otc.data.balanced_replay import BalancedReplaySampler
-
-            return BalancedReplaySampler(online_key=ONLINE_KEY)
+            return BalancedReplaySampler(
+                online_key=ONLINE_KEY,
+                num_candidates=cfg.num_candidates,
+                seed=seed,
+                device=self.device,
+            )
+        distance: TransitionDistance
         if cfg.distance == "feature":
-            distance = FeatureDistance(
-                next_state=cfg.next_state
-            )  # fitted by AgentLearner.add_offline
-        else:  # learned distances (section 3.3) come from torchrl_otc.modules.learned_distances
-            raise NotImplementedError(f"distance={cfg.distance!r} is not wired into the tuner yet.")
+            distance = FeatureDistance(next_state=cfg.next_state)  # fitted by add_offline
+        elif (
+            cfg.distance == "embedding"
+        ):  # d_e (sections 3.3, 3.5); pretrained after offline training
+            distance = EmbeddingDistance(
+                self.task.state_dim,
+                action_dim,
+                reconstruct=cfg.embedding_reconstruct,
+                update_every=cfg.embedding_update_every,
+                seed=seed,
+                device=self.device,
+            )
+        else:  # d_q (section 3.3): bound to the agent's own critic by AgentLearner
+            distance = ValueDistance(value_actions=cfg.value_actions)
         return OTCSampler(
             online,
             alpha=cfg.alpha,
@@ -240,7 +244,9 @@ class OnlineTuner:
                 storage_device=self.device,
                 merged_capacity=len(view) + self.K * self.M * collections,
                 online_capacity=self.M,
-                sampler_factory=self._make_sampler,
+                sampler_factory=functools.partial(
+                    self._make_sampler, agent=i, action_dim=view.get("action").shape[-1]
+                ),
                 online_key=ONLINE_KEY,
             )
             learner.add_offline(view.to(self.device))
@@ -389,7 +395,7 @@ class OnlineTuner:
         for t in bar:
             for agent in self.agents:
                 t0 = time.perf_counter()
-                metrics = agent.learner.update()
+                metrics = agent.learner.update(train_sampler=phase != "offline")
                 update_ms = (time.perf_counter() - t0) * 1e3
                 batch = agent.learner.last_batch
                 prefix = f"agent{agent.index}"
@@ -402,7 +408,10 @@ class OnlineTuner:
                             f"{self.folder.checkpoint_dir} (stage {self._stage}); metrics up to it are in "
                             f"{self.folder.metrics_file}."
                         )
-                    if name.startswith(("loss", "distance/")) or name == "otc_online_share":
+                    if (
+                        name.startswith(("loss", "distance/", "sampler/"))
+                        or name == "otc_online_share"
+                    ):
                         key = f"{prefix}/{'online_share' if name == 'otc_online_share' else name}"
                         sums[key] += value
                         counts[key] += 1
@@ -583,9 +592,27 @@ class OnlineTuner:
             atomic_checkpoint(
                 cache, lambda path: torch.save({"learners": learners}, path / "agents.pt")
             )
+        self._pretrain_samplers()
         self._evaluate_and_log(0, "offline")
         self._stage = {"stage": "collect", "deployment": 1, "update": 0}
         self._checkpoint()
+
+    def _pretrain_samplers(self) -> None:
+        """Trains the samplers' learned parts (d_e's CVAE) on each agent's offline data, after offline training.
+
+        Kept out of the offline updates (``train_sampler=False`` there) so that the offline-trained agents, cached
+        and shared by every strategy, do not depend on the strategy; each part has its own random stream.
+        """
+        for agent in self.agents:
+            metrics = agent.learner.pretrain_sampler(
+                self.config.offline_updates, progress=self.progress
+            )
+            if metrics:
+                self._log(
+                    {f"agent{agent.index}/{k}": v for k, v in metrics.items()},
+                    "offline",
+                    0,
+                )
 
     def _online_phase(self) -> None:
         cfg = self.config

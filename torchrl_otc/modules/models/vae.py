@@ -8,8 +8,8 @@ The file holds one base class and its specialisations:
 * :class:`ActionVAE`: BCQ's generative model of the behaviour policy (Fujimoto, Meger and Precup 2019, section 4):
   the condition is the state ``s``, the encoded variable the action ``a``, and the decoder output is squashed into
   the action bounds. Sampling clips the latent to ``[-0.5, 0.5]`` as in BCQ.
-* (later) the transition CVAE of OTC's embedding distance ``d_e`` (paper section 3.5), whose condition is
-  ``(s, s')``, encoded variable ``a_i`` and embedding ``mu(s, a_i, s')``: it subclasses :class:`ConditionalVAE`.
+* :class:`TransitionVAE`: the transition CVAE of OTC's embedding distance ``d_e`` (paper section 3.5), whose
+  condition is ``(s, s')``, encoded variable ``a_i`` and embedding ``mu(s, a_i, s')``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConditionalVAE", "ActionVAE", "gaussian_kl", "mlp"]
+__all__ = ["ConditionalVAE", "ActionVAE", "TransitionVAE", "gaussian_kl", "mlp"]
 
 # BCQ clamps the encoder's log-std to this range (authors' implementation) to keep exp() finite.
 LOG_STD_MIN: float = -4.0
@@ -236,3 +236,140 @@ class ActionVAE(ConditionalVAE):
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, latent_clip={self.latent_clip}"
+
+
+class TransitionVAE(ConditionalVAE):
+    r"""OTC's transition CVAE: ``E(mu, sigma | s, a_i, s')`` and ``D(a_i | s, s', z)`` (paper section 3.5).
+
+    Jiang & Lu (AAAI 2023), section 3.5: instead of two embeddings ``e(s, a_i)`` and ``e(s')``, a conditional VAE
+    ``G_i = {E_i(mu, sigma | s, a_i, s'), D_i(a_i | s, s', z)}`` is trained on the agent's transitions, and the
+    encoder mean ``mu(s, a_i, s')`` is the single embedding used both to match transitions (eq. 1) and to measure
+    their similarity (section 3.3's ``d_e``). The condition is ``c = (s, s')``, the encoded variable ``x = a_i``.
+
+    Inputs are standardised inside the module with statistics set by :meth:`set_normalization` (offline means
+    and standard deviations; identity until set), so that the embedding does not depend on the raw scale of the
+    features, and the decoder reconstructs the *standardised* action. :meth:`forward` takes raw tensors and
+    returns the standardised action it was given next to its reconstruction, so that a loss compares the two in
+    the same units (:class:`~torchrl_otc.objectives.TransitionVAELoss`).
+
+    Args:
+        state_dim: width of ``s`` (and of ``s'``).
+        action_dim: width of the agent's action ``a_i``.
+        embedding_dim: width of ``z`` and of the embedding ``mu`` (Table 3: 10).
+
+    Keyword Args:
+        hidden_sizes: hidden widths of encoder and decoder. The paper does not give them for this VAE; the default
+            ``(64, 64)`` is Table 3's width for BCQ's networks, its action VAE included.
+        activation: activation class (Table 3: ReLU).
+        next_state_dim: width of ``s'`` when it differs from ``state_dim``.
+        reconstruct: ``"action"`` (default, the paper's ``D(a_i | s, s', z)``: condition ``(s, s')``, encoded
+            ``a_i``) or ``"next_state"`` (``D(s' | s, a_i, z)``: condition ``(s, a_i)``, encoded ``s'``). The
+            encoder always reads all of ``(s, a_i, s')``.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> vae = TransitionVAE(4, 2)
+        >>> s, a, s2 = torch.randn(5, 4), torch.rand(5, 2), torch.randn(5, 4)
+        >>> vae.embed(s, a, s2).shape
+        torch.Size([5, 10])
+        >>> recon, target, loc, log_std = vae(s, a, s2)
+        >>> recon.shape, bool(torch.equal(target, a))  # identity normalisation until set_normalization
+        (torch.Size([5, 2]), True)
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        embedding_dim: int = 10,
+        *,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.ReLU,
+        next_state_dim: int | None = None,
+        reconstruct: str = "action",
+    ) -> None:
+        next_state_dim = state_dim if next_state_dim is None else next_state_dim
+        if reconstruct not in ("action", "next_state"):
+            raise ValueError(
+                f"reconstruct must be 'action' (the paper's D(a_i | s, s', z)) or 'next_state' "
+                f"(D(s' | s, a_i, z)); got {reconstruct!r}."
+            )
+        if reconstruct == "action":
+            condition_dim, input_dim = state_dim + next_state_dim, action_dim
+        else:
+            condition_dim, input_dim = state_dim + action_dim, next_state_dim
+        super().__init__(
+            condition_dim,
+            input_dim,
+            embedding_dim,
+            hidden_sizes=hidden_sizes,
+            activation=activation,
+        )
+        self.reconstruct = reconstruct
+        self.state_dim = state_dim
+        self.action_dim = action_dim
+        self.next_state_dim = next_state_dim
+        self.embedding_dim = embedding_dim
+        for name, width in (
+            ("state", state_dim),
+            ("action", action_dim),
+            ("next_state", next_state_dim),
+        ):
+            self.register_buffer(f"{name}_mean", torch.zeros(width))
+            self.register_buffer(f"{name}_std", torch.ones(width))
+
+    @torch.no_grad()
+    def set_normalization(
+        self,
+        state: tuple[Tensor, Tensor],
+        action: tuple[Tensor, Tensor],
+        next_state: tuple[Tensor, Tensor],
+    ) -> None:
+        """Sets the ``(mean, std)`` of the state, action and next state used to standardise the inputs."""
+        for name, (mean, std) in (
+            ("state", state),
+            ("action", action),
+            ("next_state", next_state),
+        ):
+            buffer = getattr(self, f"{name}_mean")
+            if mean.shape != buffer.shape or std.shape != buffer.shape:
+                raise ValueError(
+                    f"TransitionVAE.set_normalization: {name} statistics of shape {tuple(mean.shape)} / "
+                    f"{tuple(std.shape)}; the module expects {tuple(buffer.shape)}."
+                )
+            if not bool((std > 0).all()):
+                raise ValueError(f"TransitionVAE.set_normalization: {name} std must be > 0.")
+            buffer.copy_(mean)
+            getattr(self, f"{name}_std").copy_(std)
+
+    def _standardised(
+        self, state: Tensor, action: Tensor, next_state: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        s = (state - self.state_mean) / self.state_std
+        a = (action - self.action_mean) / self.action_std
+        s2 = (next_state - self.next_state_mean) / self.next_state_std
+        if self.reconstruct == "next_state":
+            return torch.cat([s, a], -1), s2
+        return torch.cat([s, s2], -1), a
+
+    def embed(self, state: Tensor, action: Tensor, next_state: Tensor) -> Tensor:
+        """The embedding ``mu(s, a_i, s')``, shape ``[*B, embedding_dim]``."""
+        condition, x = self._standardised(state, action, next_state)
+        return self.encode(condition, x)[0]
+
+    def forward(  # type: ignore[override]
+        self, state: Tensor, action: Tensor, next_state: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Encodes, draws ``z = mu + sigma * eps`` (reparameterised) and decodes the standardised action.
+
+        Returns:
+            ``(reconstruction, standardised target, loc, log_std)``; the target is the standardised action
+            (or next state with ``reconstruct="next_state"``).
+        """
+        condition, x = self._standardised(state, action, next_state)
+        loc, log_std = self.encode(condition, x)
+        z = loc + log_std.exp() * torch.randn_like(loc)
+        return self.decode(condition, z), x, loc, log_std
+
+    def extra_repr(self) -> str:
+        return f"embedding_dim={self.embedding_dim}, reconstruct={self.reconstruct!r}"

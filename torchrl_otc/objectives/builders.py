@@ -576,24 +576,32 @@ def _update_awac(algo: Algorithm, batch: TensorDictBase) -> dict[str, Tensor]:
 
 
 def _update_cql(algo: Algorithm, batch: TensorDictBase) -> dict[str, Tensor]:
-    # CQLLoss's parts all read the pre-update parameters (as TorchRL's and CORL's CQL scripts do), so one
-    # backward of their sum gives each part exactly its own gradient; each optimiser then steps its part.
+    # CQLLoss's parts all read the pre-update parameters (as TorchRL's and CORL's CQL scripts do). The critic,
+    # actor and alpha losses share no parameter, so one backward of their sum gives each part its own gradient.
+    # The Lagrange loss -alpha' (gap - thresh) also depends on the critic through the CQL gap: its gradient must
+    # reach log_alpha' only (in the CQL authors' code and TorchRL's script the critic's gradients are zeroed after
+    # the alpha' step), so it is taken separately with autograd.grad.
     loss: CQLLoss = algo.loss
     td = batch.copy()  # q_loss writes pred_q1/pred_q2 into its input
     loss_q, meta_q = loss.q_loss(td)
     loss_cql, _ = loss.cql_loss(td)
     out = {"loss_qvalue": loss_q, "loss_cql": loss_cql}
     total = loss_q + loss_cql
+    alpha_prime_grad = None
     if loss.with_lagrange:
         loss_alpha_prime, _ = loss.alpha_prime_loss(td)
-        total = total + loss_alpha_prime
         out["loss_alpha_prime"] = loss_alpha_prime
+        (alpha_prime_grad,) = torch.autograd.grad(
+            loss_alpha_prime, [loss.log_alpha_prime], retain_graph=True
+        )
     loss_actor, meta_actor = loss.actor_loss(td)
     loss_alpha, _ = loss.alpha_loss(meta_actor, mask_tensordict=td)
     total = total + loss_actor + loss_alpha
     for opt in algo.optimizers.values():
         opt.zero_grad(set_to_none=True)
     total.backward()
+    if alpha_prime_grad is not None:
+        loss.log_alpha_prime.grad = alpha_prime_grad
     for part in algo.optimizers:
         _clip_and_step(algo, part)
     algo.target_updater.step()

@@ -43,3 +43,29 @@ def test_metrics_rows_and_truncation(tmp_path):
 def test_resume_needs_a_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.yaml"):
         RunFolder(tmp_path).read_config()
+
+
+def test_a_crash_between_the_two_renames_is_recovered(tmp_path, monkeypatch):
+    """The swap renames target -> target.old, then target.tmp -> target: a crash in between loses nothing."""
+    import os
+
+    target = tmp_path / "ckpt"
+    atomic_checkpoint(target, lambda p: (p / "state.json").write_text(json.dumps({"step": 1})))
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def crash_on_second(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_checkpoint(target, lambda p: (p / "state.json").write_text(json.dumps({"step": 2})))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not target.exists()  # what the crash left: ckpt.old (step 1) and ckpt.tmp (step 2)
+    run = RunFolder(tmp_path)
+    run.checkpoint_dir = target
+    assert run.has_checkpoint()
+    assert json.loads((target / "state.json").read_text()) == {"step": 2}  # the newer one

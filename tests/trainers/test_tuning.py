@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -133,6 +134,74 @@ def test_offline_agents_are_reused_across_strategies(tmp_path):
     assert (
         first["returns"][0] == second["returns"][0]
     )  # same offline-trained agents, same evaluation
+    # The second run loaded them from the cache and still holds the offline phase's rows on the same axis.
+    a, b = load_run(first["run_dir"]), load_run(second["run_dir"])
+
+    def training_rows(run):
+        return [
+            (r["step"], r["name"], r["value"])
+            for r in run.rows
+            if r["phase"] == "offline" and "/loss" in r["name"]
+        ]
+
+    assert training_rows(a) and training_rows(a) == training_rows(b)
+
+
+def _killed_then_resumed(tmp_path, monkeypatch, where: str):
+    """Runs to a KeyboardInterrupt at ``where`` and resumes; returns (reference run, resumed run)."""
+    reference = OnlineTuner(config(tmp_path / "a"), progress=False).run()
+    tuner = OnlineTuner(config(tmp_path / "b"), progress=False)
+    if where == "collection":
+        original = tuner._collect
+
+        def collect(deployment, steps, explore_agent=None):
+            if deployment == 2:
+                raise KeyboardInterrupt("killed while collecting")
+            return original(deployment, steps, explore_agent)
+
+        monkeypatch.setattr(tuner, "_collect", collect)
+    else:  # offline training, after its first in-phase checkpoint (checkpoint_every=8)
+        original = tuner._train
+
+        def train(steps, *, phase, deployment, start=0):
+            if phase == "offline":
+                learner = tuner.agents[0].learner
+                update = learner.update
+
+                def failing(**kwargs):
+                    if tuner._stage["update"] >= 11:
+                        raise KeyboardInterrupt("killed in offline training")
+                    return update(**kwargs)
+
+                monkeypatch.setattr(learner, "update", failing)
+            return original(steps, phase=phase, deployment=deployment, start=start)
+
+        monkeypatch.setattr(tuner, "_train", train)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.run()
+    monkeypatch.undo()
+    resumed = OnlineTuner.resume(tuner.folder.path, progress=False).run()
+    return load_run(reference["run_dir"]), load_run(resumed["run_dir"])
+
+
+@pytest.mark.parametrize("where", ["collection", "offline"])
+def test_resume_after_a_kill_anywhere_equals_uninterrupted_run(tmp_path, monkeypatch, where):
+    a, b = _killed_then_resumed(tmp_path, monkeypatch, where)
+    for name in ("agent0/loss_qvalue", "agent0/alpha", "agent0/D", "eval/return_mean"):
+        assert a.series(name) == pytest.approx(b.series(name)), name
+    rows = lambda run: [(r["step"], r["phase"], r["name"]) for r in run.rows]  # noqa: E731
+    assert rows(a) == rows(b)  # no row lost, none duplicated
+
+
+def test_resume_before_the_first_checkpoint_restarts_cleanly(tmp_path):
+    cfg = config(tmp_path)
+    tuner = OnlineTuner(cfg, progress=False)
+    tuner.folder.write_config(cfg.to_dict())
+    tuner.folder.log({"agent0/loss_qvalue": 1.0}, step=1, phase="offline", deployment=0)
+    resumed = OnlineTuner.resume(tuner.folder.path, progress=False).run()
+    reference = OnlineTuner(config(tmp_path / "ref"), progress=False).run()
+    a, b = load_run(reference["run_dir"]), load_run(resumed["run_dir"])
+    assert [(r["step"], r["name"]) for r in a.rows] == [(r["step"], r["name"]) for r in b.rows]
 
 
 def test_learned_distances_do_not_change_the_offline_agents(tmp_path):
@@ -227,6 +296,10 @@ def test_every_algorithm_on_mpe_and_mamujoco(tmp_path, algo, task):
     run = load_run(summary["run_dir"])
     assert sorted(run.returns) == [0, 1, 2]
     assert all(math.isfinite(float(r["value"])) for r in run.rows)
+    for i in range(2):  # eq. 4, agent by agent
+        alpha, d = run.series(f"agent{i}/alpha"), run.series(f"agent{i}/D")
+        assert alpha[0] == alpha[1] == 1.0
+        assert alpha[2] == pytest.approx(min(max(alpha[1] * d[2] / d[1], 0.1), 10.0), rel=1e-6)
     n_agents = 3
     alphas = {r["name"] for r in run.rows if r["name"].endswith("/alpha")}
     assert alphas == {f"agent{i}/alpha" for i in range(n_agents)}
@@ -309,6 +382,20 @@ def test_dataset_of_another_task_is_refused(tmp_path):
     cfg = config(tmp_path, "task=mpe/navigation-3", f"dataset_path={tmp_path / 'nav'}")
     with pytest.raises(ValueError, match="is for task 'nav/nonstationary', not 'mpe/navigation-3'"):
         OnlineTuner(cfg, progress=False).run()
+
+
+def test_dataset_with_other_shapes_is_refused(tmp_path):
+    from torchrl_otc.data.datasets.builders import build_dataset
+    from torchrl_otc.envs import registry
+
+    build_dataset("nav/nonstationary", "random", 300, seed=0, out=tmp_path / "nav", progress=False)
+    cfg = config(tmp_path, f"dataset_path={tmp_path / 'nav'}")
+    tuner = OnlineTuner(cfg, progress=False)
+    tuner.task = dataclasses.replace(tuner.task, state_dim=tuner.task.state_dim + 1)
+    with pytest.raises(ValueError, match=r"observation \(4,\), action \(2,\)\) do not match"):
+        tuner.run()
+    assert registry  # the registry's task itself is untouched
+    assert OnlineTuner(cfg, progress=False).task.state_dim == 4
 
 
 def test_tensorboard_logger_mirrors_metrics_or_says_what_to_install(tmp_path):

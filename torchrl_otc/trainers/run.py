@@ -30,7 +30,7 @@ import yaml
 from torchrl_otc._version import __version__
 from torchrl_otc.report import METRIC_COLUMNS
 
-__all__ = ["RunFolder", "atomic_checkpoint", "git_revision"]
+__all__ = ["RunFolder", "atomic_checkpoint", "git_revision", "recover_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def atomic_checkpoint(target: str | Path, write: Callable[[Path], None]) -> Path
         ('1', True)
     """
     target = Path(target)
+    recover_checkpoint(target)
     tmp = target.with_name(target.name + ".tmp")
     old = target.with_name(target.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -86,6 +87,34 @@ def atomic_checkpoint(target: str | Path, write: Callable[[Path], None]) -> Path
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def recover_checkpoint(target: str | Path) -> bool:
+    """Completes a swap that :func:`atomic_checkpoint` did not finish; returns whether ``target`` is complete.
+
+    A crash between its two renames leaves no ``target`` but a complete ``target.tmp`` (the new checkpoint) and a
+    complete ``target.old`` (the previous one): the newer is moved into place.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> (root / "ckpt.old").mkdir(); _ = (root / "ckpt.old" / "COMPLETE").write_text("1")
+        >>> recover_checkpoint(root / "ckpt"), (root / "ckpt" / "COMPLETE").exists()
+        (True, True)
+    """
+    target = Path(target)
+    if (target / "COMPLETE").exists():
+        return True
+    for candidate in (
+        target.with_name(target.name + ".tmp"),
+        target.with_name(target.name + ".old"),
+    ):
+        if (candidate / "COMPLETE").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(candidate, target)
+            logger.warning("Recovered the checkpoint %s from %s.", target, candidate)
+            return True
+    return False
 
 
 class RunFolder:
@@ -175,7 +204,8 @@ class RunFolder:
 
     # ---------------------------------------------------------------- checkpoints
     def has_checkpoint(self) -> bool:
-        return (self.checkpoint_dir / "COMPLETE").exists()
+        """Whether a complete checkpoint exists (completing an interrupted swap first)."""
+        return recover_checkpoint(self.checkpoint_dir)
 
     def save_checkpoint(self, write: Callable[[Path], None]) -> Path:
         return atomic_checkpoint(self.checkpoint_dir, write)

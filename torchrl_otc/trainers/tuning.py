@@ -555,6 +555,10 @@ class OnlineTuner:
             if self._stage["stage"] == "offline":
                 self._offline_phase(start=self._stage["update"])
         else:
+            if resuming and self.folder.metrics_file.exists():
+                # Interrupted before its first checkpoint: nothing to continue from, start over cleanly.
+                logger.warning("%s has no checkpoint yet: restarting the run.", self.folder.path)
+                self.folder.truncate_metrics(lambda row: False)
             if self.folder.metrics_file.exists() and not resuming:
                 raise FileExistsError(
                     f"{self.folder.path} already holds a run. Resume it with `otc tune resume={self.folder.path}` or "
@@ -580,6 +584,15 @@ class OnlineTuner:
             for agent, learner_state in zip(self.agents, saved["learners"]):
                 agent.learner.load_state_dict(learner_state)
             self.step = cfg.offline_updates
+            for row in saved.get(
+                "metrics", []
+            ):  # the offline phase's rows, so both phases share one axis
+                self.folder.log(
+                    {row["name"]: float(row["value"])},
+                    step=int(row["step"]),
+                    phase=row["phase"],
+                    deployment=int(row["deployment"]),
+                )
             logger.info("Loaded offline-trained agents from %s", cache)
         else:
             self._train(cfg.offline_updates, phase="offline", deployment=0, start=start)
@@ -589,8 +602,12 @@ class OnlineTuner:
                 {k: v for k, v in agent.learner.state_dict().items() if k != "sampler"}
                 for agent in self.agents
             ]
+            rows = [r for r in self.folder.read_metrics() if r["phase"] == "offline"]
             atomic_checkpoint(
-                cache, lambda path: torch.save({"learners": learners}, path / "agents.pt")
+                cache,
+                lambda path: torch.save(
+                    {"learners": learners, "metrics": rows}, path / "agents.pt"
+                ),
             )
         self._pretrain_samplers()
         self._evaluate_and_log(0, "offline")

@@ -68,6 +68,9 @@ SAMPLERS = {
     "OTC d_e, compiled": lambda online: OTCSampler(
         online, distance=EmbeddingDistance(OBS, ACT), compile=True
     ),
+    "OTC d_e, CVAE step every 10 updates, compiled": lambda online: OTCSampler(
+        online, distance=EmbeddingDistance(OBS, ACT, update_every=10), compile=True
+    ),
     "OTC d_q": lambda online: OTCSampler(online, distance=ValueDistance()),
     "Balanced Replay": lambda online: BalancedReplaySampler(),
 }

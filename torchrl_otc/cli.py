@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchrl_otc.trainers.commands import add_report_command, add_tune_command
+from torchrl_otc.trainers.commands import add_report_command, add_sweep_command, add_tune_command
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -301,7 +301,12 @@ def _run_data_tasks(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- registry
 #: Registration functions of the top-level commands, in help order. Append new commands here
 #: (e.g. ``otc sweep``).
-COMMANDS: list[Callable[[Any], None]] = [_add_data_command, add_tune_command, add_report_command]
+COMMANDS: list[Callable[[Any], None]] = [
+    _add_data_command,
+    add_tune_command,
+    add_report_command,
+    add_sweep_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

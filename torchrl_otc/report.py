@@ -9,13 +9,16 @@ per-agent ``agent{i}/alpha`` rows.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -24,6 +27,9 @@ __all__ = [
     "load_run",
     "improvement",
     "improvement_table",
+    "mechanism_table",
+    "provenance",
+    "returns_table",
     "write_report",
     "METRIC_COLUMNS",
 ]
@@ -40,6 +46,7 @@ class RunRecord:
     path: Path
     config: dict
     rows: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
 
     def series(self, name: str) -> dict[int, float]:
         """The last value of metric ``name`` per deployment."""
@@ -56,14 +63,43 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """The column of the run in Table 1, the strategy (and distance for OTC) + algorithm."""
+        """The column of the run in Table 1, the strategy (with OTC's options that differ from the defaults)
+        and the algorithm, e.g. ``otc-feature-next_state + td3bc``."""
         cfg = self.config
         strategy = cfg["strategy"]
         if strategy == "otc":
-            strategy = f"otc-{cfg['distance']}" + (
-                "" if cfg.get("adaptive_alpha", True) else "-fixed"
-            )
+            parts = [f"otc-{cfg['distance']}"]
+            if not cfg.get("adaptive_alpha", True):
+                parts.append(f"fixed{float(cfg.get('alpha', 1.0)):g}")
+            elif float(cfg.get("alpha", 1.0)) != 1.0:
+                parts.append(f"alpha0={float(cfg['alpha']):g}")
+            if (
+                cfg["distance"] == "feature"
+                and cfg.get("next_state", "displacement") != "displacement"
+            ):
+                parts.append(cfg["next_state"])
+            if (
+                cfg["distance"] == "embedding"
+                and cfg.get("embedding_reconstruct", "action") != "action"
+            ):
+                parts.append(f"decode-{cfg['embedding_reconstruct']}")
+            if not cfg.get("self_match", True):
+                parts.append("no-self-match")
+            strategy = "-".join(parts)
+        if cfg.get("sequential_exploration"):
+            strategy += "-sequential"
         return f"{strategy} + {cfg['algo']}"
+
+    def online_mean(self, suffix: str) -> float:
+        """Mean over the online phase's rows and the agents of the metrics ``agent{i}/<suffix>``."""
+        values = [
+            float(r["value"])
+            for r in self.rows
+            if r["phase"] == "online"
+            and r["name"].startswith("agent")
+            and r["name"].endswith(suffix)
+        ]
+        return statistics.mean(values) if values else math.nan
 
     @property
     def row_key(self) -> tuple[str, str]:
@@ -80,7 +116,9 @@ def load_run(path: str | Path) -> RunRecord:
     config = yaml.safe_load(config_file.read_text())
     with metrics_file.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return RunRecord(path, config, rows)
+    meta_file = path / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return RunRecord(path, config, rows, meta)
 
 
 def improvement(returns: dict[int, float]) -> float:
@@ -106,13 +144,12 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {std:.1f} (n={len(values)})"
 
 
-def improvement_table(runs: Iterable[RunRecord]) -> str:
-    """Markdown table in the layout of the paper's Table 1: improvement (%) at the last deployment over the
-    offline-trained policy, mean ± std over seeds; one row per (dataset, task), one column per strategy."""
-    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+def _table(runs: Iterable[RunRecord], cell: Any, fmt: Any = _mean_std) -> str:
+    """One row per (dataset, task), one column per label; ``cell(run)`` per run, ``fmt(values)`` per cell."""
+    cells: dict[tuple[str, str], dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     columns: list[str] = []
     for run in runs:
-        cells[run.row_key][run.label].append(improvement(run.returns))
+        cells[run.row_key][run.label].append(cell(run))
         if run.label not in columns:
             columns.append(run.label)
     columns.sort()
@@ -123,10 +160,80 @@ def improvement_table(runs: Iterable[RunRecord]) -> str:
     for (dataset, task), by_label in sorted(cells.items()):
         lines.append(
             f"| {dataset} | {task} | "
-            + " | ".join(_mean_std(by_label.get(c, [])) for c in columns)
+            + " | ".join(fmt(by_label.get(c, [])) for c in columns)
             + " |"
         )
     return "\n".join(lines)
+
+
+def improvement_table(runs: Iterable[RunRecord]) -> str:
+    """Markdown table in the layout of the paper's Table 1: improvement (%) at the last deployment over the
+    offline-trained policy, mean ± std over seeds; one row per (dataset, task), one column per strategy."""
+    return _table(runs, lambda run: improvement(run.returns))
+
+
+def _offline_to_online(values: Sequence[tuple[float, float]]) -> str:
+    pairs = [(a, b) for a, b in values if math.isfinite(a) and math.isfinite(b)]
+    if not pairs:
+        return "-"
+
+    def ms(xs: list[float]) -> str:
+        return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}"
+
+    return f"{ms([a for a, _ in pairs])} → {ms([b for _, b in pairs])} (n={len(pairs)})"
+
+
+def returns_table(runs: Iterable[RunRecord]) -> str:
+    """Markdown table of ``offline return → return at the last deployment``, mean ± std over seeds (CORL's
+    offline-to-online layout). Unlike the improvement %, it stays readable when the offline return is near 0."""
+
+    def cell(run: RunRecord) -> tuple[float, float]:
+        returns = run.returns
+        if 0 not in returns or len(returns) < 2:
+            return (math.nan, math.nan)
+        return (returns[0], returns[max(returns)])
+
+    return _table(runs, cell, _offline_to_online)
+
+
+def mechanism_table(runs: Iterable[RunRecord], suffix: str, digits: int = 3) -> str:
+    """Markdown table of the online-phase mean of ``agent{i}/<suffix>`` (e.g. ``online_share``), mean ± std
+    over seeds."""
+
+    def fmt(values: Sequence[float]) -> str:
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
+            return "-"
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+
+    return _table(runs, lambda run: run.online_mean(suffix), fmt)
+
+
+def provenance(runs: Sequence[RunRecord]) -> list[str]:
+    """Lines saying where the runs come from: machines, versions, git revisions, seeds, dates."""
+    machines = sorted(
+        {
+            f"{r.meta.get('machine', '?')}, cuda: {r.meta.get('cuda') or 'none'}, device: {r.meta.get('device', '?')}"
+            for r in runs
+        }
+    )
+    revisions = sorted({str(r.meta.get("git_revision") or "unknown")[:10] for r in runs})
+    versions = sorted(
+        {
+            f"torchrl-otc {r.meta.get('version', '?')}, torch {r.meta.get('torch', '?')}"
+            for r in runs
+        }
+    )
+    seeds = sorted({int(r.config.get("seed", 0)) for r in runs})
+    started = sorted(str(r.meta.get("started", "?"))[:10] for r in runs)
+    roots = sorted({str(r.path.parent) for r in runs})
+    return [
+        f"* runs: {len(runs)} in {', '.join(roots)}; seeds: {seeds}",
+        f"* machines: {'; '.join(machines)}",
+        f"* versions: {'; '.join(versions)}; git revisions: {', '.join(revisions)}",
+        f"* run dates: {started[0]} to {started[-1]}; report written {time.strftime('%Y-%m-%d')}",
+    ]
 
 
 def _plot_curves(
@@ -204,13 +311,30 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
     parts = [
         "# OTC report",
         "",
-        f"{len(runs)} run(s): " + ", ".join(sorted(str(r.path) for r in runs)),
+        *provenance(runs),
         "",
         "## Improvement (%) at the last deployment over the offline-trained policy (Table 1 layout)",
         "",
         improvement_table(runs),
         "",
+        "## Team return: offline-trained policy → last deployment",
+        "",
+        returns_table(runs),
+        "",
+        "## Mechanism: share of online rows in the training batches (online phase)",
+        "",
+        mechanism_table(runs, "/online_share"),
+        "",
     ]
+    if any(
+        any(r["name"].endswith("offline_right_dynamics_share") for r in run.rows) for run in runs
+    ):
+        parts += [
+            "## Mechanism: share of sampled offline rows with the current dynamics (online phase)",
+            "",
+            mechanism_table(runs, "/offline_right_dynamics_share"),
+            "",
+        ]
     returns_png = _plot_curves(
         runs, out / "returns.png", "eval/return_mean", "team return", per_agent=False
     )

@@ -23,14 +23,6 @@ from torchrl_otc.modules.models.vae import TransitionVAE
 from torchrl_otc.objectives import TransitionVAELoss, make_algorithm
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small networks on a shared 2-core CPU
-    yield
-    torch.set_num_threads(threads)
-
-
 def two_dynamics(n: int, seed: int = 0) -> TensorDict:
     """Transitions ``s' = s + a`` (even rows) and ``s' = s - a`` (odd rows), states in R^3, actions in [-1, 1]^3."""
     g = torch.Generator().manual_seed(seed)

@@ -14,16 +14,6 @@ OBS, ACT = 4, 2
 ALGOS = ("bcq", "awac", "cql", "td3bc")
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(
-        1
-    )  # tiny networks on a shared 2-core CPU (see tests/objectives/conftest.py)
-    yield
-    torch.set_num_threads(threads)
-
-
 def transitions(n: int, seed: int, shift: float = 0.0) -> TensorDict:
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(n, OBS, generator=g)

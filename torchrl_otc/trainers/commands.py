@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["add_tune_command", "add_report_command"]
+__all__ = ["add_tune_command", "add_report_command", "add_sweep_command"]
 
 logger = logging.getLogger("torchrl_otc.cli")
 
@@ -75,3 +75,61 @@ def add_report_command(sub: Any) -> None:
     report.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
     report.add_argument("--out", default="report", help="output folder (default: ./report)")
     report.set_defaults(func=_run_report)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from torchrl_otc.configs.tune import _coerce
+    from torchrl_otc.report import write_report
+    from torchrl_otc.trainers.sweep import expand_recipe, load_recipe, run_sweep
+
+    recipe = load_recipe(args.recipe)
+    extra = {}
+    for item in args.overrides:
+        if "=" not in item:
+            raise ValueError(f"Overrides look like key=value; got {item!r}.")
+        key, raw = item.split("=", 1)
+        extra[key] = _coerce(key, raw)
+    configs = expand_recipe(recipe, args.size, runs_root=args.runs_root, **extra)
+    if args.dry_run:
+        for cfg in configs:
+            sys.stdout.write(f"{cfg.runs_root}/{cfg.run_name}\n")
+        return 0
+    results = run_sweep(
+        configs, backend=args.backend, progress=not args.no_progress, ray_address=args.ray_address
+    )
+    folder = Path(configs[0].runs_root)
+    report = write_report([folder], args.report or folder / "report")
+    ran = sum(not r["skipped"] for r in results)
+    sys.stdout.write(
+        f"{len(results)} runs ({ran} run now, {len(results) - ran} already finished) in {folder}\n"
+        f"report: {report}\n"
+    )
+    return 0
+
+
+def add_sweep_command(sub: Any) -> None:
+    """Registers ``otc sweep RECIPE --size {smoke,cpu,paper}`` (a grid of runs, local or on Ray)."""
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a recipe's grid of (task, dataset, algorithm, strategy, seed), skipping finished runs",
+        description=(
+            "Runs every configuration of a recipe (examples/recipes/*.yaml) at one size preset: smoke "
+            "(seconds), cpu (about an hour on a 2-core CPU) or paper (the paper's sizes). Finished runs are "
+            "skipped and interrupted ones resumed, so the command can be repeated until the grid is done. "
+            "backend=ray hands the runs to a Ray cluster. Writes a report of the grid at the end."
+        ),
+    )
+    sweep.add_argument("recipe", help="recipe YAML file")
+    sweep.add_argument("--size", default="cpu", choices=["smoke", "cpu", "paper"])
+    sweep.add_argument("--backend", default="local", choices=["local", "ray"])
+    sweep.add_argument("--ray-address", default=None, help="address of a running Ray cluster")
+    sweep.add_argument(
+        "--runs-root", default="runs", help="root of the run folders (default: runs)"
+    )
+    sweep.add_argument("--report", default=None, help="report folder (default: <runs>/report)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the run folders and stop")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sweep.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    sweep.set_defaults(func=_run_sweep)

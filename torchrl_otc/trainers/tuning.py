@@ -18,6 +18,7 @@ updates), so strategies compared on the same seed share the same starting point.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import statistics
@@ -574,7 +575,11 @@ class OnlineTuner:
         self._online_phase()
         self._stage = {"stage": "done", "deployment": self.K, "update": 0}
         self._checkpoint()
-        return {"returns": dict(self.returns), "run_dir": str(self.folder.path)}
+        summary = {"returns": dict(self.returns), "run_dir": str(self.folder.path)}
+        (self.folder.path / "DONE").write_text(
+            json.dumps(summary["returns"])
+        )  # sweeps skip finished runs
+        return summary
 
     def _offline_phase(self, start: int = 0) -> None:
         cfg = self.config

@@ -1,0 +1,137 @@
+"""Sweeps: recipes expand to valid configs, a smoke sweep runs, finished runs are skipped, reports are written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from torchrl_otc.report import load_run
+from torchrl_otc.trainers.sweep import Recipe, expand_recipe, load_recipe, run_sweep
+
+RECIPES = sorted((Path(__file__).parents[2] / "examples" / "recipes").glob("*.yaml"))
+
+
+def test_the_paper_has_a_recipe_per_experiment():
+    papers = {load_recipe(p).paper for p in RECIPES}
+    for experiment in ("Table 1", "Figure 4", "Figures 5 and 8", "Figure 6 (a-c)", "Figure 7"):
+        assert experiment in papers, experiment
+    assert any(p.startswith("Figure 6d") for p in papers)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_size_of_every_recipe_expands_to_valid_configs(path, tmp_path):
+    recipe = load_recipe(path)
+    assert set(recipe.sizes) == {"smoke", "cpu", "paper"}, recipe.sizes
+    sizes = {}
+    for size in recipe.sizes:
+        configs = expand_recipe(recipe, size, runs_root=tmp_path)
+        names = [c.run_name for c in configs]
+        assert len(names) == len(set(names)), "two runs of one size share a folder"
+        assert all(Path(c.runs_root) == tmp_path / f"{recipe.name}-{size}" for c in configs)
+        sizes[size] = configs
+    assert len(sizes["smoke"]) <= len(sizes["cpu"]) <= len(sizes["paper"])
+    paper = sizes["paper"][0]
+    assert paper.dataset_size == 1_000_000 and paper.deployments == 10  # section 4.1
+    assert paper.steps_per_deployment is None and paper.updates_per_deployment is None
+    assert paper.resolved_steps_per_deployment == 10_000
+    assert all(c.resolved_updates_per_deployment in (2000, 4000) for c in sizes["paper"])  # Table 3
+
+
+def test_smoke_sweep_runs_skips_finished_runs_and_reports(tmp_path, capsys):
+    from torchrl_otc.cli import main
+
+    recipe = RECIPES[[p.stem for p in RECIPES].index("figure6_mpe_and_nonstationary")]
+    args = ["sweep", str(recipe), f"cache_dir={tmp_path / 'cache'}", "--size", "smoke"]
+    args += ["--runs-root", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    assert "4 runs (4 run now, 0 already finished)" in capsys.readouterr().out
+    folder = tmp_path / "figure6_mpe_and_nonstationary-smoke"
+    runs = sorted(p.parent for p in folder.glob("*/DONE"))
+    assert [p.name for p in runs] == [
+        "nav_nonstationary-random-td3bc-base-seed0",
+        "nav_nonstationary-random-td3bc-online-only-seed0",
+        "nav_nonstationary-random-td3bc-otc-embedding-seed0",
+        "nav_nonstationary-random-td3bc-otc-feature-seed0",
+    ]
+    assert {load_run(p).label for p in runs} == {
+        "uniform + td3bc",
+        "online-only + td3bc",
+        "otc-embedding + td3bc",
+        "otc-feature + td3bc",
+    }
+    report = (folder / "report" / "report.md").read_text()
+    assert "share of online rows" in report and "with the current dynamics" in report
+    online_only = load_run(folder / "nav_nonstationary-random-td3bc-online-only-seed0")
+    assert online_only.online_mean("/online_share") == 1.0
+    assert (
+        "| random | nav/nonstationary | 1.000 ± 0.000 |" in report
+    )  # online-only: the first column
+    # A second call finds every run finished and runs nothing.
+    assert main(args) == 0
+    assert "4 runs (0 run now, 4 already finished)" in capsys.readouterr().out
+
+
+def test_an_interrupted_sweep_resumes_its_run(tmp_path, monkeypatch):
+    recipe = Recipe(
+        "mini",
+        base={"task": "nav/nonstationary", "cache_dir": str(tmp_path / "cache")},
+        variants=[{"label": "otc", "strategy": "otc"}],
+        sizes={
+            "smoke": {
+                "dataset_size": 600,
+                "offline_updates": 8,
+                "deployments": 2,
+                "steps_per_deployment": 40,
+                "updates_per_deployment": 8,
+                "eval_episodes": 1,
+                "num_candidates": 64,
+                "num_online": 50,
+                "checkpoint_every": 4,
+            }
+        },
+    )
+    (cfg,) = expand_recipe(recipe, "smoke", runs_root=tmp_path)
+    from torchrl_otc.trainers.tuning import OnlineTuner
+
+    original = OnlineTuner._online_phase
+
+    def killed(self):
+        raise KeyboardInterrupt("killed after offline training")
+
+    monkeypatch.setattr(OnlineTuner, "_online_phase", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep([cfg], progress=False)
+    monkeypatch.setattr(OnlineTuner, "_online_phase", original)
+    (result,) = run_sweep([cfg], progress=False)
+    assert not result["skipped"] and sorted(result["returns"]) == [0, 1, 2]
+    run = load_run(result["run_dir"])
+    offline_rows = [r for r in run.rows if r["phase"] == "offline" and "loss" in r["name"]]
+    steps = [int(r["step"]) for r in offline_rows if r["name"] == "agent0/loss_qvalue"]
+    assert steps == sorted(set(steps))  # the offline phase was not run twice
+
+
+def test_bad_recipes_say_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="unknown config fields \\['lr'\\] in base"):
+        Recipe("r", base={"lr": 1.0})
+    with pytest.raises(ValueError, match="every variant needs a label"):
+        Recipe("r", variants=[{"strategy": "otc"}])
+    with pytest.raises(ValueError, match="unknown sizes \\['huge'\\]"):
+        Recipe("r", sizes={"huge": {}})
+    with pytest.raises(ValueError, match="has no size 'cpu'"):
+        expand_recipe(Recipe("r", sizes={"smoke": {}}), "cpu")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grids: {}\n")
+    with pytest.raises(ValueError, match="unknown recipe keys \\['grids'\\]"):
+        load_recipe(bad)
+    with pytest.raises(FileNotFoundError, match="examples/recipes"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_ray_backend_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ImportError, match="pip install 'ray"):
+        run_sweep([], backend="ray")
+    with pytest.raises(ValueError, match="Unknown backend"):
+        run_sweep([], backend="slurm")

@@ -1,0 +1,224 @@
+"""Sweeps: a grid of (task, dataset, algorithm, strategy, seed) runs from a recipe, locally or on Ray.
+
+A *recipe* (YAML; the paper's experiments are in ``examples/recipes/``) names one experiment of the paper and
+holds:
+
+* ``base``: overrides shared by every run (``key: value`` of :class:`~torchrl_otc.configs.tune.TuneConfig`);
+* ``grid``: axes whose cartesian product gives the runs, e.g. ``{task: [...], dataset: [...], seed: [0, 1, 2]}``;
+* ``variants``: the compared methods, each a mapping of overrides with a ``label`` (e.g.
+  ``{label: otc-embedding, strategy: otc, distance: embedding}``);
+* ``sizes``: named presets of overrides: ``smoke`` (seconds, run by the tests), ``cpu`` (a reduced grid for a
+  2-core CPU within about an hour) and ``paper`` (the paper's sizes, for a GPU or a cluster). A preset may also
+  replace grid axes (``grid: {seed: [0]}``).
+
+:func:`run_sweep` runs every configuration of a preset one after the other (``backend="local"``, the default) or
+hands them to Ray (``backend="ray"``, ``pip install ray``), and skips runs whose folder is finished (a ``DONE``
+marker written by :class:`~torchrl_otc.trainers.tuning.OnlineTuner`), so an interrupted sweep resumes where it
+stopped; a run interrupted midway is resumed from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from torchrl_otc.configs.tune import TuneConfig, field_names, parse_overrides
+
+__all__ = ["Recipe", "load_recipe", "expand_recipe", "run_sweep", "SWEEP_SIZES"]
+
+logger = logging.getLogger(__name__)
+
+SWEEP_SIZES = ("smoke", "cpu", "paper")
+_RECIPE_KEYS = {"name", "description", "paper", "base", "grid", "variants", "sizes"}
+
+
+def _overrides(values: Mapping[str, Any]) -> list[str]:
+    return [f"{k}={'none' if v is None else v}" for k, v in values.items()]
+
+
+@dataclass
+class Recipe:
+    """One experiment: shared overrides, grid axes, compared variants and size presets.
+
+    Attributes:
+        name: short name (used for the runs' folder).
+        description: what the experiment measures.
+        paper: the table or figure of the paper it corresponds to.
+        base: overrides shared by every run.
+        grid: axes of the cartesian product (config field -> list of values).
+        variants: compared methods: override mappings with a ``label``.
+        sizes: presets ``smoke`` / ``cpu`` / ``paper``: overrides, and optionally ``grid`` axes to replace.
+
+    Examples:
+        >>> recipe = Recipe("demo", grid={"seed": [0, 1]}, variants=[{"label": "uniform", "strategy": "uniform"}],
+        ...                 sizes={"smoke": {"deployments": 1}})
+        >>> [(c.seed, c.deployments, c.strategy) for c in expand_recipe(recipe, "smoke", runs_root="runs")]
+        [(0, 1, 'uniform'), (1, 1, 'uniform')]
+    """
+
+    name: str
+    description: str = ""
+    paper: str = ""
+    base: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    variants: list[dict[str, Any]] = field(default_factory=lambda: [{"label": "default"}])
+    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = set(field_names())
+        for where, keys in (
+            ("base", self.base),
+            ("grid", self.grid),
+            *(
+                (f"variant {v.get('label')!r}", {k for k in v if k != "label"})
+                for v in self.variants
+            ),
+            *(
+                (f"size {s!r}", {k for k in o if k != "grid"} | set(o.get("grid", {})))
+                for s, o in self.sizes.items()
+            ),
+        ):
+            unknown = sorted(set(keys) - names)
+            if unknown:
+                raise ValueError(
+                    f"Recipe {self.name!r}: unknown config fields {unknown} in {where}; valid fields: "
+                    f"{', '.join(sorted(names))}."
+                )
+        labels = [v.get("label") for v in self.variants]
+        if any(not isinstance(label, str) or not label for label in labels):
+            raise ValueError(f"Recipe {self.name!r}: every variant needs a label; got {labels}.")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"Recipe {self.name!r}: variant labels must be unique; got {labels}.")
+        unknown_sizes = sorted(set(self.sizes) - set(SWEEP_SIZES))
+        if unknown_sizes:
+            raise ValueError(
+                f"Recipe {self.name!r}: unknown sizes {unknown_sizes}; use {', '.join(SWEEP_SIZES)}."
+            )
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Reads a recipe YAML file; refuses unknown keys and unknown config fields with the valid ones."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No recipe at {path}. The paper's experiments are in examples/recipes/*.yaml."
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(raw) - _RECIPE_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown recipe keys {unknown}; valid keys: {', '.join(sorted(_RECIPE_KEYS))}."
+        )
+    raw.setdefault("name", path.stem)
+    return Recipe(**raw)
+
+
+def expand_recipe(
+    recipe: Recipe, size: str, *, runs_root: str | Path | None = None, **overrides: Any
+) -> list[TuneConfig]:
+    """The validated configs of one size preset: ``base`` + preset + grid point + variant (+ ``overrides``).
+
+    Run folders are ``runs_root / <recipe>-<size> / <task>-<dataset>-<algo>-<variant>-seed<seed>``.
+
+    Args:
+        recipe: the recipe.
+        size: ``"smoke"``, ``"cpu"`` or ``"paper"``.
+
+    Keyword Args:
+        runs_root: root of the run folders (defaults to the configs' ``runs_root``).
+        overrides: further config fields applied to every run (e.g. ``device="cuda"``).
+    """
+    if size not in recipe.sizes:
+        raise ValueError(
+            f"Recipe {recipe.name!r} has no size {size!r}; it has {', '.join(recipe.sizes) or 'none'}."
+        )
+    preset = dict(recipe.sizes[size])
+    grid = {**recipe.grid, **preset.pop("grid", {})}
+    axes = list(grid)
+    configs: list[TuneConfig] = []
+    for point in itertools.product(*(grid[a] for a in axes)):
+        for variant in recipe.variants:
+            values = {**recipe.base, **preset, **dict(zip(axes, point))}
+            values.update({k: v for k, v in variant.items() if k != "label"})
+            values.update(overrides)
+            cfg = parse_overrides(_overrides(values))
+            root = Path(runs_root if runs_root is not None else cfg.runs_root)
+            cfg.runs_root = str(root / f"{recipe.name}-{size}")
+            cfg.run_name = f"{cfg.task.replace('/', '_')}-{cfg.dataset}-{cfg.algo}-{variant['label']}-seed{cfg.seed}"
+            configs.append(cfg.validate())
+    return configs
+
+
+def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
+    from torchrl_otc.trainers.tuning import OnlineTuner
+
+    cfg = TuneConfig(**config).validate()
+    run_dir = Path(cfg.runs_root) / str(cfg.run_name)
+    if (run_dir / "DONE").exists():
+        return {"run_dir": str(run_dir), "skipped": True}
+    if (run_dir / "checkpoint" / "COMPLETE").exists() or (run_dir / "metrics.csv").exists():
+        tuner = OnlineTuner.resume(run_dir, progress=progress)
+    else:
+        tuner = OnlineTuner(cfg, progress=progress)
+    summary = tuner.run()
+    return {**summary, "skipped": False}
+
+
+def run_sweep(
+    configs: Iterable[TuneConfig],
+    *,
+    backend: str = "local",
+    progress: bool = True,
+    ray_address: str | None = None,
+    ray_num_cpus: float = 1.0,
+    ray_num_gpus: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Runs every config (skipping finished runs, resuming interrupted ones); returns their summaries.
+
+    Args:
+        configs: from :func:`expand_recipe`.
+
+    Keyword Args:
+        backend: ``"local"`` (one run after the other, in this process) or ``"ray"`` (one Ray task per run;
+            ``pip install ray``; connects to ``ray_address`` or starts a local Ray).
+        progress: tqdm bars (local backend).
+        ray_address: address of a running Ray cluster (``None``: ``ray.init()`` decides).
+        ray_num_cpus: CPUs reserved per run on Ray.
+        ray_num_gpus: GPUs reserved per run on Ray (use with ``device=cuda``).
+
+    Returns:
+        One ``{"run_dir", "skipped", "returns"?}`` per config, in order.
+    """
+    configs = list(configs)
+    if backend not in ("local", "ray"):
+        raise ValueError(f"Unknown backend {backend!r}; use 'local' or 'ray'.")
+    payloads = [dataclasses.asdict(c) for c in configs]
+    for payload in payloads:
+        payload.pop("extra", None)
+    if backend == "local":
+        from tqdm.auto import tqdm
+
+        out = []
+        for payload in tqdm(payloads, desc="sweep", disable=not progress, unit="run"):
+            out.append(_run_one(payload, progress))
+            logger.info(
+                "sweep: %s (%s)", out[-1]["run_dir"], "skipped" if out[-1]["skipped"] else "ran"
+            )
+        return out
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError(
+            "backend=ray needs Ray: pip install 'ray[default]' (or run with backend=local)."
+        ) from err
+    if not ray.is_initialized():
+        ray.init(address=ray_address)
+    remote = ray.remote(num_cpus=ray_num_cpus, num_gpus=ray_num_gpus)(_run_one)
+    return ray.get([remote.remote(payload, False) for payload in payloads])

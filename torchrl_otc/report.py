@@ -41,7 +41,20 @@ METRIC_COLUMNS = ("step", "phase", "deployment", "name", "value")
 
 @dataclass
 class RunRecord:
-    """One run folder, read back: its config and its metric rows."""
+    """One run folder, read back: its config, its metric rows and its provenance (``meta.json``).
+
+    Examples:
+        >>> from pathlib import Path
+        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
+        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
+        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
+        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
+        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
+        >>> run.label, run.returns
+        ('otc-feature + td3bc', {0: -10.0, 1: -8.0, 2: -5.0})
+        >>> round(run.online_mean("/online_share"), 3)
+        0.267
+    """
 
     path: Path
     config: dict
@@ -107,7 +120,18 @@ class RunRecord:
 
 
 def load_run(path: str | Path) -> RunRecord:
-    """Reads a run folder; raises :class:`FileNotFoundError` naming what is missing."""
+    """Reads a run folder; raises :class:`FileNotFoundError` naming what is missing.
+
+    Examples:
+        >>> import tempfile
+        >>> from torchrl_otc.trainers.run import RunFolder
+        >>> folder = RunFolder(tempfile.mkdtemp())
+        >>> folder.write_config({"strategy": "uniform", "algo": "td3bc", "dataset": "random", "task": "nav/nonstationary"})
+        >>> folder.log({"eval/return_mean": 1.0}, step=0, phase="offline", deployment=0)
+        >>> folder.log({"eval/return_mean": 4.0}, step=50, phase="online", deployment=1)
+        >>> load_run(folder.path).returns
+        {0: 1.0, 1: 4.0}
+    """
     path = Path(path)
     config_file, metrics_file = path / "config.yaml", path / "metrics.csv"
     for f in (config_file, metrics_file):
@@ -168,7 +192,20 @@ def _table(runs: Iterable[RunRecord], cell: Any, fmt: Any = _mean_std) -> str:
 
 def improvement_table(runs: Iterable[RunRecord]) -> str:
     """Markdown table in the layout of the paper's Table 1: improvement (%) at the last deployment over the
-    offline-trained policy, mean ± std over seeds; one row per (dataset, task), one column per strategy."""
+    offline-trained policy, mean ± std over seeds; one row per (dataset, task), one column per strategy.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
+        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
+        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
+        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
+        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
+        >>> print(improvement_table([run]))
+        | dataset | task | otc-feature + td3bc |
+        |---|---|---|
+        | random | mpe/navigation-3 | 50.0 ± 0.0 (n=1) |
+    """
     return _table(runs, lambda run: improvement(run.returns))
 
 
@@ -185,7 +222,18 @@ def _offline_to_online(values: Sequence[tuple[float, float]]) -> str:
 
 def returns_table(runs: Iterable[RunRecord]) -> str:
     """Markdown table of ``offline return → return at the last deployment``, mean ± std over seeds (CORL's
-    offline-to-online layout). Unlike the improvement %, it stays readable when the offline return is near 0."""
+    offline-to-online layout). Unlike the improvement %, it stays readable when the offline return is near 0.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
+        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
+        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
+        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
+        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
+        >>> print(returns_table([run]).splitlines()[-1])
+        | random | mpe/navigation-3 | -10.00 ± 0.00 → -5.00 ± 0.00 (n=1) |
+    """
 
     def cell(run: RunRecord) -> tuple[float, float]:
         returns = run.returns
@@ -198,7 +246,18 @@ def returns_table(runs: Iterable[RunRecord]) -> str:
 
 def mechanism_table(runs: Iterable[RunRecord], suffix: str, digits: int = 3) -> str:
     """Markdown table of the online-phase mean of ``agent{i}/<suffix>`` (e.g. ``online_share``), mean ± std
-    over seeds."""
+    over seeds.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
+        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
+        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
+        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
+        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
+        >>> print(mechanism_table([run], "/online_share").splitlines()[-1])
+        | random | mpe/navigation-3 | 0.267 ± 0.000 |
+    """
 
     def fmt(values: Sequence[float]) -> str:
         values = [v for v in values if math.isfinite(v)]
@@ -211,7 +270,18 @@ def mechanism_table(runs: Iterable[RunRecord], suffix: str, digits: int = 3) -> 
 
 
 def provenance(runs: Sequence[RunRecord]) -> list[str]:
-    """Lines saying where the runs come from: machines, versions, git revisions, seeds, dates."""
+    """Lines saying where the runs come from: machines, versions, git revisions, seeds, dates.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
+        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
+        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
+        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
+        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
+        >>> provenance([run])[0]
+        '* runs: 1 in runs; seeds: [0]'
+    """
     machines = sorted(
         {
             f"{r.meta.get('machine', '?')}, cuda: {r.meta.get('cuda') or 'none'}, device: {r.meta.get('device', '?')}"
@@ -294,6 +364,17 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
 
     Returns:
         The path of ``report.md``.
+
+    Examples:
+        >>> import tempfile
+        >>> from torchrl_otc.trainers.run import RunFolder
+        >>> folder = RunFolder(tempfile.mkdtemp())
+        >>> folder.write_config({"strategy": "uniform", "algo": "td3bc", "dataset": "random", "task": "nav/nonstationary"})
+        >>> folder.log({"eval/return_mean": 1.0}, step=0, phase="offline", deployment=0)
+        >>> folder.log({"eval/return_mean": 4.0}, step=50, phase="online", deployment=1)
+        >>> report = write_report([folder.path], folder.path / "report")
+        >>> "| random | nav/nonstationary | 300.0 ± 0.0 (n=1) |" in report.read_text()
+        True
     """
     paths: list[Path] = []
     for d in map(Path, run_dirs):

@@ -59,6 +59,11 @@ class AlgorithmConfig:
             per part; ``None`` (the references) clips nothing.
         loss_function: critic regression loss: ``"l2"`` (the references' MSE), ``"l1"`` or ``"smooth_l1"``
             (TorchRL's default).
+
+    Examples:
+        >>> cfg = AlgorithmConfig()
+        >>> cfg.discount, cfg.batch_size, cfg.hidden_sizes
+        (0.99, 128, (256, 256))
     """
 
     name: ClassVar[str] = ""

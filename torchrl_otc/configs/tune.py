@@ -73,6 +73,11 @@ class TuneConfig:
         logger: ``"csv"``, ``"tensorboard"`` or ``"wandb"`` (TorchRL loggers).
         checkpoint_every: gradient steps between checkpoints inside an update phase.
         compile: compile OTC's distance step (:func:`torch.compile`).
+
+    Examples:
+        >>> cfg = TuneConfig(algo="bcq", dataset_size=100_000, updates_per_deployment=None).validate()
+        >>> cfg.resolved_steps_per_deployment, cfg.resolved_updates_per_deployment  # 1 % of B^0; Table 3's L
+        (1000, 4000)
     """
 
     task: str = "mpe/navigation-3"

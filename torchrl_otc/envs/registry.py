@@ -31,7 +31,15 @@ __all__ = ["TaskSpec", "TASKS", "get_task", "list_tasks", "make_env", "UnknownTa
 
 
 class UnknownTaskError(KeyError, ValueError):
-    """Raised for a task name that is not registered; the message lists the valid names."""
+    """Raised for a task name that is not registered; the message lists the valid names.
+
+    Examples:
+        >>> try:
+        ...     get_task("mpe/navigation-9")
+        ... except UnknownTaskError as err:
+        ...     "Valid tasks" in str(err)
+        True
+    """
 
     def __str__(self) -> str:  # KeyError quotes its message; show it as written
         return str(self.args[0]) if self.args else ""

@@ -57,6 +57,10 @@ class TransitionDistance(Protocol):
 
     Attributes:
         in_keys: the keys the distance reads from a transition (nested keys allowed).
+
+    Examples:
+        >>> isinstance(FeatureDistance(), TransitionDistance)  # a structural check: any such object plugs in
+        True
     """
 
     in_keys: Sequence[NestedKey]
@@ -105,6 +109,18 @@ class L1EmbeddingDistance(nn.Module):
         rowwise_embedding (bool): whether a row's embedding depends on that row alone. Then the sampler embeds
             the online buffer once and reuses it until the buffer is written to or ``version`` changes. A
             distance that normalises over the set it embeds sets it to ``False``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> class RawStates(L1EmbeddingDistance):  # match and rank on the raw states alone
+        ...     in_keys = ["observation", ("next", "observation")]
+        ...     def embed(self, td):
+        ...         return td["observation"], td["next", "observation"]
+        >>> td = TensorDict({"observation": torch.tensor([[0.0], [1.0]]),
+        ...                  ("next", "observation"): torch.tensor([[1.0], [3.0]])}, [2])
+        >>> RawStates().next_state_distance(td, td.flip(0))
+        tensor([2., 2.])
     """
 
     in_keys: list[NestedKey]

@@ -36,7 +36,13 @@ logger = logging.getLogger(__name__)
 
 
 def git_revision(path: str | Path | None = None) -> str | None:
-    """The git revision of the package source (``None`` outside a checkout)."""
+    """The git revision of the package source (``None`` outside a checkout).
+
+    Examples:
+        >>> revision = git_revision()
+        >>> revision is None or len(revision) == 40
+        True
+    """
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -104,7 +104,16 @@ class Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Reads a recipe YAML file; refuses unknown keys and unknown config fields with the valid ones."""
+    r"""Reads a recipe YAML file; refuses unknown keys and unknown config fields with the valid ones.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "mine.yaml"
+        >>> _ = path.write_text("grid: {seed: [0, 1]}\nsizes: {smoke: {deployments: 1}}\n")
+        >>> recipe = load_recipe(path)
+        >>> recipe.name, len(expand_recipe(recipe, "smoke"))
+        ('mine', 2)
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -134,6 +143,12 @@ def expand_recipe(
     Keyword Args:
         runs_root: root of the run folders (defaults to the configs' ``runs_root``).
         overrides: further config fields applied to every run (e.g. ``device="cuda"``).
+
+    Examples:
+        >>> recipe = Recipe("demo", grid={"task": ["mpe/navigation-3", "mpe/navigation-4"]},
+        ...                 variants=[{"label": "otc", "strategy": "otc"}], sizes={"cpu": {"deployments": 4}})
+        >>> [c.run_name for c in expand_recipe(recipe, "cpu", runs_root="runs", seed=3)]
+        ['mpe_navigation-3-random-td3bc-otc-seed3', 'mpe_navigation-4-random-td3bc-otc-seed3']
     """
     if size not in recipe.sizes:
         raise ValueError(
@@ -195,6 +210,19 @@ def run_sweep(
 
     Returns:
         One ``{"run_dir", "skipped", "returns"?}`` per config, in order.
+
+    Examples:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> recipe = Recipe("demo", base={"task": "nav/nonstationary", "cache_dir": root + "/cache"},
+        ...     sizes={"smoke": {"dataset_size": 500, "offline_updates": 2, "deployments": 1,
+        ...                      "steps_per_deployment": 20, "updates_per_deployment": 2, "eval_episodes": 1,
+        ...                      "num_candidates": 16, "num_online": 10}})
+        >>> configs = expand_recipe(recipe, "smoke", runs_root=root)
+        >>> [r["skipped"] for r in run_sweep(configs, progress=False)]  # ran
+        [False]
+        >>> [r["skipped"] for r in run_sweep(configs, progress=False)]  # finished: skipped
+        [True]
     """
     configs = list(configs)
     if backend not in ("local", "ray"):

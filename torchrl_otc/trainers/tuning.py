@@ -55,7 +55,12 @@ ID_KEY = "transition_id"
 
 
 class DivergenceError(RuntimeError):
-    """An agent's loss became NaN or infinite."""
+    """An agent's loss became NaN or infinite; the message names the agent, the update and the last checkpoint.
+
+    Examples:
+        >>> issubclass(DivergenceError, RuntimeError)
+        True
+    """
 
 
 def resolve_device(name: str) -> torch.device:

@@ -67,7 +67,16 @@ _METADATA_FILE = "metadata.json"
 
 
 class DatasetError(ValueError):
-    """A dataset folder or TensorDict that cannot be used; the message says why and what to do."""
+    """A dataset folder or TensorDict that cannot be used; the message says why and what to do.
+
+    Examples:
+        >>> import tempfile
+        >>> try:
+        ...     load_dataset(tempfile.mkdtemp())
+        ... except DatasetError as err:
+        ...     print(type(err).__name__)
+        DatasetError
+    """
 
 
 def _key_str(key: str | tuple) -> str:

@@ -355,12 +355,17 @@ def _plot_curves(
     return out
 
 
-def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
+def write_report(
+    run_dirs: Iterable[str | Path], out_dir: str | Path, *, title: str = "OTC report"
+) -> Path:
     """Writes ``report.md`` with the Table-1 layout, learning curves and alpha curves into ``out_dir``.
 
     Args:
         run_dirs: run folders (or folders of run folders).
         out_dir: where ``report.md``, ``returns.png`` and ``alpha.png`` go.
+
+    Keyword Args:
+        title: the report's first heading.
 
     Returns:
         The path of ``report.md``.
@@ -390,7 +395,7 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     parts = [
-        "# OTC report",
+        f"# {title}",
         "",
         *provenance(runs),
         "",

@@ -105,7 +105,7 @@ def test_shipped_checkpoints_reach_about_a_third():
 
 @pytest.mark.slow
 def test_medium_replay_reruns_the_recorded_training():
-    """Re-running the recorded training (what medium-replay does) ends where the shipped policy ended."""
+    """Re-running the recorded training (what medium-replay does) stops where the shipped policy's run stopped."""
     pytest.importorskip("vmas")
     from torchrl_otc.data.datasets import build_dataset
 
@@ -113,4 +113,37 @@ def test_medium_replay_reruns_the_recorded_training():
     _, record = load_behaviour_policy(task)
     ds = build_dataset(task, "medium-replay", 10**7, seed=0, progress=False)
     assert len(ds) == record["transitions"]
-    assert ds.metadata["stats"]["rerun_final"] == record["final"]
+    stats = ds.metadata["stats"]
+    assert stats["rerun_final"]["transitions"] == record["final"]["transitions"]
+    assert stats["recorded_final"] == record["final"]  # both runs' ends are kept with the data
+
+
+def test_medium_replay_is_the_replay_of_the_recorded_run(tmp_path):
+    """A tiny recorded run: medium-replay re-runs it to the recorded stop and holds that run's replay, row for row."""
+    pytest.importorskip("vmas")
+    from torchrl_otc.data.datasets import build_dataset
+    from torchrl_otc.data.datasets.behaviour import (
+        BehaviourConfig,
+        save_behaviour_policy,
+        train_behaviour_policy,
+    )
+
+    task = "mpe/navigation-3"
+    cfg = BehaviourConfig.for_task(
+        task,
+        max_transitions=1024,
+        start_transitions=256,
+        eval_every=256,
+        eval_episodes=2,
+        target_fraction=-10.0,  # reached at the first evaluation after the random start
+    )
+    reference = {"random": -50.0, "expert": -8.0, "source": "test"}
+    result = train_behaviour_policy(task, cfg, progress=False, reference=reference)
+    assert result.reached and len(result.replay) < 1024
+    path = save_behaviour_policy(
+        task, result, tmp_path / "policy.pt", command="otc data train-behaviour"
+    )
+    ds = build_dataset(task, "medium-replay", 10**6, seed=0, checkpoint=path, progress=False)
+    assert len(ds) == len(result.replay)
+    for key in ("observation", "action", ("next", "observation"), ("next", "reward")):
+        assert torch.equal(ds.data.get(key), result.replay.get(key)), key

@@ -59,7 +59,7 @@ def add_tune_command(sub: Any) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from torchrl_otc.report import write_report
 
-    report = write_report(args.runs, args.out)
+    report = write_report(args.runs, args.out, title=args.title)
     sys.stdout.write(report.read_text() + f"\n\nreport written to {report}\n")
     return 0
 
@@ -74,6 +74,7 @@ def add_report_command(sub: Any) -> None:
     )
     report.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
     report.add_argument("--out", default="report", help="output folder (default: ./report)")
+    report.add_argument("--title", default="OTC report", help="first heading of report.md")
     report.set_defaults(func=_run_report)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shlex
 import time
 from pathlib import Path
@@ -214,6 +215,10 @@ def build_dataset(
         _, record = load_behaviour_policy(task, path)
         cfg_dict = dict(record["config"])
         cfg_dict["hidden"] = tuple(cfg_dict["hidden"])
+        # Stop where the recorded run stopped, whatever score the re-run reaches there: the replay then always
+        # holds the recorded number of transitions, and the very same ones where the arithmetic repeats.
+        cfg_dict["max_transitions"] = int(record["transitions"])
+        cfg_dict["target_fraction"] = math.inf
         cfg = BehaviourConfig(**cfg_dict)
         logger.info(
             "Re-running the behaviour-policy training of %s (seed %d) to its stopping point (%d transitions)",
@@ -222,7 +227,7 @@ def build_dataset(
             record["transitions"],
         )
         result = train_behaviour_policy(task, cfg, progress=progress, reference=record["reference"])
-        if result.final != record["final"]:
+        if result.final["return_mean"] != record["final"]["return_mean"]:
             logger.warning(
                 "The re-run of %s's behaviour-policy training ended at %s, the recorded run at %s (different "
                 "hardware, thread count or library versions); the medium-replay data is that of the re-run.",

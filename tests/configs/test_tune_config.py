@@ -74,3 +74,13 @@ def test_every_field_round_trips_through_dict():
     cfg = TuneConfig()
     assert set(cfg.to_dict()) == set(field_names())
     assert parse_overrides([f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None]) == cfg
+
+
+def test_paper_preset_and_unknown_config_file():
+    cfg = parse_overrides(["config=paper", "algo=awac", "deployments=3"])
+    assert (cfg.dataset_size, cfg.num_candidates, cfg.num_online) == (1_000_000, 512, 2000)
+    assert cfg.deployments == 3  # later overrides win
+    assert cfg.resolved_steps_per_deployment == 10_000  # 1 % of the dataset (section 4.1)
+    assert cfg.resolved_updates_per_deployment == 2000  # Table 3's L for AWAC
+    with pytest.raises(FileNotFoundError, match="shipped: paper"):
+        parse_overrides(["config=papr"])

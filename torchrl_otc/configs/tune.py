@@ -1,7 +1,7 @@
 """Typed configuration of one online-tuning run (Algorithm 1), with Hydra-style ``key=value`` overrides.
 
 Every field is read by :class:`~torchrl_otc.trainers.tuning.OnlineTuner`; the values of the paper (section 4.1,
-Table 3) are the defaults where they fit a CPU, and the ``paper`` preset restores the rest.
+Table 3) are the defaults where they fit a CPU, and the ``paper`` preset (``config=paper``) restores the rest.
 """
 
 from __future__ import annotations
@@ -232,15 +232,36 @@ def _coerce(name: str, raw: str) -> Any:
     return raw
 
 
+PRESETS_DIR = Path(__file__).resolve().parent
+
+
+def _config_file(name: str) -> Path:
+    """``config=NAME``: a YAML file, or a preset shipped with the package (``paper``)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    preset = PRESETS_DIR / f"{name}.yaml"
+    if path.suffix == "" and preset.exists():
+        return preset
+    shipped = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    raise FileNotFoundError(
+        f"config={name}: no such file, and no shipped preset of that name (shipped: {', '.join(shipped)})."
+    )
+
+
 def parse_overrides(overrides: Iterable[str], base: TuneConfig | None = None) -> TuneConfig:
     """Builds a :class:`TuneConfig` from Hydra-style ``key=value`` strings.
 
-    ``config=PATH.yaml`` loads a YAML file of fields first; later overrides win.
+    ``config=PATH.yaml`` loads a YAML file of fields first; later overrides win. ``config=paper`` loads the
+    shipped preset of the paper's sizes (``torchrl_otc/configs/paper.yaml``).
 
     Examples:
         >>> cfg = parse_overrides(["algo=bcq", "deployments=10", "steps_per_deployment=none"])
         >>> cfg.algo, cfg.deployments, cfg.steps_per_deployment
         ('bcq', 10, None)
+        >>> paper = parse_overrides(["config=paper", "algo=bcq"])
+        >>> paper.dataset_size, paper.resolved_steps_per_deployment, paper.resolved_updates_per_deployment
+        (1000000, 10000, 4000)
     """
     values: dict[str, Any] = dataclasses.asdict(base) if base is not None else {}
     values.pop("extra", None)
@@ -253,7 +274,7 @@ def parse_overrides(overrides: Iterable[str], base: TuneConfig | None = None) ->
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("+")
         if key == "config":
-            loaded = yaml.safe_load(Path(raw).read_text()) or {}
+            loaded = yaml.safe_load(_config_file(raw).read_text()) or {}
             unknown = sorted(set(loaded) - set(names))
             if unknown:
                 raise ValueError(

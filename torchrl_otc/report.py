@@ -24,6 +24,7 @@ import yaml
 
 __all__ = [
     "RunRecord",
+    "example_run",
     "load_run",
     "improvement",
     "improvement_table",
@@ -119,6 +120,35 @@ class RunRecord:
         return (self.config["dataset"], self.config["task"])
 
 
+def example_run() -> RunRecord:
+    """A small in-memory run (OTC with the feature distance, TD3+BC, three evaluations) for examples and tests.
+
+    Examples:
+        >>> example_run().returns
+        {0: -10.0, 1: -8.0, 2: -5.0}
+    """
+    rows = [
+        {
+            "step": str(10 * k),
+            "phase": "online",
+            "deployment": str(k),
+            "name": name,
+            "value": str(v),
+        }
+        for k, (ret, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
+        for name, v in (("eval/return_mean", ret), ("agent0/online_share", share))
+    ]
+    config = {
+        "strategy": "otc",
+        "distance": "feature",
+        "algo": "td3bc",
+        "dataset": "random",
+        "task": "mpe/navigation-3",
+        "seed": 0,
+    }
+    return RunRecord(Path("runs/r"), config, rows)
+
+
 def load_run(path: str | Path) -> RunRecord:
     """Reads a run folder; raises :class:`FileNotFoundError` naming what is missing.
 
@@ -195,12 +225,7 @@ def improvement_table(runs: Iterable[RunRecord]) -> str:
     offline-trained policy, mean ± std over seeds; one row per (dataset, task), one column per strategy.
 
     Examples:
-        >>> from pathlib import Path
-        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
-        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
-        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
-        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
-        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
+        >>> run = example_run()
         >>> print(improvement_table([run]))
         | dataset | task | otc-feature + td3bc |
         |---|---|---|
@@ -225,12 +250,7 @@ def returns_table(runs: Iterable[RunRecord]) -> str:
     offline-to-online layout). Unlike the improvement %, it stays readable when the offline return is near 0.
 
     Examples:
-        >>> from pathlib import Path
-        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
-        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
-        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
-        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
-        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
+        >>> run = example_run()
         >>> print(returns_table([run]).splitlines()[-1])
         | random | mpe/navigation-3 | -10.00 ± 0.00 → -5.00 ± 0.00 (n=1) |
     """
@@ -249,12 +269,7 @@ def mechanism_table(runs: Iterable[RunRecord], suffix: str, digits: int = 3) -> 
     over seeds.
 
     Examples:
-        >>> from pathlib import Path
-        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
-        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
-        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
-        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
-        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
+        >>> run = example_run()
         >>> print(mechanism_table([run], "/online_share").splitlines()[-1])
         | random | mpe/navigation-3 | 0.267 ± 0.000 |
     """
@@ -273,12 +288,7 @@ def provenance(runs: Sequence[RunRecord]) -> list[str]:
     """Lines saying where the runs come from: machines, versions, git revisions, seeds, dates.
 
     Examples:
-        >>> from pathlib import Path
-        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
-        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
-        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
-        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
-        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
+        >>> run = example_run()
         >>> provenance([run])[0]
         '* runs: 1 in runs; seeds: [0]'
     """

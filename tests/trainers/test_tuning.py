@@ -89,45 +89,6 @@ def test_alpha_follows_eq4(tmp_path):
     assert alpha[2] == pytest.approx(min(max(alpha[1] * d[2] / d[1], 0.1), 10.0), rel=1e-6)
 
 
-@pytest.mark.parametrize("distance", ["feature", "embedding"])
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch, distance):
-    reference = OnlineTuner(config(tmp_path / "a", f"distance={distance}"), progress=False).run()
-    cfg = config(tmp_path / "b", f"distance={distance}")
-    tuner = OnlineTuner(cfg, progress=False)
-    original = tuner._train
-    calls = {"n": 0}
-
-    def crash_in_second_deployment(steps, *, phase, deployment, start=0):
-        if deployment == 2:
-            calls["n"] += 1
-            learner = tuner.agents[0].learner
-            update = learner.update
-
-            def failing(**kwargs):
-                if tuner._stage["update"] >= 13:
-                    raise KeyboardInterrupt("killed")
-                return update(**kwargs)
-
-            monkeypatch.setattr(learner, "update", failing)
-        return original(steps, phase=phase, deployment=deployment, start=start)
-
-    monkeypatch.setattr(tuner, "_train", crash_in_second_deployment)
-    with pytest.raises(KeyboardInterrupt):
-        tuner.run()
-    assert calls["n"] == 1
-    resumed = OnlineTuner.resume(summary_dir := tuner.folder.path, progress=False).run()
-    assert resumed["returns"] == pytest.approx(reference["returns"])
-    a, b = load_run(reference["run_dir"]), load_run(summary_dir)
-    names = ["agent0/loss_qvalue", "agent0/alpha", "agent0/D", "eval/return_mean"]
-    if distance == "embedding":  # the CVAE, its optimiser and its random stream were checkpointed
-        names.append("agent0/distance/loss_vae")
-    for name in names:
-        assert a.series(name) == pytest.approx(b.series(name)), name
-    # The online data of deployment 1 survived the crash.
-    state = torch.load(summary_dir / "checkpoint" / "state.pt", weights_only=False)
-    assert [len(r) for r in state["agents"][0]["online_rows"]] == [100, 100]
-
-
 def test_offline_agents_are_reused_across_strategies(tmp_path):
     first = OnlineTuner(config(tmp_path, "strategy=otc"), progress=False).run()
     second = OnlineTuner(config(tmp_path, "strategy=uniform"), progress=False).run()
@@ -147,10 +108,14 @@ def test_offline_agents_are_reused_across_strategies(tmp_path):
     assert training_rows(a) and training_rows(a) == training_rows(b)
 
 
-def _killed_then_resumed(tmp_path, monkeypatch, where: str):
-    """Runs to a KeyboardInterrupt at ``where`` and resumes; returns (reference run, resumed run)."""
-    reference = OnlineTuner(config(tmp_path / "a"), progress=False).run()
-    tuner = OnlineTuner(config(tmp_path / "b"), progress=False)
+def _killed_then_resumed(tmp_path, monkeypatch, where: str, *overrides: str):
+    """Runs to a KeyboardInterrupt at ``where`` and resumes; returns (reference run, resumed run).
+
+    ``where``: ``"update"`` (update 13 of deployment 2's tuning), ``"collection"`` (deployment 2's collection) or
+    ``"offline"`` (update 11 of offline training, after its first in-phase checkpoint: checkpoint_every=8).
+    """
+    reference = OnlineTuner(config(tmp_path / "a", *overrides), progress=False).run()
+    tuner = OnlineTuner(config(tmp_path / "b", *overrides), progress=False)
     if where == "collection":
         original = tuner._collect
 
@@ -160,17 +125,20 @@ def _killed_then_resumed(tmp_path, monkeypatch, where: str):
             return original(deployment, steps, explore_agent)
 
         monkeypatch.setattr(tuner, "_collect", collect)
-    else:  # offline training, after its first in-phase checkpoint (checkpoint_every=8)
+    else:
         original = tuner._train
+        phase_killed, deployment_killed, update_killed = (
+            ("online", 2, 13) if where == "update" else ("offline", 0, 11)
+        )
 
         def train(steps, *, phase, deployment, start=0):
-            if phase == "offline":
+            if phase == phase_killed and deployment == deployment_killed:
                 learner = tuner.agents[0].learner
                 update = learner.update
 
                 def failing(**kwargs):
-                    if tuner._stage["update"] >= 11:
-                        raise KeyboardInterrupt("killed in offline training")
+                    if tuner._stage["update"] >= update_killed:
+                        raise KeyboardInterrupt(f"killed in the {phase} phase")
                     return update(**kwargs)
 
                 monkeypatch.setattr(learner, "update", failing)
@@ -184,13 +152,29 @@ def _killed_then_resumed(tmp_path, monkeypatch, where: str):
     return load_run(reference["run_dir"]), load_run(resumed["run_dir"])
 
 
-@pytest.mark.parametrize("where", ["collection", "offline"])
-def test_resume_after_a_kill_anywhere_equals_uninterrupted_run(tmp_path, monkeypatch, where):
-    a, b = _killed_then_resumed(tmp_path, monkeypatch, where)
-    for name in ("agent0/loss_qvalue", "agent0/alpha", "agent0/D", "eval/return_mean"):
+@pytest.mark.parametrize(
+    "where,distance",
+    [
+        ("update", "feature"),
+        ("update", "embedding"),
+        ("collection", "feature"),
+        ("offline", "feature"),
+    ],
+)
+def test_resume_after_a_kill_anywhere_equals_uninterrupted_run(
+    tmp_path, monkeypatch, where, distance
+):
+    a, b = _killed_then_resumed(tmp_path, monkeypatch, where, f"distance={distance}")
+    names = ["agent0/loss_qvalue", "agent0/alpha", "agent0/D", "eval/return_mean"]
+    if distance == "embedding":  # the CVAE, its optimiser and its random stream were checkpointed
+        names.append("agent0/distance/loss_vae")
+    for name in names:
         assert a.series(name) == pytest.approx(b.series(name)), name
     rows = lambda run: [(r["step"], r["phase"], r["name"]) for r in run.rows]  # noqa: E731
     assert rows(a) == rows(b)  # no row lost, none duplicated
+    # The online data of every deployment survived.
+    state = torch.load(b.path / "checkpoint" / "state.pt", weights_only=False)
+    assert [len(r) for r in state["agents"][0]["online_rows"]] == [100, 100]
 
 
 def test_resume_before_the_first_checkpoint_restarts_cleanly(tmp_path):

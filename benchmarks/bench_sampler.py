@@ -104,6 +104,14 @@ def main() -> None:
     results["  part: rank priorities (eq. 3)"] = timeit(
         lambda: rank_priorities(d[:, 0], 1.0), args.repeats
     )
+    if not args.no_compile:
+        from torchrl_otc.data.samplers import _l1_min
+
+        fused = torch.compile(_l1_min, dynamic=False)
+        y_t = y.t().contiguous()
+        results["  part: fused pairwise L1 + row min + tie count, compiled"] = timeit(
+            lambda: fused(x, y_t), args.repeats
+        )
 
     device = (
         torch.cuda.get_device_name()

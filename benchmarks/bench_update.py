@@ -388,12 +388,53 @@ def synced(fn: Callable[[int], None], device: torch.device) -> Callable[[int], N
     return run
 
 
+def parts(repeats: int) -> list[tuple[str, float]]:
+    """The helpers of ``torchrl_otc/objectives/utils.py`` against what they replace (BCQ, Table 3 sizes)."""
+    from torchrl.objectives import SoftUpdate
+
+    from torchrl_otc.objectives.utils import ForeachSoftUpdate, critic_values
+
+    algo = make_algorithm(
+        make_config("bcq"), Unbounded(shape=(OBS,)), Bounded(-1.0, 1.0, (ACT,)), seed=0
+    )
+    loss = algo.loss
+    torchrl_update, foreach_update = SoftUpdate(loss, tau=TAU), ForeachSoftUpdate(loss, tau=TAU)
+    inputs = {"observation": torch.randn(BATCH, OBS), "action": torch.rand(BATCH, ACT) * 2 - 1}
+    td = TensorDict(inputs, [BATCH])
+    params = loss.qvalue_network_params
+
+    def timed(fn: Callable[[], object]) -> float:
+        for _ in range(10):
+            fn()
+        values = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                fn()
+            values.append((time.perf_counter() - t0) * 1e3 / 20)
+        return statistics.median(values)
+
+    with torch.no_grad():
+        return [
+            ("TorchRL SoftUpdate.step", timed(torchrl_update.step)),
+            ("ForeachSoftUpdate.step (one torch._foreach_lerp_)", timed(foreach_update.step)),
+            (
+                "twin critics, vmap over the TensorDictModule",
+                timed(lambda: loss._vmap_qvalue_networkN0(td, params)),
+            ),
+            (
+                "twin critics, StackedMLP (one batched matmul per layer)",
+                timed(lambda: critic_values(loss, inputs, params)),
+            ),
+        ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", default="bcq,bcq750,awac,cql,td3bc,batched")
+    parser.add_argument("--only", default="bcq,bcq750,awac,cql,td3bc,batched,parts")
     parser.add_argument("--agents", default="1,2,3,4,5,6")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -415,7 +456,7 @@ def main() -> None:
     }
     device = torch.device(args.device)
     rows = []
-    keys = [k for k in args.only.split(",") if k != "batched"]
+    keys = [k for k in args.only.split(",") if k not in ("batched", "parts")]
     for key in keys:
         label, overrides, plain = cases[key]
         name = "bcq" if key.startswith("bcq") else key
@@ -425,6 +466,7 @@ def main() -> None:
         }
         result = measure(fns, args.repeats, args.block)
         rows.append((label, result["package"], result["plain"]))
+    part_rows = parts(args.repeats) if "parts" in args.only.split(",") else []
     agent_rows = []
     if "batched" in args.only.split(","):
         for n in (int(x) for x in args.agents.split(",")):
@@ -446,6 +488,12 @@ def main() -> None:
         print("|---|---|---|---|")
         for label, ours, plain in rows:
             print(f"| {label} | {ours:.2f} | {plain:.2f} | {ours / plain:.2f} |")
+    if part_rows:
+        print("\nParts of a BCQ update (Table 3 sizes), ms per call\n")
+        print("| part | ms |")
+        print("|---|---|")
+        for label, ms in part_rows:
+            print(f"| {label} | {ms:.3f} |")
     if agent_rows:
         print(f"\nTD3+BC, N agents on {device.type}, ms per update of all N agents\n")
         print("| N | separate (N x update_step) | batched (BatchedTD3BC) | speed-up |")

@@ -812,7 +812,8 @@ def _l1_min(
     """Pairwise L1 ``[B, D]`` of ``x [B, k]`` and ``y_t [k, D]``, its row minima, argmins and tie counts.
 
     Written for :func:`torch.compile`: with ``y`` transposed the compiler vectorises over the ``D`` online rows
-    and fuses the distance, the minimum and the tie count (about 5x faster than ``cdist`` on a 2-core CPU).
+    and fuses the distance, the minimum and the tie count (``benchmarks/bench_sampler.py`` times it against
+    ``cdist``).
     """
     d = (x.unsqueeze(2) - y_t.unsqueeze(0)).abs().sum(1)
     if x_ids is not None and y_ids is not None:

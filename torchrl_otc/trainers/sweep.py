@@ -35,6 +35,7 @@ __all__ = ["Recipe", "load_recipe", "expand_recipe", "run_sweep", "SWEEP_SIZES"]
 
 logger = logging.getLogger(__name__)
 
+#: The size presets a recipe may define: seconds (tests), a 2-core CPU within about an hour, the paper's sizes.
 SWEEP_SIZES = ("smoke", "cpu", "paper")
 _RECIPE_KEYS = {"name", "description", "paper", "base", "grid", "variants", "sizes"}
 

@@ -390,6 +390,19 @@ class TestValueDistance:
         q, v = dist.embed(data[:10])
         assert q.shape == (10, 1) == v.shape and not q.requires_grad and not v.requires_grad
 
+    def test_one_pass_over_both_sets_keeps_each_sets_normalisation(self):
+        algo = make_algorithm(
+            make_config("awac", hidden_sizes=(8,)),
+            Unbounded(shape=(3,)),
+            Bounded(-1.0, 1.0, (2,)),
+            seed=0,
+        )
+        dist = ValueDistance(algo)
+        data = _td(torch.randn(30, 3), torch.rand(30, 2) * 2 - 1, torch.randn(30, 3))
+        (qc, vc), (qo, vo) = dist.embed_sets(data[:20], data[20:])
+        for got, want in zip((qc, vc, qo, vo), (*dist.embed(data[:20]), *dist.embed(data[20:]))):
+            torch.testing.assert_close(got, want)
+
     def test_unbound_and_bad_arguments(self):
         with pytest.raises(RuntimeError, match="not bound"):
             ValueDistance().embed(_td(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 1)))

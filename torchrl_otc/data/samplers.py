@@ -430,11 +430,9 @@ class OTCSampler(Sampler):
         if not self.self_match:
             ids = (candidates.get(self.id_key).reshape(-1), online.get(self.id_key).reshape(-1))
         if isinstance(self.distance, L1EmbeddingDistance):
-            if online_embeddings is None and self.distance.rowwise_embedding:
-                # one forward pass for the |B| + |D| rows (a learned embedding's network runs once)
-                sa, ns = self.distance.embed(torch.cat([candidates, online.to(candidates.device)]))
-                b = candidates.shape[0]
-                sa_c, ns_c, sa_o, ns_o = sa[:b], ns[:b], sa[b:], ns[b:]
+            if online_embeddings is None:
+                # one forward pass for the |B| + |D| rows (a learned distance's networks run once)
+                (sa_c, ns_c), (sa_o, ns_o) = self.distance.embed_sets(candidates, online)
             else:
                 sa_c, ns_c = self.distance.embed(candidates)
                 sa_o, ns_o = online_embeddings or self.distance.embed(online)

@@ -134,6 +134,20 @@ class L1EmbeddingDistance(nn.Module):
         """Returns ``(state_action_embedding [N, k], next_state_embedding [N, m])``."""
         raise NotImplementedError
 
+    def embed_sets(
+        self, candidates: TensorDictBase, online: TensorDictBase
+    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """``(embed(candidates), embed(online))`` computed with one forward pass over the ``|B| + |D|`` rows.
+
+        Valid as it is for row-wise embeddings; a distance whose embedding depends on the set it embeds
+        (:class:`ValueDistance`) overrides it to keep each set's own normalisation.
+        """
+        if not self.rowwise_embedding:
+            return self.embed(candidates), self.embed(online)
+        sa, ns = self.embed(torch.cat([candidates, online.to(candidates.device)]))
+        b = candidates.shape[0]
+        return (sa[:b], ns[:b]), (sa[b:], ns[b:])
+
     def state_action_distance(self, candidates: TensorDictBase, online: TensorDictBase) -> Tensor:
         """Pairwise L1 distances between state-action embeddings, ``[len(candidates), len(online)]``."""
         return pairwise_l1(self.embed(candidates)[0], self.embed(online)[0])
@@ -831,6 +845,29 @@ class ValueDistance(L1EmbeddingDistance):
     @torch.no_grad()
     def embed(self, transitions: TensorDictBase) -> tuple[Tensor, Tensor]:
         """``(Q(s, a_i) [N, 1], V(s') / scale [N, 1])`` for the set ``transitions``."""
+        q, v = self._values(transitions)
+        return q.unsqueeze(-1), (v / self.value_scale(v, self.rel_tol, self.eps)).unsqueeze(-1)
+
+    @torch.no_grad()
+    def embed_sets(
+        self, candidates: TensorDictBase, online: TensorDictBase
+    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """Both sets' embeddings from one pass of the critics and the policy; each set keeps its own E[V]."""
+        q, v = self._values(torch.cat([candidates, online.to(candidates.device)]))
+        b = candidates.shape[0]
+        out = []
+        for part in (slice(0, b), slice(b, None)):
+            vs = v[part]
+            out.append(
+                (
+                    q[part].unsqueeze(-1),
+                    (vs / self.value_scale(vs, self.rel_tol, self.eps)).unsqueeze(-1),
+                )
+            )
+        return out[0], out[1]
+
+    def _values(self, transitions: TensorDictBase) -> tuple[Tensor, Tensor]:
+        """``Q(s, a_i)`` and ``V(s')`` ``[N]`` of the rows of ``transitions``."""
         q_function, value_function = self.__dict__["q_function"], self.__dict__["value_function"]
         if q_function is None:
             raise RuntimeError(
@@ -844,10 +881,7 @@ class ValueDistance(L1EmbeddingDistance):
             else _flat_features(transitions, key)
             for key in self.in_keys
         )
-        q = q_function(state, action).reshape(-1)
-        v = value_function(nxt).reshape(-1)
-        v = v / self.value_scale(v, self.rel_tol, self.eps)
-        return q.unsqueeze(-1), v.unsqueeze(-1)
+        return q_function(state, action).reshape(-1), value_function(nxt).reshape(-1)
 
     def extra_repr(self) -> str:
         return (

@@ -112,6 +112,31 @@ def test_an_interrupted_sweep_resumes_its_run(tmp_path, monkeypatch):
     assert steps == sorted(set(steps))  # the offline phase was not run twice
 
 
+def test_a_changed_recipe_does_not_resume_an_old_run(tmp_path):
+    recipe = Recipe(
+        "mini",
+        base={"task": "nav/nonstationary", "cache_dir": str(tmp_path / "cache")},
+        sizes={
+            "smoke": {
+                "dataset_size": 500,
+                "offline_updates": 2,
+                "deployments": 1,
+                "steps_per_deployment": 20,
+                "updates_per_deployment": 2,
+                "eval_episodes": 1,
+                "num_candidates": 16,
+                "num_online": 10,
+            }
+        },
+    )
+    run_sweep(expand_recipe(recipe, "smoke", runs_root=tmp_path), progress=False)
+    recipe.sizes["smoke"]["updates_per_deployment"] = 3
+    with pytest.raises(
+        ValueError, match=r"another configuration \(fields \['updates_per_deployment'\]"
+    ):
+        run_sweep(expand_recipe(recipe, "smoke", runs_root=tmp_path), progress=False)
+
+
 def test_bad_recipes_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="unknown config fields \\['lr'\\] in base"):
         Recipe("r", base={"lr": 1.0})

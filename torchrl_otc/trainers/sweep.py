@@ -177,6 +177,15 @@ def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
 
     cfg = TuneConfig(**config).validate()
     run_dir = Path(cfg.runs_root) / str(cfg.run_name)
+    if (run_dir / "config.yaml").exists():
+        held = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        differ = sorted(k for k, v in cfg.to_dict().items() if held.get(k) != v)
+        if differ:
+            raise ValueError(
+                f"{run_dir} holds a run of another configuration (fields {differ} differ, e.g. "
+                f"{differ[0]}={held.get(differ[0])!r} there, {getattr(cfg, differ[0])!r} now): the recipe changed "
+                f"since it ran. Remove the folder or use another --runs-root."
+            )
     if (run_dir / "DONE").exists():
         return {"run_dir": str(run_dir), "skipped": True}
     if (run_dir / "checkpoint" / "COMPLETE").exists() or (run_dir / "metrics.csv").exists():

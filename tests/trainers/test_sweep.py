@@ -73,6 +73,33 @@ def test_smoke_sweep_runs_skips_finished_runs_and_reports(tmp_path, capsys):
     assert "4 runs (0 run now, 4 already finished)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_runs_at_smoke_size_and_reports_finite_numbers(path, tmp_path):
+    import math
+
+    from torchrl_otc.report import write_report
+
+    recipe = load_recipe(path)
+    configs = expand_recipe(recipe, "smoke", runs_root=tmp_path, cache_dir=str(tmp_path / "cache"))
+    results = run_sweep(configs, progress=False)
+    assert [r["skipped"] for r in results] == [False] * len(configs)
+    runs = [load_run(r["run_dir"]) for r in results]
+    for run in runs:
+        assert sorted(run.returns) == list(range(run.config["deployments"] + 1))
+        assert all(math.isfinite(float(r["value"])) for r in run.rows), run.path
+    report = write_report([tmp_path / f"{recipe.name}-smoke"], tmp_path / "report").read_text()
+    section = report.split("## Team return")[1].split("##")[0]
+    rows = [
+        line for line in section.splitlines() if line.startswith("| ") and "dataset" not in line
+    ]
+    expected = {(run.config["dataset"], run.config["task"]) for run in runs}
+    assert len(rows) == len(expected)
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")][2:]
+        assert len(cells) == len({run.label for run in runs})
+        assert all("→" in c and "nan" not in c for c in cells), line
+
+
 def test_an_interrupted_sweep_resumes_its_run(tmp_path, monkeypatch):
     recipe = Recipe(
         "mini",

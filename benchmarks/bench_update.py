@@ -452,7 +452,7 @@ def main() -> None:
         ),
         "awac": ("AWAC", {}, lambda: PlainAWAC()),
         "cql": ("CQL (TorchRL CQLLoss)", {}, lambda: PlainCQL()),
-        "td3bc": ("TD3+BC (TorchRL TD3BCLoss)", {}, lambda: PlainTD3BC()),
+        "td3bc": ("TD3+BC (TD3BCLoss's parameters, stacked-critic path)", {}, lambda: PlainTD3BC()),
     }
     device = torch.device(args.device)
     rows = []

@@ -460,3 +460,32 @@ def test_each_part_gets_exactly_its_own_gradient(name, overrides):
                 # float rounding of differently ordered sums only: a leak is of the gradient's own size
                 scale = float(expected.abs().max()) + 1e-8
                 torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_td3bc_fast_path_equals_torchrl():
+    """The stacked-critic TD3+BC update gives TorchRL's TD3BCLoss numbers: parameters, targets, metrics, draws."""
+    from torchrl_otc.objectives.builders import _td3bc_fast_critics
+
+    fast = make_algorithm(small("td3bc"), *specs(), seed=0)
+    reference = make_algorithm(small("td3bc"), *specs(), seed=0)
+    reference.loss.__dict__.setdefault("_cache", {})["td3bc_fast"] = None  # force TorchRL's methods
+    data = batch(32, seed=2)
+    data["next", "terminated"][::5] = True  # bootstrapping must stop at terminations
+    data["next", "done"][::5] = True
+    assert _td3bc_fast_critics(fast.loss, data) is not None
+    with torch.random.fork_rng():
+        for step in range(6):  # three actor steps (policy delay 2)
+            torch.manual_seed(step)
+            got = fast.update(data)
+            torch.manual_seed(step)
+            want = reference.update(data)
+            assert got.keys() == want.keys()
+            for key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (step, key)
+    a, b = fast.loss.state_dict(), reference.loss.state_dict()
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    # importance weights in the batch: back to TorchRL's methods, which read them
+    weighted = data.clone()
+    weighted["priority_weight"] = torch.ones(32)
+    assert _td3bc_fast_critics(fast.loss, weighted) is None

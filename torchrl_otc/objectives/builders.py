@@ -25,7 +25,8 @@ from torchrl.data import Bounded, Composite, TensorSpec
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, Actor, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import CQLLoss, LossModule, SoftUpdate, TD3BCLoss
-from torchrl.objectives.utils import ValueEstimators
+from torchrl.objectives.utils import ValueEstimators, distance_loss
+from torchrl.objectives.value import TD0Estimator
 
 from torchrl_otc.configs.algorithms import (
     ALGORITHM_CONFIGS,
@@ -39,7 +40,7 @@ from torchrl_otc.configs.algorithms import (
 from torchrl_otc.modules.models.vae import ActionVAE
 from torchrl_otc.objectives.awac import AWACLoss
 from torchrl_otc.objectives.bcq import BCQActor, BCQLoss, BCQPerturbation
-from torchrl_otc.objectives.utils import ForeachSoftUpdate
+from torchrl_otc.objectives.utils import ForeachSoftUpdate, StackedMLP, call_net
 
 __all__ = [
     "Algorithm",
@@ -610,9 +611,38 @@ def _update_cql(algo: Algorithm, batch: TensorDictBase) -> dict[str, Tensor]:
     return out
 
 
+def _td3bc_fast_critics(loss: TD3BCLoss, batch: TensorDictBase) -> StackedMLP | None:
+    """The stacked-critic fast path of TD3+BC, or ``None`` where it would not give TorchRL's numbers.
+
+    It applies with TorchRL's default keys, an MLP critic reading ``[observation, action]``, an actor reading
+    ``observation``, no importance weights in the batch and the TD(0) estimator TD3BCLoss uses by default.
+    """
+    keys = loss.tensor_keys
+    cache = loss.__dict__.setdefault("_cache", {})
+    if "td3bc_fast" not in cache:
+        fast = None
+        default = type(keys)()
+        if (
+            keys == default
+            and list(loss.qvalue_network.in_keys) == [OBSERVATION_KEY, ACTION_KEY]
+            and list(loss.actor_network.in_keys) == [OBSERVATION_KEY]
+            and not loss.deactivate_vmap
+            and isinstance(loss.value_estimator, TD0Estimator)
+            and loss.reduction == "mean"
+        ):
+            fast = StackedMLP.from_module(loss.qvalue_network)
+        cache["td3bc_fast"] = fast
+    if keys.priority_weight in batch.keys() and loss.use_prioritized_weights in (True, "auto"):
+        return None
+    return cache["td3bc_fast"]
+
+
 def _update_td3bc(algo: Algorithm, batch: TensorDictBase) -> dict[str, Tensor]:
     # TD3's schedule: the critic every step; the actor and the targets every policy_delay-th step.
     loss: TD3BCLoss = algo.loss
+    fast = _td3bc_fast_critics(loss, batch)
+    if fast is not None:
+        return _update_td3bc_stacked(algo, fast, batch)
     loss_q, meta_q = loss.qvalue_loss(batch)
     _step(algo, "critic", loss_q)
     meta_q.pop("td_error")
@@ -622,6 +652,60 @@ def _update_td3bc(algo: Algorithm, batch: TensorDictBase) -> dict[str, Tensor]:
         _step(algo, "actor", loss_actor)
         algo.target_updater.step()
         out.update(loss_actor=loss_actor, **meta_actor)
+    return out
+
+
+def _update_td3bc_stacked(
+    algo: Algorithm, fast: StackedMLP, batch: TensorDictBase
+) -> dict[str, Tensor]:
+    """TorchRL's ``TD3BCLoss.qvalue_loss`` / ``actor_loss`` on tensors: the same numbers and random draws.
+
+    The critics run as one batched matmul per layer on the loss's own (stacked, target, detached) parameters
+    instead of ``vmap`` over the TensorDictModule, and the actor as a plain module call; TorchRL's methods spend
+    most of a TD3+BC update in that machinery (``benchmarks/bench_update.py``). ``test_td3bc_fast_path_equals_torchrl``
+    checks the equality.
+    """
+    loss: TD3BCLoss = algo.loss
+    obs, act = batch.get(OBSERVATION_KEY), batch.get(ACTION_KEY)
+    next_obs = batch.get(("next", OBSERVATION_KEY))
+    reward = batch.get(("next", loss.tensor_keys.reward)).squeeze(-1)
+    terminated = batch.get(("next", loss.tensor_keys.terminated)).squeeze(-1)
+    noise = (torch.randn_like(act) * loss.policy_noise).clamp(-loss.noise_clip, loss.noise_clip)
+    with torch.no_grad():
+        next_action = call_net(loss, "actor_network", loss.target_actor_network_params, [next_obs])
+        next_action = (next_action + noise).clamp(loss.min_action, loss.max_action)
+        next_q = fast(loss.target_qvalue_network_params, torch.cat([next_obs, next_action], -1))
+        next_value = next_q.squeeze(-1).min(0)[0]
+        gamma = loss.value_estimator.gamma
+        target = reward + gamma * (~terminated).to(reward.dtype) * next_value
+    current = fast(loss.qvalue_network_params, torch.cat([obs, act], -1)).squeeze(-1)
+    loss_q = distance_loss(
+        current, target.expand_as(current), loss_function=loss.loss_function
+    ).sum(0)
+    loss_q = loss_q.mean()
+    _step(algo, "critic", loss_q)
+    out = {
+        "loss_qvalue": loss_q,
+        "next_state_value": next_value,
+        "pred_value": current.detach(),
+        "target_value": target,
+    }
+    if (algo.num_updates + 1) % algo.config.policy_delay == 0:
+        action = call_net(loss, "actor_network", loss.actor_network_params, [obs])
+        q1 = fast(
+            loss._cached_detach_qvalue_network_params, torch.cat([obs, action], -1), index=0
+        ).squeeze(-1)
+        bc_loss = torch.nn.functional.mse_loss(action, act)
+        lmbd = loss.alpha / q1.abs().mean().detach()
+        loss_actor = (-lmbd * q1 + bc_loss).mean()
+        _step(algo, "actor", loss_actor)
+        algo.target_updater.step()
+        out.update(
+            loss_actor=loss_actor,
+            state_action_value_actor=q1.detach(),
+            bc_loss=bc_loss.detach(),
+            lmbd=lmbd,
+        )
     return out
 
 

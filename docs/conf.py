@@ -48,7 +48,10 @@ extensions.append("myst_parser")
 myst_heading_anchors = 3
 # Intersphinx is deliberately not enabled: the build must work without network access.
 
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}  # docs/results/*/report.md: `otc report` output
+source_suffix = {
+    ".rst": "restructuredtext",
+    ".md": "markdown",
+}  # docs/results/*/report.md: `otc report` output
 root_doc = "index"
 templates_path = ["_templates"]
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]

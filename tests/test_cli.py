@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -209,3 +210,13 @@ def test_import_d4rl_file(tmp_path, capsys):
         and info["size"] == 10
         and info["action_partition"] == [[0], [1], [2]]
     )
+
+
+def test_data_build_without_out_writes_under_data(tmp_path, monkeypatch, capsys):
+    from torchrl_otc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "build", "nav/nonstationary", "--size", "50", "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == str(Path("data") / "nav_nonstationary-random-50-seed0")
+    assert (tmp_path / out / "metadata.json").exists()

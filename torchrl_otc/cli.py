@@ -49,6 +49,11 @@ def _parse_kv(items: Sequence[str]) -> dict[str, Any]:
 def _run_data_build(args: argparse.Namespace) -> int:
     from torchrl_otc.data.datasets import build_dataset
 
+    if args.out is None:
+        args.out = (
+            Path("data") / f"{args.task.replace('/', '_')}-{args.kind}-{args.size}-seed{args.seed}"
+        )
+
     ds = build_dataset(
         args.task,
         args.kind,
@@ -212,7 +217,12 @@ def _add_data_command(sub: Any) -> None:
     build.add_argument(
         "--seed", type=int, default=0, help="seed of environments and policy noise (default: 0)"
     )
-    build.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    build.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="dataset folder to create (default: data/<task>-<kind>-<size>-seed<seed>)",
+    )
     build.add_argument(
         "--num-envs", type=int, default=None, help="environments in parallel (default: per task)"
     )

@@ -29,8 +29,19 @@ def test_partition_matches_gymnasium_robotics(scenario, conf):
     assert MaMuJoCoEnv(scenario, conf).action_partition == ACTION_PARTITIONS[(scenario, conf)]
 
 
-def test_walker_local_order_is_reversed():
-    assert ACTION_PARTITIONS[("Walker2d", "2x3")] == ((2, 1, 0), (5, 4, 3))
+@pytest.mark.parametrize("scenario,conf", ROBOTS)
+def test_partitions_are_gymnasium_robotics_own_action_ids(scenario, conf):
+    """The joint-action columns of each agent are the partition's own ``act_ids`` (Walker2d's are reversed)."""
+    from gymnasium_robotics import mamujoco_v1
+
+    env = mamujoco_v1.parallel_env(scenario, conf)
+    own = tuple(
+        tuple(node.act_ids for node in part) for part in env.unwrapped.agent_action_partitions
+    )
+    env.close()
+    assert tuple(map(tuple, ACTION_PARTITIONS[(scenario, conf)])) == own
+    if scenario == "Walker2d":
+        assert own[0] == (2, 1, 0)  # the reason the mapping exists
 
 
 @pytest.mark.parametrize("scenario,conf", ROBOTS)

@@ -326,22 +326,12 @@ class TestValueDistance:
         dist = ValueDistance(q_function=q, value_function=lambda s: values["v"])
 
         def similarity(v_cand, v_online):
-            values["v"] = v_cand
-            c = dist.embed(
-                _td(
-                    torch.zeros(len(v_cand), 1),
-                    torch.zeros(len(v_cand), 1),
-                    torch.zeros(len(v_cand), 1),
-                )
-            )[1]
-            values["v"] = v_online
-            o = dist.embed(
-                _td(
-                    torch.zeros(len(v_online), 1),
-                    torch.zeros(len(v_online), 1),
-                    torch.zeros(len(v_online), 1),
-                )
-            )[1]
+            out = []
+            for v in (v_cand, v_online):  # each set embedded on its own, as the sampler does
+                values["v"] = v
+                zeros = torch.zeros(len(v), 1)
+                out.append(dist.embed(_td(zeros, zeros, zeros))[1])
+            c, o = out
             return c.squeeze(-1), o.squeeze(-1)
 
         # Both means negative: exactly the paper's V / E[V] distances.

@@ -1,10 +1,10 @@
 """Helpers shared by the package's losses: a foreach soft update and fast paths around TensorDict calls.
 
 Why they exist (``python benchmarks/bench_update.py --only parts``, 2-core CPU, one thread, BCQ at Table 3's
-sizes, 2026-12-01 with two other jobs on the machine): TorchRL's :class:`~torchrl.objectives.SoftUpdate` took
-0.639 ms per step against 0.012 ms for one ``torch._foreach_lerp_`` (:class:`ForeachSoftUpdate`); evaluating the
-twin critics through ``vmap`` over a :class:`~tensordict.nn.TensorDictModule` took 0.828 ms for a batch of 128
-against 0.087 ms for one batched matmul per layer (:class:`StackedMLP`). The helpers below keep the TensorDict
+sizes, 2026-12-01, idle Intel Xeon VM): TorchRL's :class:`~torchrl.objectives.SoftUpdate` took 0.292 ms per step
+against 0.012 ms for one ``torch._foreach_lerp_`` (:class:`ForeachSoftUpdate`); evaluating the twin critics
+through ``vmap`` over a :class:`~tensordict.nn.TensorDictModule` took 0.464 ms for a batch of 128 against 0.097 ms
+for one batched matmul per layer (:class:`StackedMLP`). The helpers below keep the TensorDict
 interface (keys, functional parameters, targets) and skip that overhead where the result is provably the same.
 """
 
@@ -54,7 +54,7 @@ class ForeachSoftUpdate(SoftUpdate):
         \theta' \leftarrow (1 - \tau)\,\theta' + \tau\,\theta ,
 
     and the same constructor (``ForeachSoftUpdate(loss, tau=0.005)``); only :meth:`step` differs: TorchRL's
-    walks the parameter tensordicts and calls ``lerp_`` on ``.data`` views of them (0.64 ms per BCQ step on the
+    walks the parameter tensordicts and calls ``lerp_`` on ``.data`` views of them (0.29 ms per BCQ step on the
     2-core CPU), this one updates the same tensors in one fused call (0.01 ms). The tensor lists are cached in
     the loss's ``_cache``, which :class:`~torchrl.objectives.LossModule` clears whenever the loss is moved or
     cast.

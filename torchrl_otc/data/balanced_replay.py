@@ -36,6 +36,7 @@ from torchrl_otc.data.samplers import (
     _check_tensor_storage,
     _flat_column,
     _keys_present,
+    _OnlineRowIndex,
     _storage_device,
     _to_storage_index,
 )
@@ -423,7 +424,7 @@ class BalancedReplaySampler(Sampler):
         self.optimizer: torch.optim.Adam | None = None
         self._generator = torch.Generator().manual_seed(seed)
         self._storage: TensorStorage | None = None
-        self._rows: tuple[tuple[int, int], Tensor, Tensor] | None = None
+        self._rows = _OnlineRowIndex()
         self._warned_unfitted = False
         self._warned_no_offline = False
 
@@ -567,12 +568,7 @@ class BalancedReplaySampler(Sampler):
 
     def _online_offline_rows(self, storage: TensorStorage) -> tuple[Tensor, Tensor]:
         """Flat indices of the online and of the offline rows, cached until the next write."""
-        n = len(storage)
-        key = (id(storage), n)
-        if self._rows is None or self._rows[0] != key:
-            flags = _flat_column(storage, self.online_key)[:n].reshape(n, -1).any(-1)
-            self._rows = (key, flags.nonzero().squeeze(-1), (~flags).nonzero().squeeze(-1))
-        return self._rows[1], self._rows[2]
+        return self._rows.rows(storage, self.online_key)
 
     def _gather(
         self, storage: TensorStorage, flat: Tensor, device: torch.device
@@ -705,19 +701,19 @@ class BalancedReplaySampler(Sampler):
 
     # ---------------------------------------------------------------- write hooks
     def extend(self, index: Any) -> None:
-        self._rows = None
+        self._rows.invalidate()
 
     def add(self, index: Any) -> None:
-        self._rows = None
+        self._rows.invalidate()
 
     def mark_update(self, index: Any, *, storage: Storage | None = None) -> None:
-        self._rows = None
+        self._rows.invalidate()
         if isinstance(storage, TensorStorage):
             self._storage = storage
 
     def _empty(self) -> None:
         # The rows are gone; the network and its statistics describe the agent's data, not rows: kept.
-        self._rows = None
+        self._rows.invalidate()
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -772,7 +768,7 @@ class BalancedReplaySampler(Sampler):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_storage"] = None  # never pickle the storage itself
-        state["_rows"] = None
+        state["_rows"] = _OnlineRowIndex()
         state["_generator"] = self._generator.get_state()
         return state
 

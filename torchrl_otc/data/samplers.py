@@ -210,6 +210,29 @@ def _check_no_prefetch(storage: Storage, who: str) -> None:
             )
 
 
+class _OnlineRowIndex:
+    """Flat indices of a storage's online and offline rows (its boolean column ``key``), cached.
+
+    The cache holds until :meth:`invalidate` (the samplers call it from their write hooks) or until the storage
+    or its length changes.
+    """
+
+    def __init__(self) -> None:
+        self._cache: tuple[tuple, Tensor, Tensor] | None = None
+
+    def invalidate(self) -> None:
+        self._cache = None
+
+    def rows(self, storage: TensorStorage, key: NestedKey) -> tuple[Tensor, Tensor]:
+        """``(online rows, offline rows)`` as flat indices."""
+        n = len(storage)
+        cache_key = (id(storage), n, key)
+        if self._cache is None or self._cache[0] != cache_key:
+            flags = _flat_column(storage, key)[:n].reshape(n, -1).any(-1)
+            self._cache = (cache_key, flags.nonzero().squeeze(-1), (~flags).nonzero().squeeze(-1))
+        return self._cache[1], self._cache[2]
+
+
 class _WriteTracker:
     """Attached to the online buffer's storage: the writer calls :meth:`mark_update` on every write."""
 
@@ -435,7 +458,7 @@ class OTCSampler(Sampler):
                 (sa_c, ns_c), (sa_o, ns_o) = self.distance.embed_sets(candidates, online)
             else:
                 sa_c, ns_c = self.distance.embed(candidates)
-                sa_o, ns_o = online_embeddings or self.distance.embed(online)
+                sa_o, ns_o = online_embeddings
             embeddings = (ns_c, ns_o)
             if self.compile:
                 if self._compiled_pairwise is None:
@@ -849,16 +872,16 @@ class OnlineOnlySampler(Sampler):
 
     def __init__(self, *, online_key: NestedKey = "is_online") -> None:
         self.online_key = online_key
-        self._online_rows: Tensor | None = None
+        self._rows = _OnlineRowIndex()
 
     def extend(self, index: Any) -> None:
-        self._online_rows = None
+        self._rows.invalidate()
 
     def add(self, index: Any) -> None:
-        self._online_rows = None
+        self._rows.invalidate()
 
     def mark_update(self, index: Any, *, storage: Storage | None = None) -> None:
-        self._online_rows = None
+        self._rows.invalidate()
 
     def sample(self, storage: Storage, batch_size: int) -> tuple[Any, dict]:
         """Draws ``batch_size`` indices uniformly among the online rows."""
@@ -872,14 +895,7 @@ class OnlineOnlySampler(Sampler):
                 f"present: {_keys_present(storage)}. Write a boolean column {self.online_key!r} with every "
                 f"transition (True for online data)."
             )
-        if (
-            self._online_rows is None
-            or self._online_rows.numel()
-            and int(self._online_rows[-1]) >= n
-        ):
-            flags = _flat_column(storage, self.online_key)[:n].reshape(n, -1).any(-1)
-            self._online_rows = flags.nonzero().squeeze(-1)
-        rows = self._online_rows
+        rows = self._rows.rows(storage, self.online_key)[0]
         device = _storage_device(storage)
         if rows.numel() == 0:
             flat = torch.randint(n, (batch_size,), generator=self._rng, device=device)
@@ -888,7 +904,7 @@ class OnlineOnlySampler(Sampler):
         return _to_storage_index(storage, flat), {"otc_uniform": torch.tensor(False)}
 
     def _empty(self) -> None:
-        self._online_rows = None
+        self._rows.invalidate()
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -81,17 +81,15 @@ def add_report_command(sub: Any) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from torchrl_otc.configs.tune import _coerce
     from torchrl_otc.report import write_report
     from torchrl_otc.trainers.sweep import expand_recipe, load_recipe, run_sweep
 
     recipe = load_recipe(args.recipe)
-    extra = {}
-    for item in args.overrides:
-        if "=" not in item:
-            raise ValueError(f"Overrides look like key=value; got {item!r}.")
-        key, raw = item.split("=", 1)
-        extra[key] = _coerce(key, raw)
+    bad = [item for item in args.overrides if "=" not in item]
+    if bad:
+        raise ValueError(f"Overrides look like key=value; got {bad[0]!r}.")
+    # the values stay text: expand_recipe hands them to parse_overrides, which checks and converts them
+    extra = dict(item.split("=", 1) for item in args.overrides)
     configs = expand_recipe(recipe, args.size, runs_root=args.runs_root, **extra)
     if args.dry_run:
         for cfg in configs:

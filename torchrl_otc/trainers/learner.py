@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 SamplerFactory = Callable[[TensorDictReplayBuffer], Sampler]
 
 
+def _prefixed(prefix: str, metrics: Any) -> dict[str, float]:
+    """``{prefix/name: float}`` of a learned part's metrics (a mapping of floats or scalar tensors, or ``None``)."""
+    return {f"{prefix}/{k}": float(v) for k, v in dict(metrics or {}).items()}
+
+
 def _otc_sampler(online: TensorDictReplayBuffer, **kwargs: Any) -> Sampler:
     from torchrl_otc.data.samplers import OTCSampler
 
@@ -275,8 +280,7 @@ class AgentLearner:
         for prefix, part in self._trained_parts():
             update = getattr(part, "update", None)
             if callable(update):
-                out = update(batch) or {}
-                metrics.update({f"{prefix}/{k}": float(v) for k, v in dict(out).items()})
+                metrics.update(_prefixed(prefix, update(batch)))
         return metrics
 
     def pretrain_sampler(self, num_updates: int, *, progress: bool = False) -> dict[str, float]:
@@ -295,8 +299,7 @@ class AgentLearner:
             return metrics
         data = self.merged_buffer[:]
         for prefix, part in parts:
-            out = part.pretrain(data, num_updates, progress=progress) or {}
-            metrics.update({f"{prefix}/{k}": float(v) for k, v in dict(out).items()})
+            metrics.update(_prefixed(prefix, part.pretrain(data, num_updates, progress=progress)))
         return metrics
 
     def finetune(self, num_updates: int | None = None) -> dict[str, float]:
@@ -330,14 +333,15 @@ class AgentLearner:
 
         The buffers' contents are not included (save them with ``merged_buffer.dumps(path)``).
         """
+        stream = self.stream.state_dict()
         state: dict[str, Any] = {
             "algorithm": self.algorithm.state_dict(),
             "generator": self.generator.get_state(),
             "online_generator": self.online_buffer._rng.get_state()
             if self.online_buffer._rng is not None
             else None,
-            "cpu_rng_state": self.stream.state_dict()["cpu"],
-            "cuda_rng_state": self.stream.state_dict()["cuda"],
+            "cpu_rng_state": stream["cpu"],
+            "cuda_rng_state": stream["cuda"],
             "num_updates": self.num_updates,
             "deployments": self.deployments,
             "seed": self.seed,

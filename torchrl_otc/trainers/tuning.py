@@ -18,6 +18,7 @@ updates), so strategies compared on the same seed share the same starting point.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
@@ -183,10 +184,16 @@ class OnlineTuner:
             )
         return dataset
 
+    def _agent_seed(self, agent: int) -> int:
+        """Agent ``agent``'s seed: its learner uses it (and the next two), its sampler's learned parts ``+ 5``."""
+        return self.config.seed * 1000 + 10 * agent
+
     def _make_sampler(self, online: TensorDictReplayBuffer, agent: int, action_dim: int) -> Sampler:
         """Agent ``agent``'s sampler for ``strategy`` (and its distance for ``strategy=otc``)."""
         cfg = self.config
-        seed = cfg.seed * 1000 + 10 * agent + 5
+        seed = (
+            self._agent_seed(agent) + 5
+        )  # the sampler's own parts: away from the learner's seed + 0..2
         if cfg.strategy == "uniform":
             return RandomSampler()
         if cfg.strategy == "online-only":
@@ -201,9 +208,8 @@ class OnlineTuner:
         distance: TransitionDistance
         if cfg.distance == "feature":
             distance = FeatureDistance(next_state=cfg.next_state)  # fitted by add_offline
-        elif (
-            cfg.distance == "embedding"
-        ):  # d_e (sections 3.3, 3.5); pretrained after offline training
+        elif cfg.distance == "embedding":
+            # d_e (sections 3.3, 3.5); pretrained after offline training
             distance = EmbeddingDistance(
                 self.task.state_dim,
                 action_dim,
@@ -245,7 +251,7 @@ class OnlineTuner:
                     self.task.action_high,
                     shape=(view.get("action").shape[-1],),
                 ),
-                seed=cfg.seed * 1000 + 10 * i,
+                seed=self._agent_seed(i),
                 device=self.device,
                 storage_device=self.device,
                 merged_capacity=len(view) + self.K * self.M * collections,
@@ -581,9 +587,8 @@ class OnlineTuner:
         self._stage = {"stage": "done", "deployment": self.K, "update": 0}
         self._checkpoint()
         summary = {"returns": dict(self.returns), "run_dir": str(self.folder.path)}
-        (self.folder.path / "DONE").write_text(
-            json.dumps(summary["returns"])
-        )  # sweeps skip finished runs
+        # the marker sweeps look for to skip finished runs
+        (self.folder.path / "DONE").write_text(json.dumps(summary["returns"]))
         return summary
 
     def _offline_phase(self, start: int = 0) -> None:
@@ -594,14 +599,16 @@ class OnlineTuner:
             for agent, learner_state in zip(self.agents, saved["learners"]):
                 agent.learner.load_state_dict(learner_state)
             self.step = cfg.offline_updates
-            for row in saved.get(
-                "metrics", []
-            ):  # the offline phase's rows, so both phases share one axis
+            # the offline phase's rows, so that both phases share one step axis in this run's metrics.csv
+            rows = saved.get("metrics", [])
+            for (step, phase, deployment), group in itertools.groupby(
+                rows, key=lambda r: (r["step"], r["phase"], r["deployment"])
+            ):
                 self.folder.log(
-                    {row["name"]: float(row["value"])},
-                    step=int(row["step"]),
-                    phase=row["phase"],
-                    deployment=int(row["deployment"]),
+                    {r["name"]: float(r["value"]) for r in group},
+                    step=int(step),
+                    phase=phase,
+                    deployment=int(deployment),
                 )
             logger.info("Loaded offline-trained agents from %s", cache)
         else:

@@ -39,7 +39,15 @@ def _run_tune(args: argparse.Namespace) -> int:
 
 
 def add_tune_command(sub: Any) -> None:
-    """Registers ``otc tune [key=value ...]`` (Algorithm 1 end to end; Hydra-style overrides)."""
+    """Registers ``otc tune [key=value ...]`` (Algorithm 1 end to end; Hydra-style overrides).
+
+    Examples:
+        >>> import argparse
+        >>> sub = argparse.ArgumentParser(prog="otc").add_subparsers(dest="command")
+        >>> add_tune_command(sub)
+        >>> sorted(sub.choices)
+        ['tune']
+    """
     tune = sub.add_parser(
         "tune",
         help="offline training, K deployments and online tuning (Algorithm 1); writes a run folder",
@@ -65,7 +73,15 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def add_report_command(sub: Any) -> None:
-    """Registers ``otc report RUN_DIR [RUN_DIR ...] [--out DIR]`` (Table 1 layout, Figures 3-5)."""
+    """Registers ``otc report RUN_DIR [RUN_DIR ...] [--out DIR]`` (Table 1 layout, Figures 3-5).
+
+    Examples:
+        >>> import argparse
+        >>> sub = argparse.ArgumentParser(prog="otc").add_subparsers(dest="command")
+        >>> add_report_command(sub)
+        >>> sorted(sub.choices)
+        ['report']
+    """
     report = sub.add_parser(
         "report",
         help="Table-1 layout and learning/alpha curves from run folders",
@@ -109,7 +125,15 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
 
 def add_sweep_command(sub: Any) -> None:
-    """Registers ``otc sweep RECIPE --size {smoke,cpu,paper}`` (a grid of runs, local or on Ray)."""
+    """Registers ``otc sweep RECIPE --size {smoke,cpu,paper}`` (a grid of runs, local or on Ray).
+
+    Examples:
+        >>> import argparse
+        >>> sub = argparse.ArgumentParser(prog="otc").add_subparsers(dest="command")
+        >>> add_sweep_command(sub)
+        >>> sorted(sub.choices)
+        ['sweep']
+    """
     sweep = sub.add_parser(
         "sweep",
         help="run a recipe's grid of (task, dataset, algorithm, strategy, seed), skipping finished runs",

@@ -399,6 +399,11 @@ class BehaviourConfig:
         eval_every: transitions between evaluations.
         eval_episodes: episodes per evaluation.
         env_kwargs: arguments of the training environment (e.g. ``beta`` for non-stationary navigation).
+
+    Examples:
+        >>> cfg = BehaviourConfig(seed=3, max_transitions=50_000)
+        >>> cfg.target_fraction == 1 / 3, cfg.hidden, cfg.policy_delay
+        (True, (256, 256), 2)
     """
 
     seed: int = 0
@@ -477,6 +482,13 @@ class BehaviourResult:
         reached: whether the target was reached (else the run hit ``max_transitions``).
         config: the run's configuration.
         seconds: wall-clock time of the run.
+
+    Examples:
+        >>> cfg = BehaviourConfig.for_task("nav/nonstationary", max_transitions=256, start_transitions=256,
+        ...                                eval_every=256, eval_episodes=4)
+        >>> result = train_behaviour_policy("nav/nonstationary", cfg, progress=False)
+        >>> len(result.replay), [record["transitions"] for record in result.history]
+        (256, [256])
     """
 
     actor: Actor

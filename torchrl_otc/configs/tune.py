@@ -176,6 +176,23 @@ class TuneConfig:
 
         return make_config(self.algo).finetune_updates
 
+    def dataset_key(self) -> str | None:
+        """Name of the cached dataset ``B^0`` under ``cache_dir/datasets`` (``None`` with ``dataset_path``).
+
+        ``medium-replay`` data is the recorded behaviour-training run's replay, the same for every seed, so its
+        key has no seed: the seeds of a sweep build it once.
+
+        Examples:
+            >>> TuneConfig(task="mamujoco/hopper-3x1", dataset="random", dataset_size=1000, seed=2).dataset_key()
+            'mamujoco_hopper-3x1-random-1000-seed2'
+            >>> TuneConfig(task="mamujoco/hopper-3x1", dataset="medium-replay", dataset_size=1000).dataset_key()
+            'mamujoco_hopper-3x1-medium-replay-1000'
+        """
+        if self.dataset_path is not None:
+            return None
+        name = f"{self.task.replace('/', '_')}-{self.dataset}-{self.dataset_size}"
+        return name if self.dataset == "medium-replay" else f"{name}-seed{self.seed}"
+
     def offline_key(self) -> str:
         """Identifies the offline phase: runs that share it reuse the same offline-trained agents."""
         fields = (

@@ -112,7 +112,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{cfg.runs_root}/{cfg.run_name}\n")
         return 0
     results = run_sweep(
-        configs, backend=args.backend, progress=not args.no_progress, ray_address=args.ray_address
+        configs,
+        backend=args.backend,
+        workers=args.workers,
+        progress=not args.no_progress,
+        ray_address=args.ray_address,
     )
     folder = Path(configs[0].runs_root)
     report = write_report([folder], args.report or folder / "report")
@@ -147,6 +151,12 @@ def add_sweep_command(sub: Any) -> None:
     sweep.add_argument("recipe", help="recipe YAML file")
     sweep.add_argument("--size", default="cpu", choices=["smoke", "cpu", "paper"])
     sweep.add_argument("--backend", default="local", choices=["local", "ray"])
+    sweep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local backend: runs side by side in this many processes (runs sharing a dataset stay in one)",
+    )
     sweep.add_argument("--ray-address", default=None, help="address of a running Ray cluster")
     sweep.add_argument(
         "--runs-root", default="runs", help="root of the run folders (default: runs)"

@@ -9,12 +9,14 @@ holds:
   ``{label: otc-embedding, strategy: otc, distance: embedding}``);
 * ``sizes``: named presets of overrides: ``smoke`` (seconds, run by the tests), ``cpu`` (a reduced grid for a
   2-core CPU within about an hour) and ``paper`` (the paper's sizes, for a GPU or a cluster). A preset may also
-  replace grid axes (``grid: {seed: [0]}``).
+  replace grid axes (``grid: {seed: [0]}``) and keep only some variants (``variants: [base, otc-embedding]``).
 
-:func:`run_sweep` runs every configuration of a preset one after the other (``backend="local"``, the default) or
-hands them to Ray (``backend="ray"``, ``pip install ray``), and skips runs whose folder is finished (a ``DONE``
-marker written by :class:`~torchrl_otc.trainers.tuning.OnlineTuner`), so an interrupted sweep resumes where it
-stopped; a run interrupted midway is resumed from its checkpoint.
+:func:`run_sweep` runs every configuration of a preset on this machine (``backend="local"``, the default: one run
+after the other, or ``workers`` processes side by side) or hands them to Ray (``backend="ray"``, ``pip install
+ray``), and skips runs whose folder is finished (a ``DONE`` marker written by
+:class:`~torchrl_otc.trainers.tuning.OnlineTuner`), so an interrupted sweep resumes where it stopped; a run
+interrupted midway is resumed from its checkpoint. Runs that share a cached dataset (and so its offline-trained
+agents) always run in the same worker, one after the other, so that the cache is built once.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class Recipe:
         base: overrides shared by every run.
         grid: axes of the cartesian product (config field -> list of values).
         variants: compared methods: override mappings with a ``label``.
-        sizes: presets ``smoke`` / ``cpu`` / ``paper``: overrides, and optionally ``grid`` axes to replace.
+        sizes: presets ``smoke`` / ``cpu`` / ``paper``: overrides, and optionally ``grid`` axes to replace and
+            ``variants``, the labels of the variants the preset runs (all of them when omitted).
 
     Examples:
         >>> recipe = Recipe("demo", grid={"seed": [0, 1]}, variants=[{"label": "uniform", "strategy": "uniform"}],
@@ -82,7 +85,10 @@ class Recipe:
                 for v in self.variants
             ),
             *(
-                (f"size {s!r}", {k for k in o if k != "grid"} | set(o.get("grid", {})))
+                (
+                    f"size {s!r}",
+                    {k for k in o if k not in ("grid", "variants")} | set(o.get("grid", {})),
+                )
                 for s, o in self.sizes.items()
             ),
         ):
@@ -102,6 +108,21 @@ class Recipe:
             raise ValueError(
                 f"Recipe {self.name!r}: unknown sizes {unknown_sizes}; use {', '.join(SWEEP_SIZES)}."
             )
+        for size, preset in self.sizes.items():
+            chosen = preset.get("variants")
+            if chosen is None:
+                continue
+            if not isinstance(chosen, list) or not chosen:
+                raise ValueError(
+                    f"Recipe {self.name!r}: size {size!r} has variants={chosen!r}; give a non-empty list of "
+                    f"variant labels ({', '.join(labels)})."
+                )
+            unknown_labels = [label for label in chosen if label not in labels]
+            if unknown_labels:
+                raise ValueError(
+                    f"Recipe {self.name!r}: size {size!r} names unknown variants {unknown_labels}; the recipe's "
+                    f"variants are {', '.join(labels)}."
+                )
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -157,10 +178,12 @@ def expand_recipe(
         )
     preset = dict(recipe.sizes[size])
     grid = {**recipe.grid, **preset.pop("grid", {})}
+    chosen = preset.pop("variants", None)
+    variants = [v for v in recipe.variants if chosen is None or v["label"] in chosen]
     axes = list(grid)
     configs: list[TuneConfig] = []
     for point in itertools.product(*(grid[a] for a in axes)):
-        for variant in recipe.variants:
+        for variant in variants:
             values = {**recipe.base, **preset, **dict(zip(axes, point))}
             values.update({k: v for k, v in variant.items() if k != "label"})
             values.update(overrides)
@@ -196,10 +219,82 @@ def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
     return {**summary, "skipped": False}
 
 
+def _group_key(config: Mapping[str, Any]) -> str:
+    """Runs that share a cached dataset (and its offline-trained agents) share a key: one worker runs them."""
+    cfg = TuneConfig(**config)
+    if cfg.dataset_path is not None:
+        return f"path:{cfg.dataset_path}|{cfg.cache_dir}"
+    return f"{cfg.cache_dir}|{cfg.dataset_key()}"
+
+
+def _init_worker(threads: int, level: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run_local_parallel(
+    payloads: list[dict[str, Any]], workers: int, progress: bool
+) -> list[dict[str, Any]]:
+    """Runs ``payloads`` in ``workers`` processes; the runs of one group one after the other, in order."""
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    groups: dict[str, list[int]] = {}
+    for i, payload in enumerate(payloads):
+        groups.setdefault(_group_key(payload), []).append(i)
+    # the longest groups first, so that the last runs to finish are short ones
+    queues = sorted(groups.values(), key=len, reverse=True)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    out: list[dict[str, Any] | None] = [None] * len(payloads)
+    errors: list[tuple[str, BaseException]] = []
+    bar = tqdm(total=len(payloads), desc="sweep", disable=not progress, unit="run")
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads, logging.getLogger().getEffectiveLevel()),
+    ) as pool:
+        pending = {pool.submit(_run_one, payloads[q[0]], False): (q, 0) for q in queues}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                queue, k = pending.pop(future)
+                payload = payloads[queue[k]]
+                name = f"{payload['runs_root']}/{payload['run_name']}"
+                try:
+                    out[queue[k]] = future.result()
+                except Exception as err:
+                    # the group's later runs would reuse what failed (its dataset, its agents): skip them
+                    errors.append((name, err))
+                    logger.error("sweep: %s failed: %s", name, err)
+                    bar.update(len(queue) - k)
+                    continue
+                bar.update(1)
+                logger.info(
+                    "sweep: %s (%s)", name, "skipped" if out[queue[k]]["skipped"] else "ran"
+                )
+                if k + 1 < len(queue):
+                    pending[pool.submit(_run_one, payloads[queue[k + 1]], False)] = (queue, k + 1)
+    bar.close()
+    if errors:
+        names = ", ".join(name for name, _ in errors)
+        raise RuntimeError(
+            f"{len(errors)} run(s) failed: {names} (the first error: {errors[0][1]!r}). Runs that finished "
+            f"are kept: fix the cause and run the sweep again, it skips them."
+        ) from errors[0][1]
+    return [r for r in out if r is not None]
+
+
 def run_sweep(
     configs: Iterable[TuneConfig],
     *,
     backend: str = "local",
+    workers: int = 1,
     progress: bool = True,
     ray_address: str | None = None,
     ray_num_cpus: float = 1.0,
@@ -211,9 +306,12 @@ def run_sweep(
         configs: from :func:`expand_recipe`.
 
     Keyword Args:
-        backend: ``"local"`` (one run after the other, in this process) or ``"ray"`` (one Ray task per run;
-            ``pip install ray``; connects to ``ray_address`` or starts a local Ray).
-        progress: tqdm bars (local backend).
+        backend: ``"local"`` (this machine) or ``"ray"`` (one Ray task per run; ``pip install ray``; connects to
+            ``ray_address`` or starts a local Ray).
+        workers: local backend: processes running side by side (each with ``cpu_count // workers`` intra-op
+            threads). Runs that share a cached dataset go to one worker, in order, so each cache is built once.
+            ``1`` (the default) runs everything in this process.
+        progress: tqdm bars (local backend; with ``workers > 1`` one bar of finished runs).
         ray_address: address of a running Ray cluster (``None``: ``ray.init()`` decides).
         ray_num_cpus: CPUs reserved per run on Ray.
         ray_num_gpus: GPUs reserved per run on Ray (use with ``device=cuda``).
@@ -237,9 +335,17 @@ def run_sweep(
     configs = list(configs)
     if backend not in ("local", "ray"):
         raise ValueError(f"Unknown backend {backend!r}; use 'local' or 'ray'.")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer; got {workers!r}.")
+    if workers > 1 and backend != "local":
+        raise ValueError(
+            "workers is for backend='local'; Ray places its tasks itself (ray_num_cpus)."
+        )
     payloads = [dataclasses.asdict(c) for c in configs]
     for payload in payloads:
         payload.pop("extra", None)
+    if backend == "local" and workers > 1:
+        return _run_local_parallel(payloads, workers, progress)
     if backend == "local":
         from tqdm.auto import tqdm
 

@@ -160,8 +160,7 @@ class OnlineTuner:
         if cfg.dataset_path is not None:
             dataset = load_dataset(cfg.dataset_path)
         else:
-            name = f"{cfg.task.replace('/', '_')}-{cfg.dataset}-{cfg.dataset_size}-seed{cfg.seed}"
-            path = Path(cfg.cache_dir) / "datasets" / name
+            path = Path(cfg.cache_dir) / "datasets" / str(cfg.dataset_key())
             if (path / "COMPLETE").exists():
                 dataset = load_dataset(path / "data")
             else:
@@ -171,7 +170,8 @@ class OnlineTuner:
                         cfg.task,
                         cfg.dataset,
                         cfg.dataset_size,
-                        seed=cfg.seed,
+                        # medium-replay ignores the seed (its rows are the recorded run's): record 0 there
+                        seed=0 if cfg.dataset == "medium-replay" else cfg.seed,
                         out=tmp / "data",
                         progress=self.progress,
                     ),

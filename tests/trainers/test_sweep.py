@@ -187,3 +187,95 @@ def test_ray_backend_says_what_to_install(monkeypatch):
         run_sweep([], backend="ray")
     with pytest.raises(ValueError, match="Unknown backend"):
         run_sweep([], backend="slurm")
+
+
+def _mini_recipe(tmp_path: Path, **base) -> Recipe:
+    return Recipe(
+        "mini",
+        base={"task": "nav/nonstationary", "cache_dir": str(tmp_path / "cache"), **base},
+        grid={"seed": [0, 1]},
+        variants=[
+            {"label": "uniform", "strategy": "uniform"},
+            {"label": "otc", "strategy": "otc"},
+            {"label": "online-only", "strategy": "online-only"},
+        ],
+        sizes={
+            "smoke": {
+                "dataset_size": 500,
+                "offline_updates": 4,
+                "deployments": 1,
+                "steps_per_deployment": 20,
+                "updates_per_deployment": 4,
+                "eval_episodes": 1,
+                "num_candidates": 16,
+                "num_online": 10,
+                "variants": ["uniform", "otc"],
+            }
+        },
+    )
+
+
+def test_a_size_may_keep_some_variants():
+    configs = expand_recipe(_mini_recipe(Path("/tmp")), "smoke", runs_root="runs")
+    assert [(c.seed, c.strategy) for c in configs] == [
+        (0, "uniform"),
+        (0, "otc"),
+        (1, "uniform"),
+        (1, "otc"),
+    ]
+    with pytest.raises(
+        ValueError, match="names unknown variants \\['oct'\\]; the recipe's variants"
+    ):
+        Recipe("r", variants=[{"label": "otc"}], sizes={"cpu": {"variants": ["oct"]}})
+    with pytest.raises(ValueError, match="give a non-empty list of variant labels"):
+        Recipe("r", variants=[{"label": "otc"}], sizes={"cpu": {"variants": "otc"}})
+
+
+def test_workers_run_the_grid_side_by_side_as_one_process_would(tmp_path):
+    sequential = run_sweep(
+        expand_recipe(_mini_recipe(tmp_path / "a"), "smoke", runs_root=tmp_path / "a"),
+        progress=False,
+    )
+    configs = expand_recipe(_mini_recipe(tmp_path / "b"), "smoke", runs_root=tmp_path / "b")
+    parallel = run_sweep(configs, progress=False, workers=2)
+    # in the configs' order, every run done, with the returns of the sequential sweep (same seeds; the two
+    # processes may differ only by floating-point summation order)
+    assert [Path(r["run_dir"]).name for r in parallel] == [c.run_name for c in configs]
+    assert [Path(r["run_dir"]).name for r in parallel] == [
+        Path(r["run_dir"]).name for r in sequential
+    ]
+    for seq, par in zip(sequential, parallel):
+        assert not par["skipped"] and sorted(par["returns"]) == [0, 1]
+        assert par["returns"] == pytest.approx(seq["returns"], rel=1e-4, abs=1e-4)
+    # one dataset and one set of offline agents per seed: the two variants of a seed shared them
+    assert sorted(p.name for p in (tmp_path / "b" / "cache" / "datasets").iterdir()) == [
+        "nav_nonstationary-random-500-seed0",
+        "nav_nonstationary-random-500-seed1",
+    ]
+    assert len(list((tmp_path / "b" / "cache" / "offline").glob("*/COMPLETE"))) == 2
+    assert all(r["skipped"] for r in run_sweep(configs, progress=False, workers=2))
+
+
+def test_a_failing_run_stops_its_group_only_and_is_named(tmp_path):
+    good = expand_recipe(_mini_recipe(tmp_path), "smoke", runs_root=tmp_path)[:2]
+    bad = expand_recipe(
+        _mini_recipe(tmp_path, dataset_path=str(tmp_path / "no-such-dataset")),
+        "smoke",
+        runs_root=tmp_path / "bad",
+    )[:2]
+    with pytest.raises(
+        RuntimeError, match="1 run\\(s\\) failed: .*bad/mini-smoke/.*uniform-seed0"
+    ) as err:
+        run_sweep([*bad, *good], progress=False, workers=2)
+    assert "1 later run(s) sharing their data were not started" in str(err.value)
+    assert "metadata.json is missing" in str(err.value) and "run the sweep again" in str(err.value)
+    # the other group finished; the failed group's second run was not started
+    assert all((Path(c.runs_root) / c.run_name / "DONE").exists() for c in good)
+    assert not (Path(bad[1].runs_root) / bad[1].run_name).exists()
+
+
+def test_bad_worker_counts_are_refused():
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        run_sweep([], workers=0)
+    with pytest.raises(ValueError, match="workers is for backend='local'"):
+        run_sweep([], backend="ray", workers=2)

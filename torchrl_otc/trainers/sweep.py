@@ -252,6 +252,7 @@ def _run_local_parallel(
     threads = max(1, (os.cpu_count() or 1) // workers)
     out: list[dict[str, Any] | None] = [None] * len(payloads)
     errors: list[tuple[str, BaseException]] = []
+    not_started = 0
     bar = tqdm(total=len(payloads), desc="sweep", disable=not progress, unit="run")
     with ProcessPoolExecutor(
         max_workers=workers,
@@ -273,6 +274,7 @@ def _run_local_parallel(
                     errors.append((name, err))
                     logger.error("sweep: %s failed: %s", name, err)
                     bar.update(len(queue) - k)
+                    not_started += len(queue) - k - 1
                     continue
                 bar.update(1)
                 logger.info(
@@ -284,7 +286,8 @@ def _run_local_parallel(
     if errors:
         names = ", ".join(name for name, _ in errors)
         raise RuntimeError(
-            f"{len(errors)} run(s) failed: {names} (the first error: {errors[0][1]!r}). Runs that finished "
+            f"{len(errors)} run(s) failed: {names} (the first error: {errors[0][1]!r}); {not_started} later "
+            f"run(s) sharing their data were not started. Runs that finished "
             f"are kept: fix the cause and run the sweep again, it skips them."
         ) from errors[0][1]
     return [r for r in out if r is not None]

@@ -137,8 +137,38 @@ def test_predator_prey_reward_on_set_positions(backend):
     )
 
 
-def test_prey_is_faster_than_a_predator_in_every_direction():
-    assert PREY_SPEED > 0.1 * 2**0.5
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("diagonal", [False, True], ids=["along-an-axis", "diagonal"])
+def test_a_predator_chasing_at_top_speed_falls_behind_the_prey(backend, diagonal):
+    """The prey flees its nearest predator faster than any predator moves, in every direction: a lone chaser
+    loses ``PREY_SPEED - |a|`` per step and never touches it (the reason the predators must cooperate)."""
+    from torchrl.envs.utils import step_mdp
+
+    env = _make(backend, "predator_prey", 3)
+    td = env.reset()
+    heading = torch.tensor([2**-0.5, 2**-0.5]) if diagonal else torch.tensor([1.0, 0.0])
+    prey = torch.tensor([-0.6, -0.6]) if diagonal else torch.tensor([-0.6, 0.0])
+    chaser = prey - 0.2 * heading
+    # the two other predators stay far behind, so the chaser is the prey's nearest predator throughout
+    _set_positions(
+        env, torch.stack([chaser, torch.tensor([-0.95, 0.95]), torch.tensor([0.95, -0.95]), prey])
+    )
+    action = 0.1 * heading / heading.abs().max()  # the chaser's top speed along ``heading``
+    speed = float(action.norm())
+    assert speed == pytest.approx(0.1 * 2**0.5 if diagonal else 0.1)
+    actions = torch.stack([action, torch.zeros(2), torch.zeros(2)])
+    for t in range(1, 5):
+        batched = len(env.batch_size) > 0
+        td[("agents", "action")] = (
+            actions.expand(env.batch_size[0], 3, 2).clone() if batched else actions.clone()
+        )
+        td = env.step(td)
+        nxt = td["next"][0] if batched else td["next"]
+        state = nxt["agents", "observation"][0]
+        gap = float((state[6:8] - state[0:2]).norm())
+        assert gap == pytest.approx(0.2 + t * (PREY_SPEED - speed), abs=1e-5), t
+        assert float(nxt["agents", "reward"].sum()) == 0.0
+        td = step_mdp(td)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -3,13 +3,15 @@
 Prints two markdown tables:
 
 1. environment steps per second with uniformly random actions, through the TorchRL env (``env.rollout``), for
-   every task: VMAS at 1, 64 and 4096 environments (and 1 PettingZoo env), non-stationary navigation at 1, 64 and
-   4096, MaMuJoCo (one env; the bare gymnasium env for comparison);
+   every task: VMAS at 1, 64 and 4096 environments on ``--device`` (and 1 PettingZoo env), non-stationary
+   navigation at 1, 64 and 4096, MaMuJoCo (one env; the bare gymnasium env for comparison);
 2. seconds to build 10^5 joint transitions with ``build_dataset`` (``random``; ``medium`` where a behaviour policy
-   is shipped).
+   is shipped); with ``--medium-replay`` also the ``medium-replay`` builds, which re-run the behaviour-policy
+   training (minutes each; reported per build).
 
-    python benchmarks/bench_envs.py            # full
-    python benchmarks/bench_envs.py --quick    # fewer steps, no 4096-env runs, smaller builds (scaled to 10^5)
+    python benchmarks/bench_envs.py                  # full, CPU
+    python benchmarks/bench_envs.py --device cuda    # VMAS and navigation simulated on the GPU
+    python benchmarks/bench_envs.py --quick          # fewer steps, no 4096-env runs, smaller builds (scaled)
 """
 
 from __future__ import annotations
@@ -53,16 +55,20 @@ def _gym_rate(scenario: str, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def bench_envs(quick: bool) -> list[tuple[str, str, int, float]]:
+MPE_TASKS = (*(f"mpe/navigation-{n}" for n in range(3, 7)), "mpe/predator-prey")
+
+
+def bench_envs(quick: bool, device: str = "cpu") -> list[tuple[str, str, int, float]]:
     rows = []
     counts = (1, 64) if quick else (1, 64, 4096)
     if importlib.util.find_spec("vmas"):
-        for name in ("mpe/navigation-3", "mpe/navigation-6", "mpe/predator-prey"):
+        for name in MPE_TASKS:
             for n in counts:
                 steps = 50 if n < 4096 else 25
-                rows.append((name, "VMAS", n, _rate(make_env(name, num_envs=n, seed=0), steps)))
+                env = make_env(name, num_envs=n, seed=0, device=device)
+                rows.append((name, f"VMAS ({device})", n, _rate(env, steps)))
         if importlib.util.find_spec("mpe2"):
-            for name in ("mpe/navigation-3", "mpe/predator-prey"):
+            for name in MPE_TASKS:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     env = make_env(name, backend="pettingzoo", seed=0)
@@ -71,9 +77,9 @@ def bench_envs(quick: bool) -> list[tuple[str, str, int, float]]:
         rows.append(
             (
                 "nav/nonstationary",
-                "pure torch",
+                f"pure torch ({device})",
                 n,
-                _rate(make_env("nav/nonstationary", num_envs=n, seed=0), 50),
+                _rate(make_env("nav/nonstationary", num_envs=n, seed=0, device=device), 50),
             )
         )
     if importlib.util.find_spec("gymnasium_robotics") and importlib.util.find_spec("mujoco"):
@@ -96,7 +102,13 @@ def bench_envs(quick: bool) -> list[tuple[str, str, int, float]]:
     return rows
 
 
-def bench_builds(quick: bool) -> list[tuple[str, str, int, int, float]]:
+MAMUJOCO_TASKS = ("mamujoco/halfcheetah-2x3", "mamujoco/walker2d-2x3", "mamujoco/hopper-3x1")
+
+
+def bench_builds(
+    quick: bool, medium_replay: bool = False
+) -> list[tuple[str, str, int, int, float, float]]:
+    """``(task, kind, envs, transitions, seconds per 10^5, seconds)`` per build."""
     size = 20_000 if quick else 100_000
     rows = []
     jobs = [("nav/nonstationary", "random"), ("nav/nonstationary", "medium")]
@@ -105,36 +117,59 @@ def bench_builds(quick: bool) -> list[tuple[str, str, int, int, float]]:
             ("mpe/navigation-3", "random"),
             ("mpe/navigation-3", "medium"),
             ("mpe/predator-prey", "random"),
+            ("mpe/predator-prey", "medium"),
         ]
     if importlib.util.find_spec("gymnasium_robotics"):
-        jobs += [("mamujoco/halfcheetah-2x3", "random")]
+        jobs += [(task, kind) for task in MAMUJOCO_TASKS for kind in ("random", "medium")]
+        if medium_replay:
+            jobs += [(task, "medium-replay") for task in MAMUJOCO_TASKS]
     for task, kind in jobs:
-        if kind == "medium" and not behaviour_checkpoint_path(task).exists():
+        if kind != "random" and not behaviour_checkpoint_path(task).exists():
             continue
         t0 = time.perf_counter()
         ds = build_dataset(task, kind, size, seed=0, progress=False)
         seconds = time.perf_counter() - t0
-        rows.append((task, kind, ds.metadata["env"]["num_envs"], size, seconds * 100_000 / size))
+        rows.append(
+            (
+                task,
+                kind,
+                ds.metadata["env"]["num_envs"],
+                len(ds),
+                seconds * 100_000 / len(ds),
+                seconds,
+            )
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", help="simulation device of VMAS and navigation")
+    parser.add_argument(
+        "--medium-replay",
+        action="store_true",
+        help="also time the medium-replay builds (minutes each)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    gpu = f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}{gpu}"
+    )
     print()
     print("| task | backend | envs | env-steps/s |")
     print("|---|---|---|---|")
-    for task, backend, n, rate in bench_envs(args.quick):
+    for task, backend, n, rate in bench_envs(args.quick, args.device):
         print(f"| {task} | {backend} | {n} | {rate:,.0f} |")
     print()
-    print("| task | kind | envs in parallel | transitions built | seconds per 10^5 transitions |")
-    print("|---|---|---|---|---|")
-    for task, kind, n, size, sec in bench_builds(args.quick):
-        print(f"| {task} | {kind} | {n} | {size:,} | {sec:.1f} |")
+    print(
+        "| task | kind | envs in parallel | transitions built | seconds per 10^5 transitions | seconds |"
+    )
+    print("|---|---|---|---|---|---|")
+    for task, kind, n, size, per, sec in bench_builds(args.quick, args.medium_replay):
+        print(f"| {task} | {kind} | {n} | {size:,} | {per:.1f} | {sec:.1f} |")
 
 
 if __name__ == "__main__":

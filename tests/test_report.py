@@ -57,3 +57,23 @@ def test_report_table_matches_metrics(tmp_path):
 def test_report_refuses_folders_without_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="No run folders"):
         write_report([tmp_path], tmp_path / "out")
+
+
+def test_paired_table_differences_runs_of_one_seed_only(tmp_path):
+    from torchrl_otc.report import paired_table
+
+    # otc improvements: 50, 30, 10 (seed 2 has no uniform run: left out); uniform: 5, 40
+    fake_run(tmp_path, "otc", 0, [-100.0, -80.0, -50.0])
+    fake_run(tmp_path, "otc", 1, [-100.0, -90.0, -70.0])
+    fake_run(tmp_path, "otc", 2, [-100.0, -95.0, -90.0])
+    fake_run(tmp_path, "uniform", 0, [-100.0, -100.0, -95.0])
+    fake_run(tmp_path, "uniform", 1, [-100.0, -70.0, -60.0])
+    runs = [load_run(p) for p in sorted(tmp_path.iterdir())]
+    table = paired_table(runs).splitlines()
+    # differences 45 and -10: mean 17.5, standard error stdev([45, -10]) / sqrt(2) = 27.5
+    assert table[0] == "| dataset | task | otc-feature + td3bc − uniform + td3bc |"
+    assert table[2] == "| random | mpe/navigation-3 | +17.5 ± 27.5 (ahead on 1/2 seeds) |"
+    assert table[3] == "| rows with a positive mean | | 1/1 |"
+    assert paired_table([r for r in runs if r.config["strategy"] == "otc"]) == ""
+    text = write_report([tmp_path], tmp_path / "out").read_text()
+    assert "## Paired by seed" in text and "+17.5 ± 27.5" in text

@@ -29,6 +29,7 @@ __all__ = [
     "improvement",
     "improvement_table",
     "mechanism_table",
+    "paired_table",
     "provenance",
     "returns_table",
     "write_report",
@@ -284,6 +285,87 @@ def mechanism_table(runs: Iterable[RunRecord], suffix: str, digits: int = 3) -> 
     return _table(runs, lambda run: run.online_mean(suffix), fmt)
 
 
+def paired_table(runs: Iterable[RunRecord], baseline: str = "uniform") -> str:
+    """Markdown table of each strategy's paired difference to ``baseline`` sampling, seed by seed.
+
+    Runs of one seed share their dataset and offline-trained agents (the tuner's cache), so the difference of their
+    improvements (Table 1's %, method minus baseline) removes the offline policy's spread from the comparison. A
+    cell is the mean ± standard error of that difference over the seeds both runs have, and how many seeds the
+    method is ahead on; the last row counts the rows where the mean difference is positive.
+
+    Args:
+        runs: run records (e.g. one sweep's folder).
+        baseline: the strategy compared against. Defaults to ``"uniform"`` (the base algorithm of Table 1).
+
+    Returns:
+        The table, or ``""`` when no run uses ``baseline``.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> def run(strategy, seed, last):
+        ...     rows = [{"step": "0", "phase": "offline", "deployment": "0", "name": "eval/return_mean",
+        ...              "value": "100"}, {"step": "9", "phase": "online", "deployment": "1",
+        ...              "name": "eval/return_mean", "value": str(last)}]
+        ...     cfg = {"strategy": strategy, "distance": "feature", "algo": "bcq", "dataset": "random",
+        ...            "task": "mamujoco/hopper-3x1", "seed": seed}
+        ...     return RunRecord(Path(f"runs/{strategy}{seed}"), cfg, rows)
+        >>> runs = [run("uniform", 0, 90), run("uniform", 1, 100), run("otc", 0, 95), run("otc", 1, 99)]
+        >>> print(paired_table(runs))
+        | dataset | task | otc-feature + bcq − uniform + bcq |
+        |---|---|---|
+        | random | mamujoco/hopper-3x1 | +2.0 ± 3.0 (ahead on 1/2 seeds) |
+        | rows with a positive mean | | 1/1 |
+    """
+    by_cell: dict[tuple[str, str, str], dict[str, dict[Any, float]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for r in runs:
+        value = improvement(r.returns)
+        if math.isfinite(value):
+            key = (*r.row_key, r.config["algo"])
+            by_cell[key][r.label][r.config.get("seed")] = value
+    columns: list[str] = []
+    cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    ahead: dict[str, list[bool]] = defaultdict(list)
+    for (dataset, task, algo), by_label in sorted(by_cell.items()):
+        base_label = f"{baseline} + {algo}"
+        base = by_label.get(base_label)
+        if not base:
+            continue
+        for label, values in sorted(by_label.items()):
+            seeds = sorted(set(values) & set(base), key=str)
+            if label == base_label or not seeds:
+                continue
+            diffs = [values[s] - base[s] for s in seeds]
+            sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+            mean = statistics.mean(diffs)
+            column = f"{label} − {base_label}"
+            if column not in columns:
+                columns.append(column)
+            wins = sum(d > 0 for d in diffs)
+            cells[(dataset, task)][column] = (
+                f"{mean:+.1f} ± {sem:.1f} (ahead on {wins}/{len(diffs)} seeds)"
+            )
+            ahead[column].append(mean > 0)
+    if not columns:
+        return ""
+    columns.sort()
+    lines = [
+        "| dataset | task | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for (dataset, task), by_column in sorted(cells.items()):
+        lines.append(
+            f"| {dataset} | {task} | " + " | ".join(by_column.get(c, "-") for c in columns) + " |"
+        )
+    lines.append(
+        "| rows with a positive mean | | "
+        + " | ".join(f"{sum(ahead[c])}/{len(ahead[c])}" for c in columns)
+        + " |"
+    )
+    return "\n".join(lines)
+
+
 def provenance(runs: Sequence[RunRecord]) -> list[str]:
     """Lines saying where the runs come from: machines, versions, git revisions, seeds, dates.
 
@@ -417,6 +499,19 @@ def write_report(
         "",
         returns_table(runs),
         "",
+    ]
+    paired = paired_table(runs)
+    if paired:
+        parts += [
+            "## Paired by seed: improvement (% points) minus uniform sampling's, same offline agents",
+            "",
+            "Mean ± standard error over the seeds both runs have; a seed's two runs start from the same "
+            "offline-trained agents.",
+            "",
+            paired,
+            "",
+        ]
+    parts += [
         "## Mechanism: share of online rows in the training batches (online phase)",
         "",
         mechanism_table(runs, "/online_share"),

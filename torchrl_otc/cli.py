@@ -160,6 +160,28 @@ def _run_data_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _behaviour_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings of :class:`BehaviourConfig` (values read as YAML; lists become tuples)."""
+    import dataclasses
+
+    import yaml
+
+    from torchrl_otc.data.datasets.behaviour import BehaviourConfig
+
+    names = {f.name for f in dataclasses.fields(BehaviourConfig)} - {"seed"}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in names:
+            raise ValueError(
+                f"--set takes KEY=VALUE with a field of BehaviourConfig; got {item!r}. Fields: "
+                f"{', '.join(sorted(names))} (--seed has its own option)."
+            )
+        value = yaml.safe_load(text)
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def _run_data_train_behaviour(args: argparse.Namespace) -> int:
     from torchrl_otc.data.datasets.behaviour import (
         BehaviourConfig,
@@ -167,7 +189,7 @@ def _run_data_train_behaviour(args: argparse.Namespace) -> int:
         train_behaviour_policy,
     )
 
-    overrides: dict[str, Any] = {"seed": args.seed}
+    overrides: dict[str, Any] = {**_behaviour_overrides(args.set), "seed": args.seed}
     if args.max_transitions is not None:
         overrides["max_transitions"] = args.max_transitions
     if args.target_fraction is not None:
@@ -290,6 +312,14 @@ def _add_data_command(sub: Any) -> None:
     )
     train.add_argument(
         "--out", type=Path, default=None, help="checkpoint file (default: shipped location)"
+    )
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another BehaviourConfig setting, e.g. --set updates_per_transition=0.5 --set 'hidden=[256, 256]' "
+        "(recorded in the checkpoint, so medium-replay re-runs it)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=_run_data_train_behaviour)

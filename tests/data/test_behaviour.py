@@ -147,3 +147,39 @@ def test_medium_replay_is_the_replay_of_the_recorded_run(tmp_path):
     assert len(ds) == len(result.replay)
     for key in ("observation", "action", ("next", "observation"), ("next", "reward")):
         assert torch.equal(ds.data.get(key), result.replay.get(key)), key
+
+
+def test_train_behaviour_command_takes_and_records_other_settings(tmp_path, capsys, caplog):
+    from torchrl_otc.cli import main
+
+    out = tmp_path / "policy.pt"
+    args = ["data", "train-behaviour", "nav/nonstationary", "--max-transitions", "1536"]
+    args += [
+        "--set",
+        "start_transitions=512",
+        "--set",
+        "eval_every=512",
+        "--set",
+        "eval_episodes=16",
+    ]
+    args += ["--set", "target_fraction=10.0", "--set", "hidden=[32, 32]", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    assert str(out) in capsys.readouterr().out
+    _, record = load_behaviour_policy("nav/nonstationary", out)
+    cfg = record["config"]
+    assert list(cfg["hidden"]) == [32, 32] and cfg["start_transitions"] == 512
+    assert cfg["eval_every"] == 512 and record["transitions"] == 1536
+    # the recorded command reproduces the run, settings included (medium-replay re-runs the record's config)
+    assert "--set 'hidden=[32, 32]'" in record["command"]
+    with pytest.raises(ValueError, match="--set takes KEY=VALUE with a field of BehaviourConfig"):
+        main(
+            [
+                "data",
+                "train-behaviour",
+                "nav/nonstationary",
+                "--set",
+                "hiden=[32]",
+                "--out",
+                str(out),
+            ]
+        )

@@ -62,7 +62,7 @@ def test_report_refuses_folders_without_runs(tmp_path):
 def test_paired_table_differences_runs_of_one_seed_only(tmp_path):
     from torchrl_otc.report import paired_table
 
-    # otc improvements: 50, 30, 10 (seed 2 has no uniform run: left out); uniform: 5, 40
+    # last returns: otc -50, -70, -90 (seed 2 has no uniform run: left out); uniform -95, -60
     fake_run(tmp_path, "otc", 0, [-100.0, -80.0, -50.0])
     fake_run(tmp_path, "otc", 1, [-100.0, -90.0, -70.0])
     fake_run(tmp_path, "otc", 2, [-100.0, -95.0, -90.0])
@@ -70,10 +70,21 @@ def test_paired_table_differences_runs_of_one_seed_only(tmp_path):
     fake_run(tmp_path, "uniform", 1, [-100.0, -70.0, -60.0])
     runs = [load_run(p) for p in sorted(tmp_path.iterdir())]
     table = paired_table(runs).splitlines()
-    # differences 45 and -10: mean 17.5, standard error stdev([45, -10]) / sqrt(2) = 27.5
+    # differences 45 and -10: mean 17.5, standard error stdev([45, -10]) / sqrt(2) = 27.5 (both start at -100)
     assert table[0] == "| dataset | task | otc-feature + td3bc − uniform + td3bc |"
-    assert table[2] == "| random | mpe/navigation-3 | +17.5 ± 27.5 (ahead on 1/2 seeds) |"
+    assert table[2] == "| random | mpe/navigation-3 | +17.50 ± 27.50 (ahead on 1/2 seeds) |"
     assert table[3] == "| rows with a positive mean | | 1/1 |"
     assert paired_table([r for r in runs if r.config["strategy"] == "otc"]) == ""
     text = write_report([tmp_path], tmp_path / "out").read_text()
-    assert "## Paired by seed" in text and "+17.5 ± 27.5" in text
+    assert "## Paired by seed" in text and "+17.50 ± 27.50" in text
+
+
+def test_paired_table_compares_gains_when_offline_returns_differ(tmp_path):
+    from torchrl_otc.report import paired_table
+
+    fake_run(tmp_path, "otc", 0, [-100.0, -50.0])  # gain 50
+    fake_run(
+        tmp_path, "uniform", 0, [-80.0, -60.0]
+    )  # gain 20: the last returns differ by 10, the gains by 30
+    runs = [load_run(p) for p in sorted(tmp_path.iterdir())]
+    assert "| +30.00 ± 0.00 (ahead on 1/1 seeds) |" in paired_table(runs)

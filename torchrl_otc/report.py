@@ -288,10 +288,13 @@ def mechanism_table(runs: Iterable[RunRecord], suffix: str, digits: int = 3) -> 
 def paired_table(runs: Iterable[RunRecord], baseline: str = "uniform") -> str:
     """Markdown table of each strategy's paired difference to ``baseline`` sampling, seed by seed.
 
-    Runs of one seed share their dataset and offline-trained agents (the tuner's cache), so the difference of their
-    improvements (Table 1's %, method minus baseline) removes the offline policy's spread from the comparison. A
-    cell is the mean ± standard error of that difference over the seeds both runs have, and how many seeds the
-    method is ahead on; the last row counts the rows where the mean difference is positive.
+    A cell compares the gains ``R_K - R_0`` (return at the last deployment minus the offline policy's) of the two
+    runs of each seed, method minus baseline. Runs of one seed in a sweep share their dataset and offline-trained
+    agents (the tuner's cache), so this is the difference of their last returns, and the offline policy's spread
+    over seeds drops out of the comparison. Returns, not Table 1's %, because the % divides by the offline
+    return, which can be near 0 (HalfCheetah from random data). A cell is the mean ± standard error of that
+    difference over the seeds both runs have, and how many seeds the method is ahead on; the last row counts the
+    rows where the mean difference is positive.
 
     Args:
         runs: run records (e.g. one sweep's folder).
@@ -313,17 +316,17 @@ def paired_table(runs: Iterable[RunRecord], baseline: str = "uniform") -> str:
         >>> print(paired_table(runs))
         | dataset | task | otc-feature + bcq − uniform + bcq |
         |---|---|---|
-        | random | mamujoco/hopper-3x1 | +2.0 ± 3.0 (ahead on 1/2 seeds) |
+        | random | mamujoco/hopper-3x1 | +2.00 ± 3.00 (ahead on 1/2 seeds) |
         | rows with a positive mean | | 1/1 |
     """
     by_cell: dict[tuple[str, str, str], dict[str, dict[Any, float]]] = defaultdict(
         lambda: defaultdict(dict)
     )
     for r in runs:
-        value = improvement(r.returns)
-        if math.isfinite(value):
+        returns = r.returns
+        if 0 in returns and len(returns) > 1:
             key = (*r.row_key, r.config["algo"])
-            by_cell[key][r.label][r.config.get("seed")] = value
+            by_cell[key][r.label][r.config.get("seed")] = returns[max(returns)] - returns[0]
     columns: list[str] = []
     cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     ahead: dict[str, list[bool]] = defaultdict(list)
@@ -344,7 +347,7 @@ def paired_table(runs: Iterable[RunRecord], baseline: str = "uniform") -> str:
                 columns.append(column)
             wins = sum(d > 0 for d in diffs)
             cells[(dataset, task)][column] = (
-                f"{mean:+.1f} ± {sem:.1f} (ahead on {wins}/{len(diffs)} seeds)"
+                f"{mean:+.2f} ± {sem:.2f} (ahead on {wins}/{len(diffs)} seeds)"
             )
             ahead[column].append(mean > 0)
     if not columns:
@@ -503,10 +506,10 @@ def write_report(
     paired = paired_table(runs)
     if paired:
         parts += [
-            "## Paired by seed: improvement (% points) minus uniform sampling's, same offline agents",
+            "## Paired by seed: gain in return (last deployment - offline) minus uniform sampling's",
             "",
-            "Mean ± standard error over the seeds both runs have; a seed's two runs start from the same "
-            "offline-trained agents.",
+            "Mean ± standard error over the seeds both runs have; a seed's runs start from the same "
+            "offline-trained agents, so this is the difference of their last returns.",
             "",
             paired,
             "",

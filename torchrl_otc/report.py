@@ -183,12 +183,17 @@ def improvement(returns: dict[int, float]) -> float:
         >>> improvement({0: -200.0, 1: -150.0, 2: -100.0})
         50.0
     """
-    if 0 not in returns or len(returns) < 2:
-        return math.nan
-    r0, rk = returns[0], returns[max(returns)]
-    if r0 == 0:
+    r0, rk = _offline_and_last(returns)
+    if not math.isfinite(r0) or r0 == 0:
         return math.nan
     return 100.0 * (rk - r0) / abs(r0)
+
+
+def _offline_and_last(returns: dict[int, float]) -> tuple[float, float]:
+    """``(R_0, R_K)``: the offline policy's return and the last deployment's; NaNs without both."""
+    if 0 not in returns or len(returns) < 2:
+        return (math.nan, math.nan)
+    return (returns[0], returns[max(returns)])
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -207,17 +212,26 @@ def _table(runs: Iterable[RunRecord], cell: Any, fmt: Any = _mean_std) -> str:
         cells[run.row_key][run.label].append(cell(run))
         if run.label not in columns:
             columns.append(run.label)
-    columns.sort()
+    formatted = {
+        key: {c: fmt(by_label.get(c, [])) for c in columns} for key, by_label in cells.items()
+    }
+    return _markdown(sorted(columns), formatted)
+
+
+def _markdown(
+    columns: Sequence[str], cells: dict[tuple[str, str], dict[str, str]], footer: str = ""
+) -> str:
+    """The report's table layout: one row per (dataset, task), one column per label (``-`` when empty)."""
     lines = [
         "| dataset | task | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
     ]
-    for (dataset, task), by_label in sorted(cells.items()):
+    for (dataset, task), row in sorted(cells.items()):
         lines.append(
-            f"| {dataset} | {task} | "
-            + " | ".join(fmt(by_label.get(c, [])) for c in columns)
-            + " |"
+            f"| {dataset} | {task} | " + " | ".join(row.get(c, "-") for c in columns) + " |"
         )
+    if footer:
+        lines.append(footer)
     return "\n".join(lines)
 
 
@@ -256,13 +270,7 @@ def returns_table(runs: Iterable[RunRecord]) -> str:
         | random | mpe/navigation-3 | -10.00 ± 0.00 → -5.00 ± 0.00 (n=1) |
     """
 
-    def cell(run: RunRecord) -> tuple[float, float]:
-        returns = run.returns
-        if 0 not in returns or len(returns) < 2:
-            return (math.nan, math.nan)
-        return (returns[0], returns[max(returns)])
-
-    return _table(runs, cell, _offline_to_online)
+    return _table(runs, lambda run: _offline_and_last(run.returns), _offline_to_online)
 
 
 def mechanism_table(runs: Iterable[RunRecord], suffix: str, digits: int = 3) -> str:
@@ -323,10 +331,9 @@ def paired_table(runs: Iterable[RunRecord], baseline: str = "uniform") -> str:
         lambda: defaultdict(dict)
     )
     for r in runs:
-        returns = r.returns
-        if 0 in returns and len(returns) > 1:
-            key = (*r.row_key, r.config["algo"])
-            by_cell[key][r.label][r.config.get("seed")] = returns[max(returns)] - returns[0]
+        r0, rk = _offline_and_last(r.returns)
+        if math.isfinite(r0):
+            by_cell[(*r.row_key, r.config["algo"])][r.label][r.config.get("seed")] = rk - r0
     columns: list[str] = []
     cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     ahead: dict[str, list[bool]] = defaultdict(list)
@@ -353,20 +360,12 @@ def paired_table(runs: Iterable[RunRecord], baseline: str = "uniform") -> str:
     if not columns:
         return ""
     columns.sort()
-    lines = [
-        "| dataset | task | " + " | ".join(columns) + " |",
-        "|---|---|" + "---|" * len(columns),
-    ]
-    for (dataset, task), by_column in sorted(cells.items()):
-        lines.append(
-            f"| {dataset} | {task} | " + " | ".join(by_column.get(c, "-") for c in columns) + " |"
-        )
-    lines.append(
+    footer = (
         "| rows with a positive mean | | "
         + " | ".join(f"{sum(ahead[c])}/{len(ahead[c])}" for c in columns)
         + " |"
     )
-    return "\n".join(lines)
+    return _markdown(columns, cells, footer)
 
 
 def provenance(runs: Sequence[RunRecord]) -> list[str]:

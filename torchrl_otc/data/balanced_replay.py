@@ -27,7 +27,6 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
-from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage, TensorStorage
 
 from torchrl_otc.data.samplers import (
@@ -37,6 +36,7 @@ from torchrl_otc.data.samplers import (
     _flat_column,
     _keys_present,
     _OnlineRowIndex,
+    _OnlineRowsSampler,
     _storage_device,
     _to_storage_index,
 )
@@ -237,7 +237,7 @@ def _features(value: Tensor) -> Tensor:
     return value if value.is_floating_point() else value.float()
 
 
-class BalancedReplaySampler(Sampler):
+class BalancedReplaySampler(_OnlineRowsSampler):
     r"""Balanced Replay (Lee et al., CoRL 2021): samples merged offline + online data by how online-like it is.
 
     Paper: Lee, Seo, Lee, Abbeel and Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and
@@ -699,15 +699,9 @@ class BalancedReplaySampler(Sampler):
             "num_updates": float(self.num_updates),
         }
 
-    # ---------------------------------------------------------------- write hooks
-    def extend(self, index: Any) -> None:
-        self._rows.invalidate()
-
-    def add(self, index: Any) -> None:
-        self._rows.invalidate()
-
+    # ---------------------------------------------------------------- write hooks (extend, add: the base's)
     def mark_update(self, index: Any, *, storage: Storage | None = None) -> None:
-        self._rows.invalidate()
+        super().mark_update(index, storage=storage)
         if isinstance(storage, TensorStorage):
             self._storage = storage
 

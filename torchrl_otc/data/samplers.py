@@ -233,6 +233,21 @@ class _OnlineRowIndex:
         return self._cache[1], self._cache[2]
 
 
+class _OnlineRowsSampler(Sampler):
+    """A sampler keeping an :class:`_OnlineRowIndex` of its storage (``self._rows``), dropped at every write."""
+
+    _rows: _OnlineRowIndex
+
+    def extend(self, index: Any) -> None:
+        self._rows.invalidate()
+
+    def add(self, index: Any) -> None:
+        self._rows.invalidate()
+
+    def mark_update(self, index: Any, *, storage: Storage | None = None) -> None:
+        self._rows.invalidate()
+
+
 class _WriteTracker:
     """Attached to the online buffer's storage: the writer calls :meth:`mark_update` on every write."""
 
@@ -847,7 +862,7 @@ def _l1_min(
 # --------------------------------------------------------------------------------------------------------------
 # OnlineOnlySampler
 # --------------------------------------------------------------------------------------------------------------
-class OnlineOnlySampler(Sampler):
+class OnlineOnlySampler(_OnlineRowsSampler):
     """Samples uniformly (with replacement) from the online rows of the merged storage.
 
     The "online only" baseline of the paper (section 4.3, Figure 5): the agent is tuned on the online
@@ -873,15 +888,6 @@ class OnlineOnlySampler(Sampler):
     def __init__(self, *, online_key: NestedKey = "is_online") -> None:
         self.online_key = online_key
         self._rows = _OnlineRowIndex()
-
-    def extend(self, index: Any) -> None:
-        self._rows.invalidate()
-
-    def add(self, index: Any) -> None:
-        self._rows.invalidate()
-
-    def mark_update(self, index: Any, *, storage: Storage | None = None) -> None:
-        self._rows.invalidate()
 
     def sample(self, storage: Storage, batch_size: int) -> tuple[Any, dict]:
         """Draws ``batch_size`` indices uniformly among the online rows."""

@@ -161,11 +161,10 @@ def _run_data_import(args: argparse.Namespace) -> int:
 
 
 def _behaviour_overrides(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` settings of :class:`BehaviourConfig` (values read as YAML; lists become tuples)."""
+    """``KEY=VALUE`` settings of :class:`BehaviourConfig`, converted to the fields' types."""
     import dataclasses
 
-    import yaml
-
+    from torchrl_otc.configs.tune import coerce_field
     from torchrl_otc.data.datasets.behaviour import BehaviourConfig
 
     names = {f.name for f in dataclasses.fields(BehaviourConfig)} - {"seed"}
@@ -177,8 +176,7 @@ def _behaviour_overrides(items: list[str]) -> dict[str, Any]:
                 f"--set takes KEY=VALUE with a field of BehaviourConfig; got {item!r}. Fields: "
                 f"{', '.join(sorted(names))} (--seed has its own option)."
             )
-        value = yaml.safe_load(text)
-        out[key] = tuple(value) if isinstance(value, list) else value
+        out[key] = coerce_field(key, text, BehaviourConfig)
     return out
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "ALGORITHMS",
     "DATASET_KINDS",
     "parse_overrides",
+    "coerce_field",
 ]
 
 STRATEGIES = ("otc", "uniform", "online-only", "balanced-replay")
@@ -223,9 +224,32 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TuneConfig) if f.name != "extra"]
 
 
-def _coerce(name: str, raw: str) -> Any:
-    """Converts the text of an override to the field's type (``none`` for optional fields)."""
-    tp = typing.get_type_hints(TuneConfig)[name]
+def coerce_field(name: str, raw: str, cls: type | None = None) -> Any:
+    """Converts the text of a ``key=value`` override to the type of field ``name`` of dataclass ``cls``.
+
+    ``none`` for optional fields; ``true``/``false`` for booleans; integers and floats checked; tuples, lists and
+    mappings read as YAML (``[256, 256]``, ``{beta: 0.1}``); other fields keep the text.
+
+    Args:
+        name: the field.
+        raw: the override's text.
+        cls: the dataclass. Defaults to :class:`TuneConfig`.
+
+    Examples:
+        >>> coerce_field("deployments", "10"), coerce_field("dataset_path", "none")
+        (10, None)
+        >>> from torchrl_otc.data.datasets.behaviour import BehaviourConfig
+        >>> coerce_field("hidden", "[256, 256]", BehaviourConfig)
+        (256, 256)
+    """
+    tp = typing.get_type_hints(TuneConfig if cls is None else cls)[name]
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list, dict):
+        value = yaml.safe_load(raw)
+        if not isinstance(value, dict if origin is dict else (list, tuple)):
+            example = "{a: 1}" if origin is dict else "[1, 2]"
+            raise ValueError(f"{name}={raw!r}: expected YAML like {name}={example}.")
+        return tuple(value) if origin is tuple else value
     args = typing.get_args(tp)
     if type(None) in args and raw.lower() in ("none", "null", ""):
         return None
@@ -301,5 +325,5 @@ def parse_overrides(overrides: Iterable[str], base: TuneConfig | None = None) ->
             continue
         if key not in names:
             raise ValueError(f"Unknown config field {key!r}; valid fields: {', '.join(names)}.")
-        values[key] = _coerce(key, raw)
+        values[key] = coerce_field(key, raw)
     return TuneConfig(**values).validate()

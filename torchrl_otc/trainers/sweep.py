@@ -210,21 +210,21 @@ def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
                 f"since it ran. Remove the folder or use another --runs-root."
             )
     if (run_dir / "DONE").exists():
+        logger.info("sweep: %s (skipped)", run_dir)
         return {"run_dir": str(run_dir), "skipped": True}
     if (run_dir / "checkpoint" / "COMPLETE").exists() or (run_dir / "metrics.csv").exists():
         tuner = OnlineTuner.resume(run_dir, progress=progress)
     else:
         tuner = OnlineTuner(cfg, progress=progress)
     summary = tuner.run()
+    logger.info("sweep: %s (ran)", run_dir)
     return {**summary, "skipped": False}
 
 
 def _group_key(config: Mapping[str, Any]) -> str:
     """Runs that share a cached dataset (and its offline-trained agents) share a key: one worker runs them."""
     cfg = TuneConfig(**config)
-    if cfg.dataset_path is not None:
-        return f"path:{cfg.dataset_path}|{cfg.cache_dir}"
-    return f"{cfg.cache_dir}|{cfg.dataset_key()}"
+    return f"{cfg.cache_dir}|{cfg.dataset_path or cfg.dataset_key()}"
 
 
 def _init_worker(threads: int, level: int) -> None:
@@ -277,9 +277,6 @@ def _run_local_parallel(
                     not_started += len(queue) - k - 1
                     continue
                 bar.update(1)
-                logger.info(
-                    "sweep: %s (%s)", name, "skipped" if out[queue[k]]["skipped"] else "ran"
-                )
                 if k + 1 < len(queue):
                     pending[pool.submit(_run_one, payloads[queue[k + 1]], False)] = (queue, k + 1)
     bar.close()
@@ -355,9 +352,6 @@ def run_sweep(
         out = []
         for payload in tqdm(payloads, desc="sweep", disable=not progress, unit="run"):
             out.append(_run_one(payload, progress))
-            logger.info(
-                "sweep: %s (%s)", out[-1]["run_dir"], "skipped" if out[-1]["skipped"] else "ran"
-            )
         return out
     try:
         import ray

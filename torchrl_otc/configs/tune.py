@@ -177,11 +177,22 @@ class TuneConfig:
 
         return make_config(self.algo).finetune_updates
 
+    @property
+    def dataset_seed(self) -> int | None:
+        """Seed the dataset ``B^0`` is built with: the run's, or ``None`` for ``medium-replay``, whose rows are the
+        recorded behaviour-training run's replay, the same for every seed.
+
+        Examples:
+            >>> TuneConfig(dataset="random", seed=3).dataset_seed, TuneConfig(dataset="medium-replay").dataset_seed
+            (3, None)
+        """
+        return None if self.dataset == "medium-replay" else self.seed
+
     def dataset_key(self) -> str | None:
         """Name of the cached dataset ``B^0`` under ``cache_dir/datasets`` (``None`` with ``dataset_path``).
 
-        ``medium-replay`` data is the recorded behaviour-training run's replay, the same for every seed, so its
-        key has no seed: the seeds of a sweep build it once.
+        Kinds without a :attr:`dataset_seed` (``medium-replay``) have no seed in the key: the seeds of a sweep
+        build such a dataset once.
 
         Examples:
             >>> TuneConfig(task="mamujoco/hopper-3x1", dataset="random", dataset_size=1000, seed=2).dataset_key()
@@ -192,7 +203,7 @@ class TuneConfig:
         if self.dataset_path is not None:
             return None
         name = f"{self.task.replace('/', '_')}-{self.dataset}-{self.dataset_size}"
-        return name if self.dataset == "medium-replay" else f"{name}-seed{self.seed}"
+        return name if self.dataset_seed is None else f"{name}-seed{self.dataset_seed}"
 
     def offline_key(self) -> str:
         """Identifies the offline phase: runs that share it reuse the same offline-trained agents."""

@@ -170,8 +170,7 @@ class OnlineTuner:
                         cfg.task,
                         cfg.dataset,
                         cfg.dataset_size,
-                        # medium-replay ignores the seed (its rows are the recorded run's): record 0 there
-                        seed=0 if cfg.dataset == "medium-replay" else cfg.seed,
+                        seed=cfg.dataset_seed or 0,  # None: the kind ignores the seed
                         out=tmp / "data",
                         progress=self.progress,
                     ),

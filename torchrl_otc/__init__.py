@@ -8,7 +8,7 @@ an environment is built.
 from torchrl_otc._version import __version__
 from torchrl_otc.configs.tune import TuneConfig, parse_overrides
 from torchrl_otc.data.balanced_replay import BalancedReplaySampler
-from torchrl_otc.data.samplers import OnlineOnlySampler, OTCSampler
+from torchrl_otc.data.samplers import MixSampler, OnlineOnlySampler, OTCSampler
 from torchrl_otc.data.transforms import AgentView
 from torchrl_otc.envs.registry import make_env
 from torchrl_otc.modules.distances import (
@@ -31,6 +31,7 @@ __all__ = [
     "EmbeddingDistance",
     "FeatureDistance",
     "L1EmbeddingDistance",
+    "MixSampler",
     "OTCSampler",
     "OnlineOnlySampler",
     "OnlineTuner",

@@ -30,6 +30,10 @@ __all__ = [
     "improvement_table",
     "mechanism_table",
     "paired_table",
+    "decomposition_table",
+    "strategy_table",
+    "versus_table",
+    "MEASURES",
     "provenance",
     "returns_table",
     "write_report",
@@ -39,6 +43,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("step", "phase", "deployment", "name", "value")
+
+#: What the statistical tables compare, per run: the last deployment's return, and the mean over deployments 1..K
+#: (less noisy; it also credits a method that improves early).
+MEASURES = {
+    "last": "return at the last deployment",
+    "mean": "mean return over deployments 1..K",
+}
 
 
 @dataclass
@@ -62,6 +73,20 @@ class RunRecord:
     config: dict
     rows: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    pair: dict | None = None  # a matched mix: its paired OTC run's config
+
+    def measure(self, which: str) -> float:
+        """A scalar of the run's returns: ``"last"`` (the last deployment's), ``"mean"`` (the mean over deployments
+        ``1..K``) or ``"offline"`` (deployment 0's); NaN when the run has no online evaluation yet."""
+        returns = self.returns
+        online = [v for k, v in sorted(returns.items()) if k >= 1]
+        if which not in MEASURES and which != "offline":
+            raise ValueError(f"Unknown measure {which!r}; use one of {', '.join(MEASURES)}.")
+        if which == "offline":
+            return returns.get(0, math.nan)
+        if not online:
+            return math.nan
+        return online[-1] if which == "last" else statistics.fmean(online)
 
     def series(self, name: str) -> dict[int, float]:
         """The last value of metric ``name`` per deployment."""
@@ -101,6 +126,15 @@ class RunRecord:
             if not cfg.get("self_match", True):
                 parts.append("no-self-match")
             strategy = "-".join(parts)
+        if strategy == "mix":
+            if cfg.get("mix_fraction") == "matched":
+                strategy = "mix-matched"
+                if self.pair is not None:
+                    strategy += f"-{RunRecord(self.path, self.pair).label.split(' + ')[0]}"
+            else:
+                strategy = f"mix-{float(cfg.get('mix_fraction', 0.5)):g}"
+            if cfg.get("mix_source", "all") != "all":
+                strategy += f"-{cfg['mix_source']}"
         if cfg.get("sequential_exploration"):
             strategy += "-sequential"
         return f"{strategy} + {cfg['algo']}"
@@ -173,7 +207,14 @@ def load_run(path: str | Path) -> RunRecord:
         rows = list(csv.DictReader(fh))
     meta_file = path / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    return RunRecord(path, config, rows, meta)
+    pair = None
+    if config.get("strategy") == "mix" and config.get("mix_pair"):
+        # where the sweep wrote it, else beside this run (a copied or moved sweep folder)
+        for where in (Path(config["mix_pair"]), path.parent / Path(config["mix_pair"]).name):
+            if (where / "config.yaml").exists():
+                pair = yaml.safe_load((where / "config.yaml").read_text())
+                break
+    return RunRecord(path, config, rows, meta, pair)
 
 
 def improvement(returns: dict[int, float]) -> float:
@@ -366,6 +407,181 @@ def paired_table(runs: Iterable[RunRecord], baseline: str = "uniform") -> str:
         + " |"
     )
     return _markdown(columns, cells, footer)
+
+
+def _by_cell(
+    runs: Iterable[RunRecord],
+) -> dict[tuple[str, str, str], dict[str, dict[Any, RunRecord]]]:
+    """``{(dataset, task, algo): {label: {seed: run}}}``."""
+    cells: dict[tuple[str, str, str], dict[str, dict[Any, RunRecord]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for run in runs:
+        cells[(*run.row_key, run.config["algo"])][run.label][run.config.get("seed")] = run
+    return cells
+
+
+def _scores(runs: dict[Any, RunRecord], measure: str) -> dict[Any, float]:
+    """``{seed: the run's measure}`` for the runs where it is defined."""
+    out = {seed: run.measure(measure) for seed, run in runs.items()}
+    return {seed: value for seed, value in out.items() if math.isfinite(value)}
+
+
+def _lines(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def strategy_table(runs: Iterable[RunRecord], measure: str = "mean", *, digits: int = 2) -> str:
+    """Per cell and method: the mean and the interquartile mean of ``measure`` with 95 % bootstrap intervals,
+    and the gain over the offline-trained policy (paired by seed) with its interval.
+
+    Statistics as in Agarwal et al. (2021), :mod:`torchrl_otc.stats`: percentile bootstrap over seeds (2,000
+    resamples, seed 0), IQM = mean of the middle 50 %. The gain column says whether online tuning moved returns
+    at all: a cell whose gains all straddle zero ranks nothing.
+
+    Args:
+        runs: run records.
+        measure: ``"last"`` or ``"mean"`` (see :data:`MEASURES`).
+        digits: digits after the decimal point.
+
+    Examples:
+        >>> print(strategy_table([example_run()], "last"))
+        | dataset | task | method | n | mean [95 % CI] | IQM [95 % CI] | gain over offline [95 % CI] |
+        |---|---|---|---|---|---|---|
+        | random | mpe/navigation-3 | otc-feature + td3bc | 1 | -5.00 [-5.00, -5.00] | -5.00 [-5.00, -5.00] | +5.00 [+5.00, +5.00] |
+    """
+    from torchrl_otc.stats import bootstrap_ci, format_ci
+
+    rows = []
+    for (dataset, task, _algo), by_label in sorted(_by_cell(runs).items()):
+        for label, seeds in sorted(by_label.items()):
+            scores = _scores(seeds, measure)
+            if not scores:
+                continue
+            offline = _scores(seeds, "offline")
+            gains = [scores[k] - offline[k] for k in scores if k in offline]
+            mean = format_ci(*bootstrap_ci(scores, "mean"), digits=digits, signed=False)
+            robust = format_ci(*bootstrap_ci(scores, "iqm"), digits=digits, signed=False)
+            gain = format_ci(*bootstrap_ci(gains, "mean"), digits=digits) if gains else "-"
+            rows.append((dataset, task, label, str(len(scores)), mean, robust, gain))
+    header = ("dataset", "task", "method", "n", "mean [95 % CI]", "IQM [95 % CI]")
+    return _lines((*header, "gain over offline [95 % CI]"), rows)
+
+
+def _compare(
+    a: dict[Any, RunRecord], b: dict[Any, RunRecord], measure: str, digits: int
+) -> tuple[str, ...] | None:
+    """``n, mean difference [CI], W/T/L, P(a > b) [CI]`` of two methods' runs paired by seed."""
+    from torchrl_otc.stats import format_ci, paired_differences, paired_summary
+
+    x, y = _scores(a, measure), _scores(b, measure)
+    diffs = paired_differences(x, y)
+    if not diffs:
+        return None
+    paired_x = {k: x[k] for k in diffs}
+    paired_y = {k: y[k] for k in diffs}
+    summary = paired_summary(diffs, scores=(paired_x, paired_y))
+    return (
+        str(summary.n),
+        format_ci(summary.mean, summary.ci_low, summary.ci_high, digits=digits),
+        f"{summary.wins}/{summary.ties}/{summary.losses}",
+        format_ci(summary.poi, summary.poi_low, summary.poi_high, digits=2, signed=False),
+    )
+
+
+_COMPARE_HEADER = ("n", "difference [95 % CI]", "W/T/L", "P(improvement) [95 % CI]")
+
+
+def decomposition_table(
+    runs: Iterable[RunRecord], measure: str = "mean", *, baseline: str = "uniform", digits: int = 2
+) -> str:
+    """Separates OTC's two effects, per cell: how many online rows a batch gets, and which offline rows it keeps.
+
+    For every matched mix (``strategy=mix mix_fraction=matched``: per agent and deployment, the online share its
+    paired OTC run measured) three comparisons, each paired by seed (a seed's runs share their offline-trained
+    agents): OTC − uniform (OTC's whole effect), matched mix − uniform (the effect of the online share alone) and
+    OTC − matched mix (the effect of OTC's choice of rows beyond its share). Each gives the mean difference with its
+    95 % bootstrap interval, wins/ties/losses over seeds and the probability of improvement ``P(X > Y)`` with its
+    interval (:mod:`torchrl_otc.stats`).
+
+    Args:
+        runs: run records (a sweep with uniform, OTC and matched-mix variants).
+        measure: ``"last"`` or ``"mean"`` (see :data:`MEASURES`).
+        baseline: the strategy of the reference runs. Defaults to ``"uniform"``.
+        digits: digits after the decimal point.
+
+    Returns:
+        The table, or ``""`` when no cell has a matched mix with its OTC pair and the baseline.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> def run(strategy, seed, last, pair=None, **extra):
+        ...     rows = [{"step": "0", "phase": "offline", "deployment": "0", "name": "eval/return_mean",
+        ...              "value": "0"}, {"step": "9", "phase": "online", "deployment": "1",
+        ...              "name": "eval/return_mean", "value": str(last)}]
+        ...     cfg = {"strategy": strategy, "distance": "feature", "algo": "td3bc", "dataset": "random",
+        ...            "task": "nav/nonstationary", "seed": seed, **extra}
+        ...     return RunRecord(Path(f"runs/{strategy}{seed}"), cfg, rows, pair=pair)
+        >>> otc_cfg = {"strategy": "otc", "distance": "feature", "algo": "td3bc"}
+        >>> runs = [run("uniform", s, 1.0) for s in range(3)] + [run("otc", s, 2.0 + s) for s in range(3)]
+        >>> runs += [run("mix", s, 2.0 + 2 * s, mix_fraction="matched", pair=otc_cfg) for s in range(3)]
+        >>> print(decomposition_table(runs, "last").splitlines()[-1])
+        | random | nav/nonstationary | otc-feature + td3bc − mix-matched-otc-feature + td3bc | 3 | -1.00 [-2.00, +0.00] | 0/1/2 | 0.33 [0.00, 0.83] |
+    """
+    rows = []
+    for (dataset, task, algo), by_label in sorted(_by_cell(runs).items()):
+        base = by_label.get(f"{baseline} + {algo}")
+        if not base:
+            continue
+        for label, mixes in sorted(by_label.items()):
+            first = next(iter(mixes.values()))
+            if first.config.get("strategy") != "mix" or first.pair is None:
+                continue
+            pair_label = RunRecord(first.path, first.pair).label
+            otc = by_label.get(pair_label)
+            if not otc:
+                continue
+            base_label = f"{baseline} + {algo}"
+            for name, a, b in (
+                (f"{pair_label} − {base_label}", otc, base),
+                (f"{label} − {base_label}", mixes, base),
+                (f"{pair_label} − {label}", otc, mixes),
+            ):
+                compared = _compare(a, b, measure, digits)
+                if compared is not None:
+                    rows.append((dataset, task, name, *compared))
+    if not rows:
+        return ""
+    return _lines(("dataset", "task", "comparison", *_COMPARE_HEADER), rows)
+
+
+def versus_table(
+    runs: Iterable[RunRecord], measure: str = "mean", *, baseline: str = "uniform", digits: int = 2
+) -> str:
+    """Every method against ``baseline`` sampling, paired by seed: mean difference of ``measure`` with its 95 %
+    bootstrap interval, wins/ties/losses and the probability of improvement (see :func:`decomposition_table`).
+
+    Examples:
+        >>> print(versus_table([example_run()]))
+        <BLANKLINE>
+    """
+    rows = []
+    for (dataset, task, algo), by_label in sorted(_by_cell(runs).items()):
+        base_label = f"{baseline} + {algo}"
+        base = by_label.get(base_label)
+        if not base:
+            continue
+        for label, seeds in sorted(by_label.items()):
+            if label == base_label:
+                continue
+            compared = _compare(seeds, base, measure, digits)
+            if compared is not None:
+                rows.append((dataset, task, f"{label} − {base_label}", *compared))
+    if not rows:
+        return ""
+    return _lines(("dataset", "task", "comparison", *_COMPARE_HEADER), rows)
 
 
 def provenance(runs: Sequence[RunRecord]) -> list[str]:

@@ -25,7 +25,8 @@ __all__ = [
     "coerce_field",
 ]
 
-STRATEGIES = ("otc", "uniform", "online-only", "balanced-replay")
+STRATEGIES = ("otc", "uniform", "online-only", "balanced-replay", "mix")
+MIX_SOURCES = ("all", "latest")
 DISTANCES = ("feature", "embedding", "value")
 ALGORITHMS = ("bcq", "awac", "cql", "td3bc")
 DATASET_KINDS = ("random", "medium", "medium-replay")
@@ -43,7 +44,12 @@ class TuneConfig:
         dataset_path: a dataset folder to load instead of building one (``otc data build`` writes them).
         algo: base offline algorithm: ``"bcq"``, ``"awac"``, ``"cql"`` or ``"td3bc"``.
         strategy: how online tuning samples: ``"otc"``, ``"uniform"`` (merged data), ``"online-only"``,
-            ``"balanced-replay"`` (Lee et al. 2021).
+            ``"balanced-replay"`` (Lee et al. 2021), ``"mix"`` (a fixed share of online rows, :class:`~torchrl_otc.MixSampler`).
+        mix_fraction: ``strategy=mix``: the share of online rows per batch, in (0, 1), or ``"matched"``: per agent and
+            deployment, the online share that the paired OTC run (``mix_pair``) measured.
+        mix_source: ``strategy=mix``: online rows from ``"all"`` deployments so far or the ``"latest"`` one only.
+        mix_pair: ``mix_fraction=matched``: the run folder of the paired OTC run (same task, dataset, algorithm, seed
+            and sizes; finished). In a recipe, the *label* of the OTC variant (the sweep fills in its folder).
         distance: OTC's transition distance: ``"feature"`` (standardised L1), ``"embedding"`` (d_e),
             ``"value"`` (d_q) (section 3.3).
         alpha: initial exponent alpha^0 of eq. (3) (section 4.3 uses 1.0).
@@ -67,6 +73,9 @@ class TuneConfig:
             (section 4.6).
         exploration_noise: std of the Gaussian noise of the exploration policy (sequential exploration).
         seed: random seed of the run.
+        threads: intra-op threads of the run (:func:`torch.set_num_threads`); ``None`` keeps torch's default. Returns
+            at small sizes change with the thread count (floating-point sums in another order), so runs that are
+            compared or regenerated pin it; sweeps default to 1.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         runs_root: folder under which run folders are created.
         run_name: name of the run folder; ``None`` derives one from the config.
@@ -87,6 +96,9 @@ class TuneConfig:
     dataset_path: str | None = None
     algo: str = "td3bc"
     strategy: str = "otc"
+    mix_fraction: float | str = 0.5
+    mix_source: str = "all"
+    mix_pair: str | None = None
     distance: str = "feature"
     alpha: float = 1.0
     adaptive_alpha: bool = True
@@ -105,6 +117,7 @@ class TuneConfig:
     sequential_exploration: bool = False
     exploration_noise: float = 0.1
     seed: int = 0
+    threads: int | None = None
     device: str = "auto"
     runs_root: str = "runs"
     run_name: str | None = None
@@ -126,6 +139,7 @@ class TuneConfig:
             "embedding_reconstruct": ("action", "next_state"),
             "value_actions": ("policy", "sample"),
             "device": ("auto", "cpu", "cuda"),
+            "mix_source": MIX_SOURCES,
         }
         for name, valid in choices.items():
             value = getattr(self, name)
@@ -154,6 +168,28 @@ class TuneConfig:
             raise ValueError(
                 "value_actions=sample needs a stochastic policy; TD3+BC's actor is deterministic. Use "
                 "value_actions=policy with algo=td3bc."
+            )
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(f"threads must be an integer >= 1 (or none); got {self.threads!r}.")
+        if self.mix_fraction != "matched":
+            try:
+                fraction = float(self.mix_fraction)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"mix_fraction must be a number in (0, 1) or 'matched'; got {self.mix_fraction!r}."
+                ) from None
+            if not 0.0 < fraction < 1.0:
+                raise ValueError(
+                    f"mix_fraction must lie strictly between 0 and 1 (or be 'matched'); got {fraction}. Use "
+                    f"strategy=online-only for 1 and strategy=uniform for the merged data as it comes."
+                )
+            self.mix_fraction = fraction
+        elif self.strategy == "mix" and not self.mix_pair:
+            raise ValueError(
+                "mix_fraction=matched takes its online share from a paired OTC run: set mix_pair=<that run's "
+                "folder> (in a recipe: mix_pair=<label of the OTC variant>)."
             )
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0; got {self.alpha}.")
@@ -207,7 +243,7 @@ class TuneConfig:
 
     def offline_key(self) -> str:
         """Identifies the offline phase: runs that share it reuse the same offline-trained agents."""
-        fields = (
+        fields: tuple[Any, ...] = (
             self.task,
             self.dataset,
             self.dataset_size,
@@ -216,10 +252,16 @@ class TuneConfig:
             self.seed,
             self.offline_updates,
         )
+        if (
+            self.threads is not None
+        ):  # offline agents trained with another thread count differ in their bits
+            fields += (f"threads{self.threads}",)
         return "-".join(str(f).replace("/", "_") for f in fields)
 
     def default_run_name(self) -> str:
         distance = f"-{self.distance}" if self.strategy == "otc" else ""
+        if self.strategy == "mix":
+            distance = f"-{self.mix_fraction}" + ("" if self.mix_source == "all" else "-latest")
         return (
             f"{self.task.replace('/', '_')}-{self.dataset}-{self.algo}-{self.strategy}{distance}"
             f"-seed{self.seed}"
@@ -280,6 +322,8 @@ def coerce_field(name: str, raw: str, cls: type | None = None) -> Any:
         if base is float:
             return float(raw)
     except ValueError:
+        if str in args:  # a number or a word (mix_fraction=0.3 or mix_fraction=matched)
+            return raw
         raise ValueError(f"{name}={raw!r}: expected {getattr(base, '__name__', base)}.") from None
     return raw
 

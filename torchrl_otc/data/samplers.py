@@ -4,6 +4,8 @@
   Decentralized Multi-Agent Reinforcement Learning" (AAAI 2023): rank-based prioritised sampling of the merged
   offline + online data by how well each transition agrees with its best-matched online transition.
 * :class:`OnlineOnlySampler` samples uniformly from the online rows of the merged data.
+* :class:`MixSampler` draws a fixed share of every batch from the online rows and the rest from the offline rows
+  (the matched-mix control of OTC: the same online share, without OTC's choice of offline rows).
 * Uniform sampling from the merged data is TorchRL's :class:`~torchrl.data.RandomSampler`.
 """
 
@@ -32,7 +34,13 @@ from torchrl_otc.modules.distances import (
     pairwise_l1,
 )
 
-__all__ = ["OTCSampler", "OnlineOnlySampler", "rank_priorities", "argmin_random_ties"]
+__all__ = [
+    "OTCSampler",
+    "OnlineOnlySampler",
+    "MixSampler",
+    "rank_priorities",
+    "argmin_random_ties",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -223,13 +231,23 @@ class _OnlineRowIndex:
     def invalidate(self) -> None:
         self._cache = None
 
-    def rows(self, storage: TensorStorage, key: NestedKey) -> tuple[Tensor, Tensor]:
-        """``(online rows, offline rows)`` as flat indices."""
+    def rows(
+        self, storage: TensorStorage, key: NestedKey, latest_key: NestedKey | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(online rows, offline rows)`` as flat indices.
+
+        With ``latest_key`` (a column numbering the deployments), the online rows are only those of the latest
+        deployment (the largest value of that column among the online rows).
+        """
         n = len(storage)
-        cache_key = (id(storage), n, key)
+        cache_key = (id(storage), n, key, latest_key)
         if self._cache is None or self._cache[0] != cache_key:
             flags = _flat_column(storage, key)[:n].reshape(n, -1).any(-1)
-            self._cache = (cache_key, flags.nonzero().squeeze(-1), (~flags).nonzero().squeeze(-1))
+            online = flags.nonzero().squeeze(-1)
+            if latest_key is not None and online.numel():
+                deployment = _flat_column(storage, latest_key)[:n].reshape(n, -1)[:, 0][online]
+                online = online[deployment == deployment.max()]
+            self._cache = (cache_key, online, (~flags).nonzero().squeeze(-1))
         return self._cache[1], self._cache[2]
 
 
@@ -926,3 +944,144 @@ class OnlineOnlySampler(_OnlineRowsSampler):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(online_key={self.online_key!r})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MixSampler
+# --------------------------------------------------------------------------------------------------------------
+class MixSampler(_OnlineRowsSampler):
+    """A fixed share of every batch from the online rows, the rest from the offline rows, both uniformly.
+
+    The control that separates OTC's two effects (see the OTC paper, section 3.2 and eq. 3): OTC's ranking puts
+    online rows (which match their own copies, or lie near the online data) at the top ranks, so it raises the
+    *share* of online rows in a batch, and it also *chooses* among offline rows. A mix sampler at OTC's measured
+    online share reproduces the first effect without the second: an OTC gain over uniform sampling that a
+    matched mix also gets is a gain of the share, not of the correction.
+
+    Every batch of ``batch_size`` rows holds ``round(online_fraction * batch_size)`` rows drawn uniformly with
+    replacement from the online rows (those whose boolean column ``online_key`` is true; with
+    ``source="latest"`` only those of the latest deployment, the largest value of the column ``deployment_key``)
+    and the rest drawn uniformly with replacement from the offline rows; the batch is then shuffled. While the
+    storage holds no online row (offline training), or no offline row, it samples the whole storage uniformly.
+
+    Relation to TorchRL: :class:`torchrl.data.OfflineToOnlineReplayBuffer` (0.14.1) draws the same fixed
+    count per batch (``round(offline_fraction * batch_size)`` offline rows, not a binomial number), but it is a
+    buffer wrapping *two* buffers, not a sampler: it cannot be handed to ``ReplayBuffer(sampler=...)`` of the
+    merged storage ``B_i^k`` that every strategy here samples from (Algorithm 1), and it has no "latest deployment
+    only" source. This sampler keeps one merged storage, so the tuning loop, checkpoints and metrics do not change
+    with the strategy.
+
+    Args:
+        online_fraction: the share of online rows, ``0 < online_fraction < 1``. May be changed between calls
+            (the tuning loop sets the matched share per deployment).
+
+    Keyword Args:
+        online_key: key of the boolean column marking online rows. Defaults to ``"is_online"``.
+        source: ``"all"`` (every online row so far) or ``"latest"`` (the latest deployment's rows only).
+        deployment_key: key of the integer column numbering the deployments (read with ``source="latest"``).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), sampler=MixSampler(0.25),
+        ...                             batch_size=128)
+        >>> _ = rb.extend(TensorDict({"x": torch.arange(1000), "is_online": torch.arange(1000) >= 990},
+        ...                          batch_size=[1000]))
+        >>> int(rb.sample()["is_online"].sum())  # round(0.25 * 128) online rows, whatever the storage holds
+        32
+    """
+
+    def __init__(
+        self,
+        online_fraction: float,
+        *,
+        online_key: NestedKey = "is_online",
+        source: str = "all",
+        deployment_key: NestedKey = "deployment",
+    ) -> None:
+        if source not in ("all", "latest"):
+            raise ValueError(f"MixSampler: source must be 'all' or 'latest'; got {source!r}.")
+        self.online_fraction = online_fraction
+        self.online_key = online_key
+        self.source = source
+        self.deployment_key = deployment_key
+        self._rows = _OnlineRowIndex()
+
+    @property
+    def online_fraction(self) -> float:
+        """The share of online rows in every batch, in (0, 1)."""
+        return self._online_fraction
+
+    @online_fraction.setter
+    def online_fraction(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 < value < 1.0:
+            raise ValueError(
+                f"MixSampler: online_fraction must lie in (0, 1); got {value}. Use OnlineOnlySampler for 1 "
+                f"and RandomSampler (or an offline-only buffer) for 0."
+            )
+        self._online_fraction = value
+
+    def sample(self, storage: Storage, batch_size: int) -> tuple[Any, dict]:
+        """Draws ``round(online_fraction * batch_size)`` online rows and the rest offline rows, shuffled."""
+        storage = _check_tensor_storage(storage, "MixSampler")
+        n = len(storage)
+        if n == 0:
+            raise RuntimeError(
+                "Cannot sample from an empty storage: extend the buffer with offline data first."
+            )
+        keys = _backing(storage).keys(include_nested=True)
+        needed = [self.online_key] + ([self.deployment_key] if self.source == "latest" else [])
+        missing = [key for key in needed if key not in keys]
+        if missing:
+            raise KeyError(
+                f"MixSampler: the storage has no column {missing[0]!r}; keys present: {_keys_present(storage)}. "
+                f"Write a boolean column {self.online_key!r} (True for online rows)"
+                + (
+                    f" and an integer column {self.deployment_key!r} (the deployment of each row)"
+                    if self.source == "latest"
+                    else ""
+                )
+                + " with every transition."
+            )
+        latest = self.deployment_key if self.source == "latest" else None
+        online, offline = self._rows.rows(storage, self.online_key, latest)
+        device = _storage_device(storage)
+        if online.numel() == 0 or offline.numel() == 0:
+            flat = torch.randint(n, (batch_size,), generator=self._rng, device=device)
+            return _to_storage_index(storage, flat), {}
+        n_online = round(self.online_fraction * batch_size)
+        pick_on = torch.randint(online.numel(), (n_online,), generator=self._rng, device=device)
+        pick_off = torch.randint(
+            offline.numel(), (batch_size - n_online,), generator=self._rng, device=device
+        )
+        flat = torch.cat([online[pick_on], offline[pick_off]])
+        flat = flat[torch.randperm(batch_size, generator=self._rng, device=device)]
+        return _to_storage_index(storage, flat), {}
+
+    def _empty(self) -> None:
+        self._rows.invalidate()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"online_fraction": self.online_fraction}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "online_fraction" in state_dict:
+            self.online_fraction = state_dict["online_fraction"]
+
+    def dumps(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "mix_sampler.json").write_text(json.dumps(self.state_dict()))
+
+    def loads(self, path: str | Path) -> None:
+        file = Path(path) / "mix_sampler.json"
+        if file.exists():
+            self.load_state_dict(json.loads(file.read_text()))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(online_fraction={self.online_fraction:g}, source={self.source!r}, "
+            f"online_key={self.online_key!r})"
+        )

@@ -3,7 +3,9 @@
 A run folder holds
 
 * ``config.yaml``: the resolved :class:`~torchrl_otc.configs.tune.TuneConfig`;
-* ``meta.json``: package, torch and torchrl versions, git revision, dataset checksum, host, start time;
+* ``meta.json``: package, torch, torchrl and tensordict versions, git revision, dataset checksum, host, start
+  time, and what floating-point results depend on (:func:`compute_environment`: intra-op threads, CPU model, BLAS,
+  CPU capability);
 * ``metrics.csv``: one row per scalar, columns ``step, phase, deployment, name, value`` (both phases on one step
   axis: ``step`` counts gradient steps from the start of offline training);
 * ``checkpoint/``: the last checkpoint. It is written next to the old one and swapped in by renames, so a crash or
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -30,7 +33,13 @@ import yaml
 from torchrl_otc._version import __version__
 from torchrl_otc.report import METRIC_COLUMNS
 
-__all__ = ["RunFolder", "atomic_checkpoint", "git_revision", "recover_checkpoint"]
+__all__ = [
+    "RunFolder",
+    "atomic_checkpoint",
+    "compute_environment",
+    "git_revision",
+    "recover_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,56 @@ def git_revision(path: str | Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build_setting(name: str) -> str | None:
+    found = re.search(rf"\b{name}=([^,\s]+)", torch.__config__.show())
+    return found.group(1) if found else None
+
+
+def compute_environment() -> dict[str, Any]:
+    """What a run's floating-point results depend on besides its config and seed.
+
+    The same seed gives bit-identical runs only with the same intra-op thread count, CPU kind and BLAS (sums are
+    reduced in another order otherwise), so every run folder records them (``meta.json``) and reports print them.
+
+    Returns:
+        ``threads`` (intra-op, :func:`torch.get_num_threads`), ``interop_threads``, ``cpu`` (model name),
+        ``cpu_count``, ``cpu_capability`` (the vector instructions torch dispatches to), ``blas`` and ``lapack``
+        (torch's build settings), and the ``torch``, ``torchrl`` and ``tensordict`` versions.
+
+    Examples:
+        >>> env = compute_environment()
+        >>> env["threads"] == torch.get_num_threads() and env["threads"] >= 1
+        True
+        >>> sorted(env)[:4]
+        ['blas', 'cpu', 'cpu_capability', 'cpu_count']
+    """
+    import tensordict
+    import torchrl
+
+    return {
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "blas": _build_setting("BLAS_INFO"),
+        "lapack": _build_setting("LAPACK_INFO"),
+        "torch": torch.__version__,
+        "torchrl": torchrl.__version__,
+        "tensordict": tensordict.__version__,
+    }
 
 
 def atomic_checkpoint(target: str | Path, write: Callable[[Path], None]) -> Path:
@@ -148,6 +207,11 @@ class RunFolder:
     def write_config(self, config: dict[str, Any]) -> None:
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
+    @staticmethod
+    def read_config_of(path: str | Path) -> dict[str, Any]:
+        """The ``config.yaml`` of the run folder at ``path``, read without creating anything."""
+        return yaml.safe_load((Path(path) / "config.yaml").read_text()) or {}
+
     def read_config(self) -> dict[str, Any]:
         file = self.path / "config.yaml"
         if not file.exists():
@@ -157,14 +221,11 @@ class RunFolder:
         return yaml.safe_load(file.read_text())
 
     def write_meta(self, **extra: Any) -> None:
-        import torchrl
-
         meta = {
             "package": "torchrl-otc",
             "version": __version__,
             "git_revision": git_revision(),
-            "torch": torch.__version__,
-            "torchrl": torchrl.__version__,
+            **compute_environment(),
             "python": platform.python_version(),
             "host": platform.node(),
             "machine": platform.machine(),

@@ -9,7 +9,11 @@ holds:
   ``{label: otc-embedding, strategy: otc, distance: embedding}``);
 * ``sizes``: named presets of overrides: ``smoke`` (seconds, run by the tests), ``cpu`` (a reduced grid for a
   2-core CPU within about an hour) and ``paper`` (the paper's sizes, for a GPU or a cluster). A preset may also
-  replace grid axes (``grid: {seed: [0]}``) and keep only some variants (``variants: [base, otc-embedding]``).
+  replace grid axes (``grid: {seed: [0]}``), keep only some variants (``variants: [base, otc-embedding]``) and
+  split into ``cells``: a list of sub-grids, each with its own axes and overrides (e.g. 16 seeds of a small task
+  and 8 of a robot with another algorithm and sizes); the runs are the union of the cells' grids.
+* Every run pins its intra-op threads: ``threads: 1`` unless the recipe or the command line sets another value
+  (returns at small sizes change with the thread count).
 
 :func:`run_sweep` runs every configuration of a preset on this machine (``backend="local"``, the default: one run
 after the other, or ``workers`` processes side by side) or hands them to Ray (``backend="ray"``, ``pip install
@@ -75,6 +79,23 @@ class Recipe:
     variants: list[dict[str, Any]] = field(default_factory=lambda: [{"label": "default"}])
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def _cells(self, size: str, preset: Mapping[str, Any]) -> list[dict[str, Any]]:
+        cells = preset.get("cells", [{}])
+        if not isinstance(cells, list) or not cells or not all(isinstance(c, dict) for c in cells):
+            raise ValueError(
+                f"Recipe {self.name!r}: size {size!r} has cells={cells!r}; give a non-empty list of mappings, "
+                f"each with its own grid axes and overrides (e.g. [{{grid: {{task: [nav/nonstationary]}}, "
+                f"dataset_size: 50000}}])."
+            )
+        for i, cell in enumerate(cells):
+            grid = cell.get("grid", {})
+            if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+                raise ValueError(
+                    f"Recipe {self.name!r}: size {size!r}, cell {i}: grid must map fields to lists of values; "
+                    f"got {grid!r}."
+                )
+        return cells
+
     def __post_init__(self) -> None:
         names = set(field_names())
         for where, keys in (
@@ -87,9 +108,15 @@ class Recipe:
             *(
                 (
                     f"size {s!r}",
-                    {k for k in o if k not in ("grid", "variants")} | set(o.get("grid", {})),
+                    {k for k in o if k not in ("grid", "variants", "cells")}
+                    | set(o.get("grid", {})),
                 )
                 for s, o in self.sizes.items()
+            ),
+            *(
+                (f"size {s!r}, cell {i}", {k for k in c if k != "grid"} | set(c.get("grid", {})))
+                for s, o in self.sizes.items()
+                for i, c in enumerate(self._cells(s, o))
             ),
         ):
             unknown = sorted(set(keys) - names)
@@ -177,22 +204,52 @@ def expand_recipe(
             f"Recipe {recipe.name!r} has no size {size!r}; it has {', '.join(recipe.sizes) or 'none'}."
         )
     preset = dict(recipe.sizes[size])
-    grid = {**recipe.grid, **preset.pop("grid", {})}
+    cells = recipe._cells(size, preset)
+    preset.pop("cells", None)
+    preset_grid = preset.pop("grid", {})
     chosen = preset.pop("variants", None)
     variants = [v for v in recipe.variants if chosen is None or v["label"] in chosen]
-    axes = list(grid)
+    points: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (grid point, the cell's overrides)
+    for cell in cells:
+        cell = dict(cell)
+        grid = {**recipe.grid, **preset_grid, **cell.pop("grid", {})}
+        axes = list(grid)
+        points += [
+            (dict(zip(axes, point)), cell) for point in itertools.product(*(grid[a] for a in axes))
+        ]
     configs: list[TuneConfig] = []
-    for point in itertools.product(*(grid[a] for a in axes)):
+    for point, cell in points:
+        by_label: dict[str, TuneConfig] = {}
         for variant in variants:
-            values = {**recipe.base, **preset, **dict(zip(axes, point))}
+            values = {"threads": 1, **recipe.base, **preset, **cell, **point}
             values.update({k: v for k, v in variant.items() if k != "label"})
             values.update(overrides)
             cfg = parse_overrides(_overrides(values))
             root = Path(runs_root if runs_root is not None else cfg.runs_root)
             cfg.runs_root = str(root / f"{recipe.name}-{size}")
             cfg.run_name = f"{cfg.task.replace('/', '_')}-{cfg.dataset}-{cfg.algo}-{variant['label']}-seed{cfg.seed}"
+            by_label[variant["label"]] = cfg
+        for label, cfg in by_label.items():
+            if cfg.strategy == "mix" and cfg.mix_fraction == "matched":
+                pair = by_label.get(str(cfg.mix_pair))
+                if pair is None:
+                    raise ValueError(
+                        f"Recipe {recipe.name!r}, size {size!r}: variant {label!r} matches the online share of "
+                        f"variant {cfg.mix_pair!r}, which this preset does not run; add it to the preset's "
+                        f"variants (runs: {', '.join(by_label)})."
+                    )
+                if pair.strategy != "otc":
+                    raise ValueError(
+                        f"Recipe {recipe.name!r}: variant {label!r} has mix_pair={cfg.mix_pair!r}, a "
+                        f"strategy={pair.strategy} variant; the pair of a matched mix is an OTC variant."
+                    )
+                cfg.mix_pair = str(Path(pair.runs_root) / str(pair.run_name))
             configs.append(cfg.validate())
     return configs
+
+
+def _is_matched(config: Mapping[str, Any]) -> bool:
+    return config.get("strategy") == "mix" and config.get("mix_fraction") == "matched"
 
 
 def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
@@ -344,15 +401,18 @@ def run_sweep(
     payloads = [dataclasses.asdict(c) for c in configs]
     for payload in payloads:
         payload.pop("extra", None)
+    # a matched mix reads its OTC pair's metrics: pairs first (a stable order, so that groups keep theirs)
+    order = sorted(range(len(payloads)), key=lambda i: _is_matched(payloads[i]))
+    payloads = [payloads[i] for i in order]
     if backend == "local" and workers > 1:
-        return _run_local_parallel(payloads, workers, progress)
+        return _in_order(order, _run_local_parallel(payloads, workers, progress))
     if backend == "local":
         from tqdm.auto import tqdm
 
         out = []
         for payload in tqdm(payloads, desc="sweep", disable=not progress, unit="run"):
             out.append(_run_one(payload, progress))
-        return out
+        return _in_order(order, out)
     try:
         import ray
     except ImportError as err:
@@ -362,4 +422,19 @@ def run_sweep(
     if not ray.is_initialized():
         ray.init(address=ray_address)
     remote = ray.remote(num_cpus=ray_num_cpus, num_gpus=ray_num_gpus)(_run_one)
-    return ray.get([remote.remote(payload, False) for payload in payloads])
+    # two waves: every matched mix starts after all OTC runs it may pair with have finished
+    first = [p for p in payloads if not _is_matched(p)]
+    second = [p for p in payloads if _is_matched(p)]
+    out = ray.get([remote.remote(payload, False) for payload in first])
+    out += ray.get([remote.remote(payload, False) for payload in second])
+    return _in_order(order, out)
+
+
+def _in_order(order: list[int], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``results`` of the reordered payloads, put back in the order of the configs given."""
+    if len(results) != len(order):  # a failed parallel sweep raised before; nothing is lost here
+        return results
+    out: list[dict[str, Any]] = [{}] * len(order)
+    for position, original in enumerate(order):
+        out[original] = results[position]
+    return out

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from torchrl_otc.configs.tune import TuneConfig
 from torchrl_otc.data.balanced_replay import BalancedReplaySampler
-from torchrl_otc.data.samplers import OnlineOnlySampler, OTCSampler
+from torchrl_otc.data.samplers import MixSampler, OnlineOnlySampler, OTCSampler
 from torchrl_otc.modules.distances import (
     EmbeddingDistance,
     FeatureDistance,
@@ -53,6 +53,23 @@ logger = logging.getLogger(__name__)
 
 ONLINE_KEY = "is_online"
 ID_KEY = "transition_id"
+DEPLOYMENT_KEY = "deployment"  # 0 for offline rows, k for the rows of deployment k
+#: Fields a ``mix_fraction=matched`` run must share with its paired OTC run.
+_PAIRED_FIELDS = (
+    "task",
+    "dataset",
+    "dataset_size",
+    "dataset_path",
+    "algo",
+    "seed",
+    "offline_updates",
+    "deployments",
+    "steps_per_deployment",
+    "updates_per_deployment",
+    "sequential_exploration",
+    "eval_episodes",
+    "threads",
+)
 
 
 class DivergenceError(RuntimeError):
@@ -139,6 +156,8 @@ class OnlineTuner:
         from torchrl_otc.envs.registry import get_task
 
         self.task = get_task(config.task)
+        if config.strategy == "mix" and config.mix_fraction == "matched":
+            self._check_pair()  # before the run folder exists: a bad pair leaves nothing behind
         self.K = config.deployments
         self.M = config.resolved_steps_per_deployment
         self.L = config.resolved_updates_per_deployment
@@ -151,6 +170,61 @@ class OnlineTuner:
         self.returns: dict[int, float] = {}
 
     # ------------------------------------------------------------------------------------------------ setup
+    def _check_pair(self) -> None:
+        """``mix_fraction=matched``: the paired OTC run exists, finished, and has this run's settings."""
+        cfg = self.config
+        pair = Path(str(cfg.mix_pair))
+        if not (pair / "config.yaml").exists():
+            raise ValueError(
+                f"mix_fraction=matched: the paired OTC run {pair} does not exist (no config.yaml there). Run the OTC "
+                f"run first (a sweep orders it before the matched mix), or point mix_pair= at its folder."
+            )
+        if not (pair / "DONE").exists():
+            raise ValueError(
+                f"mix_fraction=matched: the paired OTC run {pair} has not finished (no DONE marker). Finish it "
+                f"first: otc tune resume={pair}."
+            )
+        held = RunFolder.read_config_of(pair)
+        if held.get("strategy") != "otc":
+            raise ValueError(
+                f"mix_fraction=matched: {pair} is a strategy={held.get('strategy')} run; the pair must be an OTC run."
+            )
+        mine = cfg.to_dict()
+        differ = [k for k in _PAIRED_FIELDS if held.get(k) != mine[k]]
+        if differ:
+            raise ValueError(
+                f"mix_fraction=matched: the paired OTC run {pair} differs in {differ} (e.g. {differ[0]}="
+                f"{held.get(differ[0])!r} there, {mine[differ[0]]!r} here): a matched mix must share its pair's "
+                f"task, data, seed and sizes."
+            )
+
+    def _matched_fraction(self, agent: int, deployment: int) -> float:
+        """The online share agent ``agent``'s batches had in deployment ``deployment`` of the paired OTC run.
+
+        The mean of the run's ``agent{i}/online_share`` rows of that deployment (one row per ``checkpoint_every``
+        updates, each a mean over its updates), kept inside ``[1/512, 1 - 1/512]`` so that a mix stays a mix.
+        """
+        rows = [
+            float(r["value"])
+            for r in RunFolder(self.config.mix_pair).read_metrics()
+            if r["name"] == f"agent{agent}/online_share"
+            and r["phase"] == "online"
+            and int(r["deployment"]) == deployment
+        ]
+        if not rows:
+            raise ValueError(
+                f"mix_fraction=matched: the paired OTC run {self.config.mix_pair} has no agent{agent}/online_share "
+                f"for deployment {deployment} in its metrics.csv; re-run it."
+            )
+        eps = 1.0 / 512
+        return min(max(statistics.fmean(rows), eps), 1.0 - eps)
+
+    def _set_mix_fractions(self, deployment: int) -> None:
+        if self.config.strategy != "mix" or self.config.mix_fraction != "matched":
+            return
+        for agent in self.agents:
+            agent.sampler.online_fraction = self._matched_fraction(agent.index, deployment)
+
     def _load_dataset(self):
         """The joint dataset ``B^0``: ``dataset_path``, else the cache, else built once and cached."""
         from torchrl_otc.data.datasets.builders import build_dataset
@@ -204,6 +278,15 @@ class OnlineTuner:
             return RandomSampler()
         if cfg.strategy == "online-only":
             return OnlineOnlySampler(online_key=ONLINE_KEY)
+        if cfg.strategy == "mix":
+            # matched: set per deployment from the paired OTC run (_set_mix_fractions); offline it is uniform
+            fraction = 0.5 if cfg.mix_fraction == "matched" else float(cfg.mix_fraction)
+            return MixSampler(
+                fraction,
+                online_key=ONLINE_KEY,
+                source=cfg.mix_source,
+                deployment_key=DEPLOYMENT_KEY,
+            )
         if cfg.strategy == "balanced-replay":
             return BalancedReplaySampler(
                 online_key=ONLINE_KEY,
@@ -249,6 +332,7 @@ class OnlineTuner:
         for i, view in enumerate(self.dataset.split_agents()):
             view = view.to_tensordict() if hasattr(view, "to_tensordict") else view
             view.set(ID_KEY, torch.arange(len(view)))
+            view.set(DEPLOYMENT_KEY, torch.zeros(len(view), dtype=torch.long))
             learner = _RecordingLearner(
                 cfg.algo,
                 Unbounded(shape=(view.get("observation").shape[-1],)),
@@ -386,6 +470,9 @@ class OnlineTuner:
             start = len(agent.merged)
             rows.set(ID_KEY, torch.arange(start, start + n, device=rows.device))
             rows.set(ONLINE_KEY, torch.ones(n, dtype=torch.bool, device=rows.device))
+            rows.set(
+                DEPLOYMENT_KEY, torch.full((n,), deployment, dtype=torch.long, device=rows.device)
+            )
             # Same columns as the merged storage: keys the environment does not produce are zero-filled.
             stored = agent.merged.storage._storage
             keys = [k for k in stored.keys(True, True) if k in rows.keys(True, True)]
@@ -474,6 +561,8 @@ class OnlineTuner:
                 scalars[f"agent{agent.index}/alpha"] = agent.sampler.alpha
                 if agent.sampler.alpha_history:
                     scalars[f"agent{agent.index}/D"] = agent.sampler.alpha_history[-1]["D"]
+            if isinstance(agent.sampler, MixSampler) and deployment > 0:
+                scalars[f"agent{agent.index}/mix_fraction"] = agent.sampler.online_fraction
         self._log(scalars, phase, deployment)
         logger.info("deployment %d: return %.3f ± %.3f", deployment, mean, std)
 
@@ -561,6 +650,8 @@ class OnlineTuner:
         """Runs (or resumes) the whole loop; returns ``{"returns": {deployment: mean return}, "run_dir": ...}``."""
         cfg = self.config
         resuming = getattr(self, "_resume", False)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self._attach_logger()
         self._build_agents()
@@ -675,6 +766,7 @@ class OnlineTuner:
                 self._stage = {"stage": "update", "deployment": k, "update": 0}
                 self._checkpoint()
             if self._stage["stage"] == "update":
+                self._set_mix_fractions(k)
                 self._train(self.L, phase="online", deployment=k, start=self._stage["update"])
                 self._evaluate_and_log(k, "online")
                 self._stage = {"stage": "collect", "deployment": k + 1, "update": 0}

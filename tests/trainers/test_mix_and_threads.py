@@ -7,13 +7,12 @@ import statistics
 
 import pytest
 import torch
+from test_tuning import TINY, config
 
 from torchrl_otc.cli import main
 from torchrl_otc.report import load_run
 from torchrl_otc.trainers.sweep import Recipe, expand_recipe, run_sweep
 from torchrl_otc.trainers.tuning import OnlineTuner
-
-from test_tuning import TINY, config
 
 
 @pytest.fixture(scope="module")

@@ -317,25 +317,34 @@ def _run_local_parallel(
         initializer=_init_worker,
         initargs=(threads, logging.getLogger().getEffectiveLevel()),
     ) as pool:
-        pending = {pool.submit(_run_one, payloads[q[0]], False): (q, 0) for q in queues}
+        # one group per worker at a time, each run to its end before the next group starts: groups finish in
+        # order (a sweep stopped early holds whole groups, every matched mix with its pair)
+        waiting = iter(queues)
+        pending = {}
+        for q in itertools.islice(waiting, workers):
+            pending[pool.submit(_run_one, payloads[q[0]], False)] = (q, 0)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 queue, k = pending.pop(future)
                 payload = payloads[queue[k]]
                 name = f"{payload['runs_root']}/{payload['run_name']}"
+                nxt: tuple[list[int], int] | None = None
                 try:
                     out[queue[k]] = future.result()
+                    bar.update(1)
+                    if k + 1 < len(queue):
+                        nxt = (queue, k + 1)
                 except Exception as err:
                     # the group's later runs would reuse what failed (its dataset, its agents): skip them
                     errors.append((name, err))
                     logger.error("sweep: %s failed: %s", name, err)
                     bar.update(len(queue) - k)
                     not_started += len(queue) - k - 1
-                    continue
-                bar.update(1)
-                if k + 1 < len(queue):
-                    pending[pool.submit(_run_one, payloads[queue[k + 1]], False)] = (queue, k + 1)
+                if nxt is None and (following := next(waiting, None)) is not None:
+                    nxt = (following, 0)  # this worker takes the next group
+                if nxt is not None:
+                    pending[pool.submit(_run_one, payloads[nxt[0][nxt[1]]], False)] = nxt
     bar.close()
     if errors:
         names = ", ".join(name for name, _ in errors)

@@ -591,6 +591,8 @@ def provenance(runs: Sequence[RunRecord]) -> list[str]:
         >>> run = example_run()
         >>> provenance([run])[0]
         '* runs: 1 in runs; seeds: [0]'
+        >>> provenance([run])[2]  # what floating-point results depend on: recorded by every run (meta.json)
+        '* compute: ? intra-op thread(s) (config: None), CPU ? (?), BLAS ?, tensordict ?, torchrl ?'
     """
     machines = sorted(
         {
@@ -608,9 +610,18 @@ def provenance(runs: Sequence[RunRecord]) -> list[str]:
     seeds = sorted({int(r.config.get("seed", 0)) for r in runs})
     started = sorted(str(r.meta.get("started", "?"))[:10] for r in runs)
     roots = sorted({str(r.path.parent) for r in runs})
+    compute = sorted(
+        {
+            f"{r.meta.get('threads', '?')} intra-op thread(s) (config: {r.config.get('threads')}), "
+            f"CPU {r.meta.get('cpu', '?')} ({r.meta.get('cpu_capability', '?')}), BLAS {r.meta.get('blas', '?')}, "
+            f"tensordict {r.meta.get('tensordict', '?')}, torchrl {r.meta.get('torchrl', '?')}"
+            for r in runs
+        }
+    )
     return [
         f"* runs: {len(runs)} in {', '.join(roots)}; seeds: {seeds}",
         f"* machines: {'; '.join(machines)}",
+        f"* compute: {'; '.join(compute)}",
         f"* versions: {'; '.join(versions)}; git revisions: {', '.join(revisions)}",
         f"* run dates: {started[0]} to {started[-1]}; report written {time.strftime('%Y-%m-%d')}",
     ]
@@ -704,11 +715,36 @@ def write_report(
     runs = [load_run(p) for p in paths]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parts = [
-        f"# {title}",
-        "",
-        *provenance(runs),
-        "",
+    parts = [f"# {title}", "", *provenance(runs), ""]
+    for measure, what in MEASURES.items():
+        table = decomposition_table(runs, measure)
+        if table:
+            parts += [
+                f"## Decomposition: OTC, its matched mix and uniform sampling ({what})",
+                "",
+                "Paired by seed (a seed's runs share their offline-trained agents): mean difference with its "
+                "95 % bootstrap interval, wins/ties/losses over seeds, probability of improvement P(X > Y) with "
+                "its interval. OTC − matched mix is the effect of OTC's choice of rows beyond its online share.",
+                "",
+                table,
+                "",
+            ]
+    for measure, what in MEASURES.items():
+        parts += [
+            f"## Per method: {what}, mean and IQM over seeds (95 % bootstrap intervals)",
+            "",
+            strategy_table(runs, measure),
+            "",
+        ]
+        versus = versus_table(runs, measure)
+        if versus:
+            parts += [
+                f"## Every method against uniform sampling, paired by seed ({what})",
+                "",
+                versus,
+                "",
+            ]
+    parts += [
         "## Improvement (%) at the last deployment over the offline-trained policy (Table 1 layout)",
         "",
         improvement_table(runs),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 
@@ -22,7 +23,7 @@ from torchrl_otc.configs.algorithms import (
     TD3BCConfig,
     make_config,
 )
-from torchrl_otc.objectives import make_algorithm, update_step
+from torchrl_otc.objectives import BoundedCQLLoss, make_algorithm, update_step
 from torchrl_otc.objectives.bcq import BCQPerturbation
 
 OBS, ACT = 5, 2
@@ -277,10 +278,15 @@ def test_composite_specs_and_spec_errors():
         make_algorithm("td3bc", Composite(obs=Unbounded(shape=(OBS,))), Bounded(-1.0, 1.0, (ACT,)))
 
 
-def test_cql_warns_when_bounds_are_not_unit(caplog):
+def test_cql_draws_its_random_actions_in_the_bounds(caplog):
+    """CQL's conservative term uses the action bounds (BoundedCQLLoss): nothing to warn about any more."""
     with caplog.at_level(logging.WARNING, logger="torchrl_otc.objectives.builders"):
-        make_algorithm(small("cql"), *specs(-0.1, 0.1))
-    assert "uniformly in [-1, 1]" in caplog.text
+        algo = make_algorithm(small("cql"), *specs(-0.1, 0.1))
+    assert caplog.text == ""
+    assert isinstance(algo.loss, BoundedCQLLoss)
+    assert torch.equal(algo.loss.random_action_low, torch.full((ACT,), -0.1))
+    assert torch.equal(algo.loss.random_action_high, torch.full((ACT,), 0.1))
+    assert algo.loss.random_log_density == pytest.approx(-ACT * math.log(0.2))
 
 
 def test_td3bc_noise_is_relative_to_the_half_range():

@@ -240,7 +240,7 @@ class AWACConfig(AlgorithmConfig):
 
 @dataclass
 class CQLConfig(AlgorithmConfig):
-    """CQL (Kumar et al. 2020) through TorchRL's :class:`~torchrl.objectives.CQLLoss`, Table 3 sizes and rates.
+    """CQL (Kumar et al. 2020) through :class:`~torchrl_otc.objectives.BoundedCQLLoss` (TorchRL's CQLLoss with its random actions in the task's bounds), Table 3 sizes and rates.
 
     Attributes:
         alpha_lr: Adam rate of the entropy temperature (and of the Lagrange multiplier with

@@ -1,7 +1,8 @@
 """Loss modules and builders of the base offline RL algorithms (OTC paper section 4, Table 3).
 
-BCQ and AWAC are this package's (TorchRL has neither); CQL and TD3+BC are TorchRL's ``CQLLoss`` and ``TD3BCLoss``,
-built by :func:`make_algorithm` with the same configs.
+BCQ and AWAC are this package's (TorchRL has neither); CQL is TorchRL's ``CQLLoss`` with the uniform actions of its
+conservative term drawn in the action bounds (:class:`BoundedCQLLoss`) and TD3+BC is TorchRL's ``TD3BCLoss``, built
+by :func:`make_algorithm` with the same configs.
 """
 
 from torchrl_otc.objectives.awac import AWACLoss
@@ -14,6 +15,7 @@ from torchrl_otc.objectives.builders import (
     make_algorithm,
     update_step,
 )
+from torchrl_otc.objectives.cql import BoundedCQLLoss
 from torchrl_otc.objectives.transition_vae import TransitionVAELoss
 from torchrl_otc.objectives.utils import ForeachSoftUpdate
 
@@ -24,6 +26,7 @@ __all__ = [
     "BCQActor",
     "BCQLoss",
     "BCQPerturbation",
+    "BoundedCQLLoss",
     "BoundedTanh",
     "DeterministicPolicy",
     "ForeachSoftUpdate",

@@ -1,12 +1,13 @@
 """Builders: networks, loss, deployment policy, optimisers and target updater of one agent's algorithm.
 
 The OTC paper (section 4, Table 3) runs four base algorithms: BCQ and AWAC (this package's
-:class:`~torchrl_otc.objectives.BCQLoss`, :class:`~torchrl_otc.objectives.AWACLoss`), CQL and TD3+BC (TorchRL's
-:class:`~torchrl.objectives.CQLLoss` and :class:`~torchrl.objectives.TD3BCLoss`). :func:`make_algorithm` builds
-one of them for one agent, with flat keys (``"observation"``, ``"action"``, ``("next", "observation")``,
-``("next", "reward")``, ``("next", "done")``, ``("next", "terminated")``): one loss per agent, so that TorchRL's
-multi-agent quirks (CQLLoss with nested keys; TD3BCLoss averaging its lambda over stacked agents) cannot couple
-agents. :func:`update_step` does one gradient step of every part and the target update.
+:class:`~torchrl_otc.objectives.BCQLoss`, :class:`~torchrl_otc.objectives.AWACLoss`), CQL (TorchRL's
+:class:`~torchrl.objectives.CQLLoss` with its uniform actions drawn in the action bounds,
+:class:`~torchrl_otc.objectives.BoundedCQLLoss`) and TD3+BC (TorchRL's :class:`~torchrl.objectives.TD3BCLoss`).
+:func:`make_algorithm` builds one of them for one agent, with flat keys (``"observation"``, ``"action"``,
+``("next", "observation")``, ``("next", "reward")``, ``("next", "done")``, ``("next", "terminated")``): one loss
+per agent, so that TorchRL's multi-agent quirks (CQLLoss with nested keys; TD3BCLoss averaging its lambda over
+stacked agents) cannot couple agents. :func:`update_step` does one gradient step of every part and the target update.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from torchrl.data import Bounded, Composite, TensorSpec
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, Actor, ProbabilisticActor, TanhNormal, ValueOperator
-from torchrl.objectives import CQLLoss, LossModule, SoftUpdate, TD3BCLoss
+from torchrl.objectives import LossModule, SoftUpdate, TD3BCLoss
 from torchrl.objectives.utils import ValueEstimators, distance_loss
 from torchrl.objectives.value import TD0Estimator
 
@@ -40,6 +41,7 @@ from torchrl_otc.configs.algorithms import (
 from torchrl_otc.modules.models.vae import ActionVAE
 from torchrl_otc.objectives.awac import AWACLoss
 from torchrl_otc.objectives.bcq import BCQActor, BCQLoss, BCQPerturbation
+from torchrl_otc.objectives.cql import BoundedCQLLoss
 from torchrl_otc.objectives.utils import ForeachSoftUpdate, StackedMLP, call_net
 
 __all__ = [
@@ -362,16 +364,9 @@ def _build_awac(
 def _build_cql(
     cfg: CQLConfig, obs_dim: int, act_dim: int, spec: Bounded, low: Tensor, high: Tensor, device
 ):
-    if not (bool((low == -1).all()) and bool((high == 1).all())):
-        logger.warning(
-            "TorchRL's CQLLoss draws its random actions uniformly in [-1, 1], but the action bounds are "
-            "[%s, %s]: its conservative term then scores actions outside the bounds. Rescale the actions to "
-            "[-1, 1] (e.g. with an action-scaling transform) for CQL.",
-            low.tolist(),
-            high.tolist(),
-        )
     actor = _gaussian_actor(cfg, obs_dim, act_dim, spec, low, high).to(device)
-    loss = CQLLoss(
+    # TorchRL's CQLLoss with the uniform actions of its conservative term drawn in the bounds, not [-1, 1].
+    loss = BoundedCQLLoss(
         actor,
         _critic(cfg, obs_dim, act_dim).to(device),
         loss_function=cfg.loss_function,
@@ -582,7 +577,7 @@ def _update_cql(algo: Algorithm, batch: TensorDictBase) -> dict[str, Tensor]:
     # The Lagrange loss -alpha' (gap - thresh) also depends on the critic through the CQL gap: its gradient must
     # reach log_alpha' only (in the CQL authors' code and TorchRL's script the critic's gradients are zeroed after
     # the alpha' step), so it is taken separately with autograd.grad.
-    loss: CQLLoss = algo.loss
+    loss: BoundedCQLLoss = algo.loss
     td = batch.copy()  # q_loss writes pred_q1/pred_q2 into its input
     loss_q, meta_q = loss.q_loss(td)
     loss_cql, _ = loss.cql_loss(td)

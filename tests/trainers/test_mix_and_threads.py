@@ -172,8 +172,14 @@ def test_a_sweep_runs_the_pair_first_and_pins_one_thread(tmp_path):
 
 def test_a_matched_mix_without_its_pair_in_the_preset_is_a_clear_error():
     recipe = _recipe(variants=["matched"])
-    with pytest.raises(ValueError, match="variant 'otc', which this preset does not run"):
+    with pytest.raises(ValueError, match="variant 'otc', which is not among the variants run"):
         expand_recipe(recipe, "smoke", runs_root="runs")
+    with pytest.raises(ValueError, match="no variants \\['nope'\\] to run"):
+        expand_recipe(_recipe(), "smoke", only=["matched", "nope"])
+    # --variants: the same runs as in the whole preset, a matched mix right after its pair
+    whole = expand_recipe(_recipe(), "smoke", runs_root="runs")
+    part = expand_recipe(_recipe(), "smoke", runs_root="runs", only=["otc", "matched"])
+    assert [c.run_name for c in part] == [c.run_name for c in whole]
     recipe.variants[0]["mix_pair"] = "matched"
     with pytest.raises(ValueError, match="pair of a matched mix is an OTC variant"):
         expand_recipe(recipe, "smoke", runs_root="runs")

@@ -106,7 +106,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         raise ValueError(f"Overrides look like key=value; got {bad[0]!r}.")
     # the values stay text: expand_recipe hands them to parse_overrides, which checks and converts them
     extra = dict(item.split("=", 1) for item in args.overrides)
-    configs = expand_recipe(recipe, args.size, runs_root=args.runs_root, **extra)
+    only = [label.strip() for label in args.variants.split(",")] if args.variants else None
+    configs = expand_recipe(recipe, args.size, runs_root=args.runs_root, only=only, **extra)
     if args.dry_run:
         for cfg in configs:
             sys.stdout.write(f"{cfg.runs_root}/{cfg.run_name}\n")
@@ -162,6 +163,11 @@ def add_sweep_command(sub: Any) -> None:
         "--runs-root", default="runs", help="root of the run folders (default: runs)"
     )
     sweep.add_argument("--report", default=None, help="report folder (default: <runs>/report)")
+    sweep.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated labels: run only these variants now (the same runs as in the whole preset)",
+    )
     sweep.add_argument("--dry-run", action="store_true", help="list the run folders and stop")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
     sweep.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")

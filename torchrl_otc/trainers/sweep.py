@@ -179,7 +179,12 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def expand_recipe(
-    recipe: Recipe, size: str, *, runs_root: str | Path | None = None, **overrides: Any
+    recipe: Recipe,
+    size: str,
+    *,
+    runs_root: str | Path | None = None,
+    only: Iterable[str] | None = None,
+    **overrides: Any,
 ) -> list[TuneConfig]:
     """The validated configs of one size preset: ``base`` + preset + grid point + variant (+ ``overrides``).
 
@@ -191,6 +196,8 @@ def expand_recipe(
 
     Keyword Args:
         runs_root: root of the run folders (defaults to the configs' ``runs_root``).
+        only: the labels of the variants to run now (of those the preset runs); the runs are the same as in the
+            whole preset, so a sweep can run the cheap variants of every grid point first and the rest later.
         overrides: further config fields applied to every run (e.g. ``device="cuda"``).
 
     Examples:
@@ -209,6 +216,15 @@ def expand_recipe(
     preset_grid = preset.pop("grid", {})
     chosen = preset.pop("variants", None)
     variants = [v for v in recipe.variants if chosen is None or v["label"] in chosen]
+    if only is not None:
+        only = list(only)
+        unknown = [label for label in only if label not in {v["label"] for v in variants}]
+        if unknown:
+            raise ValueError(
+                f"Recipe {recipe.name!r}, size {size!r}: no variants {unknown} to run; this preset runs "
+                f"{', '.join(v['label'] for v in variants)}."
+            )
+        variants = [v for v in variants if v["label"] in only]
     points: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (grid point, the cell's overrides)
     for cell in cells:
         cell = dict(cell)
@@ -235,8 +251,8 @@ def expand_recipe(
                 if pair is None:
                     raise ValueError(
                         f"Recipe {recipe.name!r}, size {size!r}: variant {label!r} matches the online share of "
-                        f"variant {cfg.mix_pair!r}, which this preset does not run; add it to the preset's "
-                        f"variants (runs: {', '.join(by_label)})."
+                        f"variant {cfg.mix_pair!r}, which is not among the variants run (the preset's, or "
+                        f"--variants): run it too (runs: {', '.join(by_label)})."
                     )
                 if pair.strategy != "otc":
                     raise ValueError(
@@ -410,8 +426,17 @@ def run_sweep(
     payloads = [dataclasses.asdict(c) for c in configs]
     for payload in payloads:
         payload.pop("extra", None)
-    # a matched mix reads its OTC pair's metrics: pairs first (a stable order, so that groups keep theirs)
-    order = sorted(range(len(payloads)), key=lambda i: _is_matched(payloads[i]))
+    # a matched mix reads its OTC pair's metrics: it runs right after its pair (a stable order otherwise, and
+    # the pair shares its dataset, so both are in one group of the parallel runner)
+    where = {f"{p['runs_root']}/{p['run_name']}": i for i, p in enumerate(payloads)}
+
+    def _position(i: int) -> tuple[int, int]:
+        if _is_matched(payloads[i]):
+            pair = str(Path(str(payloads[i]["mix_pair"])).as_posix())
+            return (where.get(pair, len(payloads)), 1)
+        return (i, 0)
+
+    order = sorted(range(len(payloads)), key=_position)
     payloads = [payloads[i] for i in order]
     if backend == "local" and workers > 1:
         return _in_order(order, _run_local_parallel(payloads, workers, progress))

@@ -88,3 +88,70 @@ def test_paired_table_compares_gains_when_offline_returns_differ(tmp_path):
     )  # gain 20: the last returns differ by 10, the gains by 30
     runs = [load_run(p) for p in sorted(tmp_path.iterdir())]
     assert "| +30.00 ± 0.00 (ahead on 1/1 seeds) |" in paired_table(runs)
+
+
+def _decomposition_runs(tmp_path, move=None):
+    """uniform, OTC and a matched mix paired with OTC, seeds 0-3, on one cell; returns (runs folder, runs)."""
+    root = tmp_path / "sweep"
+    last = {
+        "uniform": [1.0, 2.0, 3.0, 4.0],
+        "otc": [3.0, 5.0, 4.0, 6.0],
+        "mix": [3.0, 4.0, 4.0, 7.0],
+    }
+    for strategy, values in last.items():
+        for seed, value in enumerate(values):
+            cfg = TuneConfig(strategy=strategy, seed=seed, task="nav/nonstationary").to_dict()
+            if strategy == "mix":
+                cfg.update(mix_fraction="matched", mix_pair=str(root / f"otc-{seed}"))
+            run = RunFolder(root / f"{strategy}-{seed}")
+            run.write_config(cfg)
+            for k, r in enumerate([0.0, value / 2, value]):
+                run.log(
+                    {"eval/return_mean": r},
+                    step=k,
+                    phase="online" if k else "offline",
+                    deployment=k,
+                )
+    if move is not None:  # the sweep's folder copied elsewhere: pairs are found beside the runs
+        root.rename(move)
+        root = move
+    return root, [load_run(p) for p in sorted(root.iterdir())]
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_decomposition_pairs_otc_its_matched_mix_and_uniform_by_seed(tmp_path, moved):
+    from torchrl_otc.report import decomposition_table
+
+    _, runs = _decomposition_runs(tmp_path, tmp_path / "copied" if moved else None)
+    lines = decomposition_table(runs, "last").splitlines()
+    assert lines[0].startswith("| dataset | task | comparison | n | difference [95 % CI] | W/T/L |")
+    rows = {line.split(" | ")[2]: line.split(" | ")[3:6] for line in lines[2:]}
+    # differences by seed: otc - uniform = 2, 3, 1, 2; mix - uniform = 2, 2, 1, 3; otc - mix = 0, 1, 0, -1
+    otc, mix, base = "otc-feature + td3bc", "mix-matched-otc-feature + td3bc", "uniform + td3bc"
+    from torchrl_otc.stats import bootstrap_ci, format_ci
+
+    assert rows[f"{otc} − {base}"][:2] == ["4", format_ci(*bootstrap_ci([2.0, 3.0, 1.0, 2.0]))]
+    assert rows[f"{otc} − {base}"][2] == "4/0/0"
+    assert rows[f"{mix} − {base}"][2] == "4/0/0"
+    assert rows[f"{otc} − {mix}"][1].startswith("+0.00 [") and rows[f"{otc} − {mix}"][2] == "1/2/1"
+    # the mean over deployments 1..2 halves nothing here: (v/2 + v) / 2 = 0.75 v, so differences scale by 0.75
+    mean_rows = decomposition_table(runs, "mean").splitlines()[2]
+    assert "+1.50 [" in mean_rows
+
+
+def test_strategy_table_has_mean_iqm_and_the_gain_over_offline(tmp_path):
+    from torchrl_otc.report import strategy_table, versus_table
+
+    root, runs = _decomposition_runs(tmp_path)
+    table = strategy_table(runs, "last")
+    uniform = next(line for line in table.splitlines() if "| uniform + td3bc |" in line)
+    cells = [c.strip() for c in uniform.strip("|").split("|")]
+    assert cells[3] == "4"
+    assert cells[4].startswith("2.50 [") and cells[5].startswith(
+        "2.50 ["
+    )  # IQM of 1..4 = mean of 2, 3
+    assert cells[6].startswith("+2.50 [")  # every offline return is 0
+    assert versus_table(runs, "last").count("− uniform + td3bc") == 2
+    report = write_report([root], tmp_path / "out").read_text()
+    assert report.index("## Decomposition") < report.index("## Per method")
+    assert "* compute:" in report

@@ -155,3 +155,11 @@ def test_strategy_table_has_mean_iqm_and_the_gain_over_offline(tmp_path):
     report = write_report([root], tmp_path / "out").read_text()
     assert report.index("## Decomposition") < report.index("## Per method")
     assert "* compute:" in report
+
+
+def test_intervals_do_not_depend_on_the_order_the_runs_were_read(tmp_path):
+    from torchrl_otc.report import decomposition_table, strategy_table
+
+    _, runs = _decomposition_runs(tmp_path)
+    for table in (decomposition_table, strategy_table):
+        assert table(runs, "mean") == table(list(reversed(runs)), "mean")

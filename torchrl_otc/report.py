@@ -422,8 +422,13 @@ def _by_cell(
 
 
 def _scores(runs: dict[Any, RunRecord], measure: str) -> dict[Any, float]:
-    """``{seed: the run's measure}`` for the runs where it is defined."""
-    out = {seed: run.measure(measure) for seed, run in runs.items()}
+    """``{seed: the run's measure}`` for the runs where it is defined, in the order of the seeds (so that a
+    bootstrap interval does not depend on the order in which the run folders were read)."""
+    try:
+        seeds = sorted(runs)
+    except TypeError:  # seeds of mixed types: any fixed order
+        seeds = sorted(runs, key=repr)
+    out = {seed: runs[seed].measure(measure) for seed in seeds}
     return {seed: value for seed, value in out.items() if math.isfinite(value)}
 
 

@@ -218,3 +218,38 @@ def test_cells_give_each_sub_grid_its_own_sizes():
         Recipe("bad", sizes={"cpu": {"cells": [{"bogus": 1}]}})
     with pytest.raises(ValueError, match="grid must map fields to lists"):
         Recipe("bad", sizes={"cpu": {"cells": [{"grid": {"seed": 0}}]}})
+
+
+def test_ray_runs_matched_mixes_in_a_second_wave_and_returns_results_in_config_order(
+    tmp_path, monkeypatch
+):
+    import types
+
+    waves: list[list[str]] = []
+
+    class _Remote:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def remote(self, payload, progress):
+            return (payload["run_name"], self.fn(payload, progress))
+
+    def _get(refs):
+        waves.append([name for name, _ in refs])
+        return [result for _, result in refs]
+
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: True,
+        remote=lambda **_: _Remote,
+        get=_get,
+    )
+    monkeypatch.setitem(__import__("sys").modules, "ray", fake)
+    configs = expand_recipe(_recipe(cache_dir=str(tmp_path / "cache")), "smoke", runs_root=tmp_path)
+    out = run_sweep(configs, backend="ray", progress=False)
+    assert [set(w) for w in waves] == [
+        {c.run_name for c in configs if c.strategy == "otc"},
+        {c.run_name for c in configs if c.strategy == "mix"},
+    ]
+    assert [r["run_dir"] for r in out] == [
+        str(tmp_path / "mix-smoke" / c.run_name) for c in configs
+    ]

@@ -428,12 +428,11 @@ def run_sweep(
         payload.pop("extra", None)
     # a matched mix reads its OTC pair's metrics: it runs right after its pair (a stable order otherwise, and
     # the pair shares its dataset, so both are in one group of the parallel runner)
-    where = {f"{p['runs_root']}/{p['run_name']}": i for i, p in enumerate(payloads)}
+    where = {Path(p["runs_root"]) / str(p["run_name"]): i for i, p in enumerate(payloads)}
 
     def _position(i: int) -> tuple[int, int]:
         if _is_matched(payloads[i]):
-            pair = str(Path(str(payloads[i]["mix_pair"])).as_posix())
-            return (where.get(pair, len(payloads)), 1)
+            return (where.get(Path(str(payloads[i]["mix_pair"])), len(payloads)), 1)
         return (i, 0)
 
     order = sorted(range(len(payloads)), key=_position)
@@ -457,17 +456,16 @@ def run_sweep(
         ray.init(address=ray_address)
     remote = ray.remote(num_cpus=ray_num_cpus, num_gpus=ray_num_gpus)(_run_one)
     # two waves: every matched mix starts after all OTC runs it may pair with have finished
-    first = [p for p in payloads if not _is_matched(p)]
-    second = [p for p in payloads if _is_matched(p)]
-    out = ray.get([remote.remote(payload, False) for payload in first])
-    out += ray.get([remote.remote(payload, False) for payload in second])
+    out: list[dict[str, Any]] = [{}] * len(payloads)
+    for matched in (False, True):
+        wave = [i for i, payload in enumerate(payloads) if _is_matched(payload) == matched]
+        for i, result in zip(wave, ray.get([remote.remote(payloads[i], False) for i in wave])):
+            out[i] = result
     return _in_order(order, out)
 
 
 def _in_order(order: list[int], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``results`` of the reordered payloads, put back in the order of the configs given."""
-    if len(results) != len(order):  # a failed parallel sweep raised before; nothing is lost here
-        return results
     out: list[dict[str, Any]] = [{}] * len(order)
     for position, original in enumerate(order):
         out[original] = results[position]

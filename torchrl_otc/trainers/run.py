@@ -207,11 +207,6 @@ class RunFolder:
     def write_config(self, config: dict[str, Any]) -> None:
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    @staticmethod
-    def read_config_of(path: str | Path) -> dict[str, Any]:
-        """The ``config.yaml`` of the run folder at ``path``, read without creating anything."""
-        return yaml.safe_load((Path(path) / "config.yaml").read_text()) or {}
-
     def read_config(self) -> dict[str, Any]:
         file = self.path / "config.yaml"
         if not file.exists():

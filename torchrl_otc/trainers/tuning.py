@@ -184,7 +184,7 @@ class OnlineTuner:
                 f"mix_fraction=matched: the paired OTC run {pair} has not finished (no DONE marker). Finish it "
                 f"first: otc tune resume={pair}."
             )
-        held = RunFolder.read_config_of(pair)
+        held = RunFolder(pair).read_config()
         if held.get("strategy") != "otc":
             raise ValueError(
                 f"mix_fraction=matched: {pair} is a strategy={held.get('strategy')} run; the pair must be an OTC run."
@@ -198,32 +198,34 @@ class OnlineTuner:
                 f"task, data, seed and sizes."
             )
 
-    def _matched_fraction(self, agent: int, deployment: int) -> float:
+    def _matched_fraction(self, rows: list[dict[str, str]], agent: int, deployment: int) -> float:
         """The online share agent ``agent``'s batches had in deployment ``deployment`` of the paired OTC run.
 
-        The mean of the run's ``agent{i}/online_share`` rows of that deployment (one row per ``checkpoint_every``
-        updates, each a mean over its updates), kept inside ``[1/512, 1 - 1/512]`` so that a mix stays a mix.
+        The mean of the run's ``agent{i}/online_share`` rows (``rows``: its metrics.csv) of that deployment (one
+        row per ``checkpoint_every`` updates, each a mean over its updates), kept inside ``[1/512, 1 - 1/512]`` so
+        that a mix stays a mix.
         """
-        rows = [
+        shares = [
             float(r["value"])
-            for r in RunFolder(self.config.mix_pair).read_metrics()
+            for r in rows
             if r["name"] == f"agent{agent}/online_share"
             and r["phase"] == "online"
             and int(r["deployment"]) == deployment
         ]
-        if not rows:
+        if not shares:
             raise ValueError(
                 f"mix_fraction=matched: the paired OTC run {self.config.mix_pair} has no agent{agent}/online_share "
                 f"for deployment {deployment} in its metrics.csv; re-run it."
             )
         eps = 1.0 / 512
-        return min(max(statistics.fmean(rows), eps), 1.0 - eps)
+        return min(max(statistics.fmean(shares), eps), 1.0 - eps)
 
     def _set_mix_fractions(self, deployment: int) -> None:
         if self.config.strategy != "mix" or self.config.mix_fraction != "matched":
             return
+        rows = RunFolder(str(self.config.mix_pair)).read_metrics()  # read once for every agent
         for agent in self.agents:
-            agent.sampler.online_fraction = self._matched_fraction(agent.index, deployment)
+            agent.sampler.online_fraction = self._matched_fraction(rows, agent.index, deployment)
 
     def _load_dataset(self):
         """The joint dataset ``B^0``: ``dataset_path``, else the cache, else built once and cached."""

@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
-from torchrl_otc import OTCSampler
+from torchrl_otc import MixSampler, OTCSampler
 from torchrl_otc.data.samplers import argmin_random_ties, rank_priorities
 from torchrl_otc.modules.distances import pairwise_l1
 
@@ -71,6 +71,22 @@ def main() -> None:
     results["uniform rb.sample(128)"] = timeit(uniform.sample, args.repeats)
     results["uniform sampler.sample (indices only)"] = timeit(
         lambda: uniform.sampler.sample(uniform.storage, 128), args.repeats
+    )
+    # The matched-mix control (strategy=mix): a fixed online share, uniform within each part.
+    flagged = offline.clone()
+    flagged.set("is_online", torch.zeros(args.rows, dtype=torch.bool, device=args.device))
+    fresh = deployment.clone()
+    fresh.set("is_online", torch.ones(args.online, dtype=torch.bool, device=args.device))
+    mix = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(args.rows + args.online, device=args.device),
+        sampler=MixSampler(0.5),
+        batch_size=128,
+    )
+    mix.extend(flagged)
+    mix.extend(fresh)
+    results["mix (0.5) rb.sample(128)"] = timeit(mix.sample, args.repeats)
+    results["mix (0.5) sampler.sample (indices only)"] = timeit(
+        lambda: mix.sampler.sample(mix.storage, 128), args.repeats
     )
     for compiled in (False, True) if not args.no_compile else (False,):
         online = TensorDictReplayBuffer(storage=LazyTensorStorage(args.online, device=args.device))

@@ -24,9 +24,9 @@ import warnings
 
 import torch
 
-from torchrl_otc.data.datasets import build_dataset
 from torchrl_otc.data.datasets.behaviour import behaviour_checkpoint_path
 from torchrl_otc.envs import make_env
+from torchrl_otc.trainers.behaviour import build_dataset
 
 
 def _rate(env, steps: int, repeats: int = 3) -> float:

@@ -35,10 +35,17 @@ from torchrl.data import (
     Unbounded,
 )
 
-from torchrl_otc import BalancedReplaySampler, EmbeddingDistance, OTCSampler, ValueDistance
+from torchrl_otc import (
+    BalancedReplaySampler,
+    EmbeddingDistance,
+    FeatureDistance,
+    OTCSampler,
+    ValueDistance,
+)
 from torchrl_otc.configs.algorithms import make_config
 from torchrl_otc.data.synthetic import discrete_mdp, kernel_kl, point_mass_sampling_shares
 from torchrl_otc.trainers.learner import AgentLearner
+from torchrl_otc.trainers.parts import EmbeddingDistanceTrainer
 
 OBS, ACT = 17, 3
 
@@ -63,13 +70,15 @@ def transitions(n: int, seed: int, online: bool) -> TensorDict:
 SAMPLERS = {
     "uniform": lambda online: RandomSampler(),
     "OTC feature": lambda online: OTCSampler(online),
-    "OTC feature, compiled": lambda online: OTCSampler(online, compile=True),
+    "OTC feature, compiled": lambda online: OTCSampler(
+        online, distance=FeatureDistance(compile=True)
+    ),
     "OTC d_e": lambda online: OTCSampler(online, distance=EmbeddingDistance(OBS, ACT)),
     "OTC d_e, compiled": lambda online: OTCSampler(
-        online, distance=EmbeddingDistance(OBS, ACT), compile=True
+        online, distance=EmbeddingDistance(OBS, ACT, compile=True)
     ),
     "OTC d_e, CVAE step every 10 updates, compiled": lambda online: OTCSampler(
-        online, distance=EmbeddingDistance(OBS, ACT, update_every=10), compile=True
+        online, distance=EmbeddingDistance(OBS, ACT, update_every=10, compile=True)
     ),
     "OTC d_q": lambda online: OTCSampler(online, distance=ValueDistance()),
     "Balanced Replay": lambda online: BalancedReplaySampler(),
@@ -116,11 +125,11 @@ def readings() -> list[tuple[str, str, float]]:
     def with_pretrained(factory):
         def make(online):
             sampler = factory(online)
-            fit, pretrain = sampler.distance.fit, sampler.distance.pretrain
+            fit, trainer = sampler.distance.fit, EmbeddingDistanceTrainer(sampler.distance)
 
             def fit_and_pretrain(data):  # point_mass_sampling_shares calls fit(offline) once
                 fit(data)
-                pretrain(data, 1500)
+                trainer.pretrain(data, 1500)
 
             sampler.distance.fit = fit_and_pretrain
             return sampler
@@ -177,8 +186,8 @@ def readings() -> list[tuple[str, str, float]]:
         distance = getattr(sampler, "distance", None)
         if callable(getattr(distance, "fit", None)):
             distance.fit(merged[:])
-        if callable(getattr(distance, "pretrain", None)):
-            distance.pretrain(merged[:], 1500)
+        if isinstance(distance, EmbeddingDistance):
+            EmbeddingDistanceTrainer(distance).pretrain(merged[:], 1500)
         merged.set_rng(torch.Generator().manual_seed(0))
         batches = torch.cat([merged.sample() for _ in range(150)])
         rows.append(("discrete MDP: KL to the online kernel", name, kernel_kl(batches, p_d)[0]))

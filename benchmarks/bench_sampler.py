@@ -18,9 +18,9 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
-from torchrl_otc import MixSampler, OTCSampler
+from torchrl_otc import FeatureDistance, MixSampler, OTCSampler
 from torchrl_otc.data.samplers import argmin_random_ties, rank_priorities
-from torchrl_otc.modules.distances import pairwise_l1
+from torchrl_otc.modules.transition_distance import _l1_min, pairwise_l1
 
 
 def make(n: int, obs: int, act: int, device: str) -> TensorDict:
@@ -90,7 +90,7 @@ def main() -> None:
     )
     for compiled in (False, True) if not args.no_compile else (False,):
         online = TensorDictReplayBuffer(storage=LazyTensorStorage(args.online, device=args.device))
-        sampler = OTCSampler(online, alpha=1.0, compile=compiled)
+        sampler = OTCSampler(online, alpha=1.0, distance=FeatureDistance(compile=compiled))
         merged = TensorDictReplayBuffer(
             storage=LazyTensorStorage(args.rows + args.online, device=args.device),
             sampler=sampler,
@@ -121,8 +121,6 @@ def main() -> None:
         lambda: rank_priorities(d[:, 0], 1.0), args.repeats
     )
     if not args.no_compile:
-        from torchrl_otc.data.samplers import _l1_min
-
         fused = torch.compile(_l1_min, dynamic=False)
         y_t = y.t().contiguous()
         results["  part: fused pairwise L1 + row min + tie count, compiled"] = timeit(

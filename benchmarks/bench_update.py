@@ -2,13 +2,13 @@
 
 Sizes are the OTC paper's Table 3 (batch 128; hidden (64, 64) for BCQ and its VAE, (256, 256) otherwise; ReLU)
 on a HalfCheetah-2x3-like agent (17-d state, 3-d action). The package's update is
-``torchrl_otc.objectives.update_step`` on an algorithm from ``make_algorithm`` (TorchRL ``CQLLoss`` /
+``Algorithm.update`` on an algorithm from ``torchrl_otc.trainers.algorithms.make_algorithm`` (TorchRL ``CQLLoss`` /
 ``TD3BCLoss``, this package's ``BCQLoss`` / ``AWACLoss``). Each plain-PyTorch reference below does the same
 computation in the same order with ``nn.Module`` networks and tensors (the authors' or CORL's code structure).
 Both run interleaved in one process on pre-drawn batches (no sampling cost); figures are medians over blocks of
 updates (TD3+BC's blocks are even, so they hold as many actor steps as the schedule gives).
 
-A second table times N TD3+BC agents (N = 1..6): N separate ``update_step`` calls against one
+A second table times N TD3+BC agents (N = 1..6): N separate ``TD3BC.update`` calls against one
 ``BatchedTD3BC.update`` on the same N batches (stacked parameters, one batched matmul per layer).
 
 Usage: ``python benchmarks/bench_update.py [--repeats 20] [--block 10] [--threads 1] [--only bcq,td3bc,batched]
@@ -18,6 +18,7 @@ Usage: ``python benchmarks/bench_update.py [--repeats 20] [--block 10] [--thread
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import math
 import platform
@@ -30,10 +31,11 @@ import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
 from torchrl.data import Bounded, Unbounded
+from torchrl.objectives import SoftUpdate
 
 from torchrl_otc.configs.algorithms import make_config
-from torchrl_otc.objectives import make_algorithm, update_step
-from torchrl_otc.objectives.batched import BatchedTD3BC
+from torchrl_otc.objectives.utils import ForeachSoftUpdate, critic_values
+from torchrl_otc.trainers.algorithms import BatchedTD3BC, make_algorithm
 
 OBS, ACT, BATCH, GAMMA, TAU = 17, 3, 128, 0.99, 0.005
 
@@ -63,8 +65,6 @@ def soft_update(target: nn.Module, source: nn.Module) -> None:
 
 
 def copy_of(module: nn.Module) -> nn.Module:
-    import copy
-
     target = copy.deepcopy(module)
     target.requires_grad_(False)
     return target
@@ -315,7 +315,7 @@ def package_update(name: str, data: list[TensorDict], **overrides) -> Callable[[
     )
 
     def run(i: int) -> None:
-        update_step(algo, data[i % len(data)])
+        algo.update(data[i % len(data)])
 
     return run
 
@@ -369,7 +369,7 @@ def agent_updates(
 
     def run_separate(j: int) -> None:
         for i, algo in enumerate(separate):
-            update_step(algo, data[(j + i) % len(data)])
+            algo.update(data[(j + i) % len(data)])
 
     def run_batched(j: int) -> None:
         batched.update(stacked[j % len(stacked)])
@@ -390,10 +390,6 @@ def synced(fn: Callable[[int], None], device: torch.device) -> Callable[[int], N
 
 def parts(repeats: int) -> list[tuple[str, float]]:
     """The helpers of ``torchrl_otc/objectives/utils.py`` against what they replace (BCQ, Table 3 sizes)."""
-    from torchrl.objectives import SoftUpdate
-
-    from torchrl_otc.objectives.utils import ForeachSoftUpdate, critic_values
-
     algo = make_algorithm(
         make_config("bcq"), Unbounded(shape=(OBS,)), Bounded(-1.0, 1.0, (ACT,)), seed=0
     )
@@ -496,7 +492,7 @@ def main() -> None:
             print(f"| {label} | {ms:.3f} |")
     if agent_rows:
         print(f"\nTD3+BC, N agents on {device.type}, ms per update of all N agents\n")
-        print("| N | separate (N x update_step) | batched (BatchedTD3BC) | speed-up |")
+        print("| N | separate (N x TD3BC.update) | batched (BatchedTD3BC) | speed-up |")
         print("|---|---|---|---|")
         for n, sep, bat in agent_rows:
             print(f"| {n} | {sep:.2f} | {bat:.2f} | {sep / bat:.2f} |")

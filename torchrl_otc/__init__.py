@@ -7,8 +7,12 @@ an environment is built.
 
 from torchrl_otc._version import __version__
 from torchrl_otc.configs.tune import TuneConfig, parse_overrides
-from torchrl_otc.data.balanced_replay import BalancedReplaySampler
-from torchrl_otc.data.samplers import MixSampler, OnlineOnlySampler, OTCSampler
+from torchrl_otc.data.samplers import (
+    BalancedReplaySampler,
+    MixSampler,
+    OnlineOnlySampler,
+    OTCSampler,
+)
 from torchrl_otc.data.transforms import AgentView
 from torchrl_otc.envs.registry import make_env
 from torchrl_otc.modules.distances import (
@@ -18,8 +22,9 @@ from torchrl_otc.modules.distances import (
     TransitionDistance,
     ValueDistance,
 )
-from torchrl_otc.objectives import AWACLoss, BCQLoss, make_algorithm
+from torchrl_otc.objectives import AWACLoss, BCQLoss
 from torchrl_otc.trainers import AgentLearner, OnlineTuner
+from torchrl_otc.trainers.algorithms import make_algorithm
 
 __all__ = [
     "__version__",

@@ -47,7 +47,8 @@ DEFAULT = {"dataset_size": 20_000, "offline_updates": 2000, "deployments": 3}
 
 
 def make_config(strategy: str, sizes: dict, runs_root: Path, extra: list[str]) -> TuneConfig:
-    """A TuneConfig for one strategy: the same fields as ``otc tune key=value ...``."""
+    """A TuneConfig for one strategy: the same ``key=value`` strings as ``otc tune`` (shortcuts such as ``algo``,
+    or dotted paths such as ``algorithm.actor_lr``)."""
     overrides = [
         "task=mpe/navigation-3",
         "dataset=random",
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any TuneConfig field, e.g. seed=1",
+        help="any TuneConfig field, by shortcut or dotted path, e.g. seed=1 or algorithm.actor_lr=0.0001",
     )
     parser.add_argument(
         "--threads",

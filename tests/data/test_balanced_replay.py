@@ -1,5 +1,8 @@
 """Tests of BalancedReplaySampler (Lee et al., CoRL 2021, section 4.1): the JS density-ratio objective, the
-priorities ``w^(1/T)``, the sampler's draws, its independence from the buffer's random stream, and its state."""
+priorities ``w^(1/T)``, the sampler's draws, its independence from the buffer's random stream, and its state.
+
+The network is trained by :class:`~torchrl_otc.trainers.parts.BalancedReplayTrainer` (what the agent's learner
+uses): the sampler only exposes the training rows' ratios."""
 
 from __future__ import annotations
 
@@ -20,12 +23,13 @@ from torchrl.data import (
 
 import torchrl_otc
 from torchrl_otc import BalancedReplaySampler
-from torchrl_otc.data.balanced_replay import (
+from torchrl_otc.data.samplers.balanced_replay import (
     PRIORITY_RANGE,
     DensityRatioNetwork,
     balanced_priorities,
     js_density_ratio_loss,
 )
+from torchrl_otc.trainers.parts import BalancedReplayTrainer
 
 SMALL = {"hidden_sizes": (32, 32), "num_candidates": 512}
 N_FAR, N_NEAR, N_ONLINE = 1800, 200, 200
@@ -73,9 +77,10 @@ JSD_TWO_REGIONS = 0.5 * math.log(1 / 0.55) + 0.5 * (
 
 @pytest.fixture(scope="module")
 def trained():
-    """two_regions after 300 update() calls, with the loss of every call."""
+    """two_regions after 300 training steps, with the loss of every step."""
     rb, sampler, far, near, online = two_regions()
-    losses = [sampler.update()["loss"] for _ in range(300)]
+    trainer = BalancedReplayTrainer(sampler)
+    losses = [trainer.update()["loss"] for _ in range(300)]
     return rb, sampler, far, near, online, losses
 
 
@@ -242,7 +247,8 @@ class TestLearning:
         results = []
         for seed in (0, 0, 1):
             _, sampler, *_ = two_regions(seed=seed)
-            results.append([sampler.update()["loss"] for _ in range(5)])
+            trainer = BalancedReplayTrainer(sampler)
+            results.append([trainer.update()["loss"] for _ in range(5)])
         assert results[0] == results[1]
         assert results[0] != results[2]
 
@@ -252,10 +258,11 @@ class TestRandomStreams:
     def test_update_touches_neither_the_buffer_stream_nor_the_global_one(self):
         before_all = torch.get_rng_state()
         rb, sampler, *_ = two_regions()
+        trainer = BalancedReplayTrainer(sampler)
         rb.sample()
         buffer_state, global_state = rb._rng.get_state(), torch.get_rng_state()
         for _ in range(5):
-            assert sampler.update()
+            assert trainer.update()
         assert torch.equal(rb._rng.get_state(), buffer_state)
         assert torch.equal(torch.get_rng_state(), global_state)
         # construction, fit and sampling with the buffer's generator leave the global state alone too
@@ -266,15 +273,16 @@ class TestRandomStreams:
         states = {}
         for train in (False, True):
             rb, sampler, *_ = two_regions()
+            trainer = BalancedReplayTrainer(sampler)
             trace = []
             for _ in range(5):
                 rb.sample()
                 trace.append(rb._rng.get_state().clone())
                 if train:
                     for _ in range(10):
-                        sampler.update()
+                        trainer.update()
             states[train] = trace
-            assert sampler.num_updates == (50 if train else 0)
+            assert trainer.num_updates == (50 if train else 0)
         for a, b in zip(states[False], states[True]):
             assert torch.equal(a, b)
 
@@ -299,10 +307,11 @@ class TestSamplerBehaviour:
             idx // 100, minlength=10
         ).numpy()  # 10 bins of 100 rows, 1000 draws each
         assert stats.chisquare(counts).pvalue > 1e-3
-        assert sampler.update() == {} and sampler.num_updates == 0
+        trainer = BalancedReplayTrainer(sampler)
+        assert trainer.update() == {} and trainer.num_updates == 0
 
     def test_update_before_anything_is_a_no_op(self):
-        assert BalancedReplaySampler(**SMALL).update() == {}
+        assert BalancedReplayTrainer(BalancedReplaySampler(**SMALL)).update() == {}
 
     def test_new_online_rows_are_seen_after_overwrite(self):
         """A full circular storage keeps its length: only the write hooks can tell the cache it is stale."""
@@ -314,7 +323,7 @@ class TestSamplerBehaviour:
         rb.extend(rows(g, 10, 2.0, True))  # overwrites rows 0-9; len stays 100
         assert len(rb) == 100
         assert not rb.sample()["otc_uniform"].any()
-        assert sampler.update()["num_updates"] == 1.0
+        assert BalancedReplayTrainer(sampler).update()["num_updates"] == 1.0
         rb.empty()
         rb.extend(rows(g, 100, 0.0, False))
         assert rb.sample()["otc_uniform"].all()
@@ -337,8 +346,9 @@ class TestSamplerBehaviour:
         assert storage.ndim == 2 and len(storage) == 250
         online_rows, offline_rows = sampler._online_offline_rows(storage)
         assert online_rows.numel() == 50 and offline_rows.numel() == 200
+        trainer = BalancedReplayTrainer(sampler)
         for _ in range(30):
-            metrics = sampler.update()
+            metrics = trainer.update()
         assert metrics["weight_online"] > metrics["weight_offline"]
         batch = rb.sample()
         index = batch["index"]
@@ -384,16 +394,17 @@ class TestSamplerBehaviour:
         )
         rb.extend(rows(g, 100, 0.0, False))
         rb.extend(rows(g, 20, 2.0, True))
-        with caplog.at_level(logging.WARNING, logger="torchrl_otc.data.balanced_replay"):
+        with caplog.at_level(logging.WARNING, logger="torchrl_otc.data.samplers.balanced_replay"):
             rb.sample()
-            rb.sampler.update()
+            BalancedReplayTrainer(rb.sampler).update()
             rb.sample()
         assert sum("before fit()" in r.getMessage() for r in caplog.records) == 1
 
     def test_softplus_output_learns_too(self):
         rb, sampler, far, near, *_ = two_regions(output_activation="softplus")
+        trainer = BalancedReplayTrainer(sampler)
         for _ in range(200):
-            sampler.update()
+            trainer.update()
         assert sampler.density_ratio(near).mean() > 2 * sampler.density_ratio(far).mean()
 
     def test_exported(self):
@@ -414,8 +425,9 @@ class TestSamplerBehaviour:
         batch = rb.sample()
         assert next(sampler.network.parameters()).device.type == "cuda"
         assert batch["br_weight"].device.type == "cuda"
+        trainer = BalancedReplayTrainer(sampler)
         for _ in range(20):
-            metrics = sampler.update()
+            metrics = trainer.update()
         assert metrics["weight_online"] > metrics["weight_offline"]
         state = sampler.state_dict()
         other = BalancedReplaySampler(**SMALL)
@@ -429,11 +441,14 @@ class TestSamplerBehaviour:
 class TestState:
     def test_state_dict_round_trip_gives_identical_priorities_and_training(self):
         rb, sampler, *_ = two_regions()
+        trainer = BalancedReplayTrainer(sampler)
         for _ in range(30):
-            sampler.update()
+            trainer.update()
         rb2, other, *_ = two_regions()  # same data, untrained
+        other_trainer = BalancedReplayTrainer(other)
         other.load_state_dict(sampler.state_dict())
-        assert other.num_updates == 30
+        other_trainer.load_state_dict(trainer.state_dict())
+        assert other_trainer.num_updates == 30
         torch.testing.assert_close(
             other.density_ratio(rb2[:]), sampler.density_ratio(rb[:]), rtol=0, atol=0
         )
@@ -442,9 +457,9 @@ class TestState:
         a, b = rb.sample(), rb2.sample()
         assert torch.equal(a["index"], b["index"])
         torch.testing.assert_close(a["br_prob"], b["br_prob"], rtol=0, atol=0)
-        # optimiser moments and the sampler's own generator came along: training continues identically
-        assert [sampler.update()["loss"] for _ in range(3)] == [
-            other.update()["loss"] for _ in range(3)
+        # optimiser moments and the training's own generator came along: training continues identically
+        assert [trainer.update()["loss"] for _ in range(3)] == [
+            other_trainer.update()["loss"] for _ in range(3)
         ]
 
     def test_state_dict_of_an_unbuilt_sampler(self):
@@ -456,8 +471,9 @@ class TestState:
 
     def test_dumps_creates_its_folder_and_loads(self, tmp_path):
         rb, sampler, *_ = two_regions()
+        trainer = BalancedReplayTrainer(sampler)
         for _ in range(10):
-            sampler.update()
+            trainer.update()
         path = tmp_path / "a" / "b" / "sampler"
         sampler.dumps(path)
         assert path.is_dir()
@@ -466,14 +482,15 @@ class TestState:
         torch.testing.assert_close(
             other.density_ratio(rb[:]), sampler.density_ratio(rb[:]), rtol=0, atol=0
         )
-        assert other.num_updates == 10
+        assert other.state_dict()["dims"] == sampler.state_dict()["dims"] == (2, 1)
         with pytest.raises(FileNotFoundError, match="dumps"):
             BalancedReplaySampler().loads(tmp_path / "nothing")
 
     def test_replay_buffer_dumps_and_loads(self, tmp_path):
         rb, sampler, *_ = two_regions()
+        trainer = BalancedReplayTrainer(sampler)
         for _ in range(10):
-            sampler.update()
+            trainer.update()
         rb.dumps(
             tmp_path / "merged"
         )  # calls sampler.dumps(path / "sampler") before that folder exists
@@ -488,11 +505,16 @@ class TestState:
 
     def test_pickle(self):
         rb, sampler, *_ = two_regions()
-        sampler.update()
+        trainer = BalancedReplayTrainer(sampler)
+        trainer.update()
         clone = pickle.loads(pickle.dumps(sampler))
         assert clone._storage is None
         torch.testing.assert_close(clone.density_ratio(rb[:]), sampler.density_ratio(rb[:]))
-        assert torch.equal(clone._generator.get_state(), sampler._generator.get_state())
+        # the training state is the trainer's: a clone trains on like the original from the same state
+        clone._storage = sampler._storage
+        clone_trainer = BalancedReplayTrainer(clone)
+        clone_trainer.load_state_dict(pickle.loads(pickle.dumps(trainer.state_dict())))
+        assert trainer.update()["loss"] == clone_trainer.update()["loss"]
 
 
 # ------------------------------------------------------------------------------------------- bad input

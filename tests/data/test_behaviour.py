@@ -1,4 +1,4 @@
-"""Behaviour policies of the medium datasets: experts, references, determinism, checkpoints."""
+"""Behaviour policies of the medium datasets: experts, references, determinism, checkpoints, medium-replay."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from torchrl_otc.cli import main
+from torchrl_otc.data.datasets import build_dataset as data_build_dataset
 from torchrl_otc.data.datasets.behaviour import (
     ASSETS_DIR,
     BehaviourConfig,
@@ -15,8 +17,9 @@ from torchrl_otc.data.datasets.behaviour import (
     reference_returns,
     save_behaviour_policy,
     scripted_expert,
-    train_behaviour_policy,
 )
+from torchrl_otc.envs.registry import get_task
+from torchrl_otc.trainers.behaviour import build_dataset, train_behaviour_policy
 
 
 def _tiny(seed: int = 0) -> BehaviourConfig:
@@ -89,8 +92,6 @@ def test_references_order_random_below_expert():
 
 
 def test_shipped_checkpoints_reach_about_a_third():
-    from torchrl_otc.envs.registry import get_task
-
     index = json.loads((ASSETS_DIR / "behaviour_policies.json").read_text())
     assert {"nav/nonstationary", "mpe/navigation-3", "mpe/predator-prey"} <= set(index)
     for task, entry in index.items():
@@ -103,12 +104,24 @@ def test_shipped_checkpoints_reach_about_a_third():
         assert record["command"].startswith("otc") and "train-behaviour" in record["command"], task
 
 
+def test_rerun_repeats_the_shipped_run_number_for_number():
+    """The trainer (TD3's rules shared with TD3+BC) repeats the shipped nav policy's recorded run: its first
+    evaluations after training starts give the recorded returns (same arithmetic, same draws; one CPU kind)."""
+    task = "nav/nonstationary"
+    _, record = load_behaviour_policy(task)
+    trained = [h for h in record["history"] if h["updates"] > 0][:4]
+    cfg = {**record["config"], "hidden": tuple(record["config"]["hidden"])}
+    cfg.update(max_transitions=trained[-1]["transitions"], target_fraction=float("inf"))
+    result = train_behaviour_policy(
+        task, BehaviourConfig(**cfg), progress=False, reference=record["reference"]
+    )
+    assert result.history[-len(trained) :] == trained
+
+
 @pytest.mark.slow
 def test_medium_replay_reruns_the_recorded_training():
     """Re-running the recorded training (what medium-replay does) stops where the shipped policy's run stopped."""
     pytest.importorskip("vmas")
-    from torchrl_otc.data.datasets import build_dataset
-
     task = "mpe/navigation-3"
     _, record = load_behaviour_policy(task)
     ds = build_dataset(task, "medium-replay", 10**7, seed=0, progress=False)
@@ -121,13 +134,6 @@ def test_medium_replay_reruns_the_recorded_training():
 def test_medium_replay_is_the_replay_of_the_recorded_run(tmp_path):
     """A tiny recorded run: medium-replay re-runs it to the recorded stop and holds that run's replay, row for row."""
     pytest.importorskip("vmas")
-    from torchrl_otc.data.datasets import build_dataset
-    from torchrl_otc.data.datasets.behaviour import (
-        BehaviourConfig,
-        save_behaviour_policy,
-        train_behaviour_policy,
-    )
-
     task = "mpe/navigation-3"
     cfg = BehaviourConfig.for_task(
         task,
@@ -147,11 +153,21 @@ def test_medium_replay_is_the_replay_of_the_recorded_run(tmp_path):
     assert len(ds) == len(result.replay)
     for key in ("observation", "action", ("next", "observation"), ("next", "reward")):
         assert torch.equal(ds.data.get(key), result.replay.get(key)), key
+    # the data layer's builder needs the trainer for medium-replay (data does not import trainers)
+    with pytest.raises(ValueError, match="torchrl_otc.trainers.behaviour.build_dataset"):
+        data_build_dataset(task, "medium-replay", 10, checkpoint=path, progress=False)
+    ds = data_build_dataset(
+        task,
+        "medium-replay",
+        10**6,
+        checkpoint=path,
+        progress=False,
+        train_behaviour=train_behaviour_policy,
+    )
+    assert torch.equal(ds.data.get("observation"), result.replay.get("observation"))
 
 
 def test_train_behaviour_command_takes_and_records_other_settings(tmp_path, capsys, caplog):
-    from torchrl_otc.cli import main
-
     out = tmp_path / "policy.pt"
     args = ["data", "train-behaviour", "nav/nonstationary", "--max-transitions", "1536"]
     args += [

@@ -9,7 +9,9 @@ import pytest
 import torch
 from scipy import stats
 from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
 from torchrl.data import (
+    Bounded,
     LazyMemmapStorage,
     LazyTensorStorage,
     ListStorage,
@@ -17,8 +19,10 @@ from torchrl.data import (
     ReplayBuffer,
     TensorDictReplayBuffer,
 )
+from torchrl.modules import MLP, ValueOperator
+from torchrl.objectives import TD3BCLoss
 
-from torchrl_otc import FeatureDistance, OnlineOnlySampler, OTCSampler
+from torchrl_otc import FeatureDistance, OnlineOnlySampler, OTCSampler, TransitionDistance
 from torchrl_otc.data.samplers import argmin_random_ties, rank_priorities
 from torchrl_otc.data.synthetic import discrete_mdp, kernel_kl
 
@@ -473,9 +477,6 @@ class TestIntegration:
         assert sampler.alpha == 1.0 and sampler.alpha_history == []
 
     def test_torchrl_loss_is_not_silently_reweighted(self):
-        from tensordict.nn import TensorDictModule
-        from torchrl.modules import MLP, ValueOperator
-        from torchrl.objectives import TD3BCLoss
 
         torch.manual_seed(0)
         actor = TensorDictModule(
@@ -491,8 +492,6 @@ class TestIntegration:
 
             def forward(self, obs, act):
                 return self.net(torch.cat([obs, act], -1))
-
-        from torchrl.data import Bounded
 
         loss = TD3BCLoss(
             actor,
@@ -622,19 +621,82 @@ def test_compiled_path_equals_eager():
     for self_match in (True, False):
         out = []
         for compiled in (False, True):
-            _, _, sampler = buffers(alpha=1.0, compile=compiled, self_match=self_match)
+            _, _, sampler = buffers(
+                alpha=1.0, distance=FeatureDistance(compile=compiled), self_match=self_match
+            )
             sampler.distance.fit(cands)
             out.append(sampler.score(cands, online))
         assert torch.equal(out[0]["match"], out[1]["match"])
         torch.testing.assert_close(out[0]["distance"], out[1]["distance"])
         torch.testing.assert_close(out[0]["prob"], out[1]["prob"])
     # Ties through the compiled path are still broken uniformly.
-    _, _, sampler = buffers(compile=True)
+    _, _, sampler = buffers(distance=FeatureDistance(compile=True))
     tied = transitions(torch.zeros(64, 4), torch.zeros(64, 2), torch.zeros(64, 4))
     counts = np.bincount(
         torch.cat([sampler.score(tied, tied[:4])["match"] for _ in range(40)]).numpy(), minlength=4
     )
     assert stats.chisquare(counts).pvalue > 1e-3, counts
+
+
+class _PlainDistance(TransitionDistance):
+    """A distance with the two primitive methods only: ``compare`` comes from the protocol."""
+
+    def __init__(self, inner: FeatureDistance) -> None:
+        self.inner = inner
+        self.in_keys = inner.in_keys
+
+    def state_action_distance(self, candidates, online):
+        return self.inner.state_action_distance(candidates, online)
+
+    def next_state_distance(self, candidates, matches):
+        return self.inner.next_state_distance(candidates, matches)
+
+
+class TestDistanceProtocol:
+    """The sampler asks its distance through TransitionDistance.compare only."""
+
+    def test_inherited_compare_equals_the_embedding_path(self):
+        g = torch.Generator().manual_seed(1)
+        data = transitions(
+            torch.randn(300, 3, generator=g),
+            torch.rand(300, 1, generator=g),
+            torch.randn(300, 3, generator=g),
+            transition_id=torch.arange(300),
+        )
+        for self_match in (True, False):
+            scores = []
+            for plain in (False, True):
+                feature = FeatureDistance().fit(data)
+                distance = _PlainDistance(feature) if plain else feature
+                merged, online, sampler = buffers(
+                    distance=distance, num_candidates=64, num_online=40, self_match=self_match
+                )
+                merged.extend(data)
+                online.extend(data[250:])
+                merged.set_rng(torch.Generator().manual_seed(5))
+                scores.append(merged.sample(return_info=True)[1])
+            for key in ("index", "otc_match_index", "otc_distance", "otc_prob"):
+                assert torch.equal(scores[0][key], scores[1][key]), (self_match, key)
+
+    def test_a_distance_without_compare_is_refused(self):
+        class Structural:  # the two distances, but neither compare nor the protocol as a base
+            in_keys = ["observation"]
+
+            def state_action_distance(self, candidates, online):
+                return torch.zeros(len(candidates), len(online))
+
+            def next_state_distance(self, candidates, matches):
+                return torch.zeros(len(candidates))
+
+        online = TensorDictReplayBuffer(storage=LazyTensorStorage(10))
+        with pytest.raises(TypeError, match="compare"):
+            OTCSampler(online, distance=Structural())
+
+    def test_compiling_is_the_distances_option(self):
+        online = TensorDictReplayBuffer(storage=LazyTensorStorage(10))
+        assert OTCSampler(online, distance=FeatureDistance(compile=True)).distance.compile
+        with pytest.raises(TypeError, match="compile"):
+            OTCSampler(online, compile=True)
 
 
 class TestOnlineEmbeddingCache:
@@ -670,15 +732,16 @@ class TestOnlineEmbeddingCache:
         merged, online, sampler = self._setup()
         keys = sampler.distance.in_keys
         cands, on = merged[:128].select(*keys), online[:100].select(*keys)
-        cached = sampler._online_embeddings(torch.device("cpu"))
+        cpu = torch.device("cpu")
+        cached = sampler.distance.online_embeddings(sampler.online_rows(cpu), cpu)
         fresh = sampler.distance.embed(online[:].select(*keys))
         torch.testing.assert_close(cached[0], fresh[0])
         torch.testing.assert_close(cached[1], fresh[1])
-        a = sampler.score(cands, on)
-        b = sampler.score(cands, on, online_embeddings=(cached[0][:100], cached[1][:100]))
+        a = sampler.score(cands, on)  # a TensorDict: embedded with the candidates, nothing cached
+        b = sampler.score(cands, sampler.online_rows(cpu, torch.arange(100)))  # rows of the cache
         assert torch.equal(a["match"], b["match"]) and torch.equal(a["prob"], b["prob"])
         sampler.distance.fit(online[:])  # new statistics: the cache must follow
-        refit = sampler._online_embeddings(torch.device("cpu"), force=True)
+        refit = sampler.distance.online_embeddings(sampler.online_rows(cpu), cpu)
         torch.testing.assert_close(refit[0], sampler.distance.embed(online[:].select(*keys))[0])
         assert not torch.allclose(refit[0], cached[0])
 
@@ -686,15 +749,20 @@ class TestOnlineEmbeddingCache:
         """A learned distance trained at every update: embedding the |D| drawn rows beats re-embedding all."""
         merged, online, sampler = self._setup()
         sampler.num_online = 100  # fewer than the 300 online rows
-        device = torch.device("cpu")
-        assert sampler._online_embeddings(device) is not None  # built once
-        sampler.distance.version += 1
-        assert sampler._online_embeddings(device) is None  # moved since the last call: not rebuilt
-        assert (
-            sampler._online_embeddings(device) is not None
-        )  # stable for one call: rebuilt and reused
-        sampler.distance.version += 1
-        assert sampler._online_embeddings(device, force=True) is not None
+        device, distance = torch.device("cpu"), sampler.distance
+
+        def drawn():  # the |D| = 100 rows of one call
+            return distance.online_embeddings(
+                sampler.online_rows(device, torch.arange(100)), device
+            )
+
+        assert drawn() is not None  # built once
+        distance.version += 1
+        assert drawn() is None  # moved since the last call: not rebuilt
+        assert drawn() is not None  # stable for one call: rebuilt and reused
+        distance.version += 1
+        # every row (the eq. 4 estimate): rebuilt anyway
+        assert distance.online_embeddings(sampler.online_rows(device), device) is not None
 
 
 # ------------------------------------------------------------------------------------------- self-matches

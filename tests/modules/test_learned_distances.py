@@ -19,8 +19,11 @@ from torchrl.data import (
 from torchrl_otc import EmbeddingDistance, OTCSampler, ValueDistance
 from torchrl_otc.configs.algorithms import make_config
 from torchrl_otc.data.synthetic import discrete_mdp, kernel_kl
+from torchrl_otc.modules.distances import ValueFunctions
 from torchrl_otc.modules.models.vae import TransitionVAE
-from torchrl_otc.objectives import TransitionVAELoss, make_algorithm
+from torchrl_otc.objectives import TransitionVAELoss
+from torchrl_otc.trainers.algorithms import make_algorithm
+from torchrl_otc.trainers.parts import EmbeddingDistanceTrainer
 
 
 def two_dynamics(n: int, seed: int = 0) -> TensorDict:
@@ -44,7 +47,7 @@ def trained_embedding(reconstruct: str = "action", steps: int = 1500, seed: int 
     data = two_dynamics(4096)
     dist = EmbeddingDistance(3, 3, hidden_sizes=(64, 64), reconstruct=reconstruct, seed=seed)
     dist.fit(data)
-    dist.pretrain(data, steps)
+    EmbeddingDistanceTrainer(dist).pretrain(data, steps)
     return dist
 
 
@@ -195,10 +198,11 @@ class TestEmbeddingDistance:
     def test_pretraining_reduces_the_loss(self):
         data = two_dynamics(2048)
         dist = EmbeddingDistance(3, 3, hidden_sizes=(32, 32), seed=1).fit(data)
-        first = dist.pretrain(data, 5)["loss_vae"]
-        last = dist.pretrain(data, 400)["loss_vae"]
+        trainer = EmbeddingDistanceTrainer(dist)
+        first = trainer.pretrain(data, 5)["loss_vae"]
+        last = trainer.pretrain(data, 400)["loss_vae"]
         assert last < 0.7 * first, (first, last)
-        assert dist.num_updates == 405
+        assert trainer.num_updates == 405 and dist.version == 406  # fit made it 1
 
     def test_same_seed_same_parameters_and_no_global_randomness(self):
         data = two_dynamics(512)
@@ -206,8 +210,9 @@ class TestEmbeddingDistance:
         before = torch.get_rng_state()
         dists = [EmbeddingDistance(3, 3, hidden_sizes=(16,), seed=3).fit(data) for _ in range(2)]
         for dist in dists:
-            dist.pretrain(data, 20)
-            dist.update(data[:64])
+            trainer = EmbeddingDistanceTrainer(dist)
+            trainer.pretrain(data, 20)
+            trainer.update(data[:64])
         assert torch.equal(torch.get_rng_state(), before)  # own stream: the caller's is untouched
         for a, b in zip(dists[0].parameters(), dists[1].parameters()):
             assert torch.equal(a, b)
@@ -215,9 +220,10 @@ class TestEmbeddingDistance:
     def test_update_every_and_version(self):
         data = two_dynamics(256)
         dist = EmbeddingDistance(3, 3, hidden_sizes=(16,), update_every=3).fit(data)
+        trainer = EmbeddingDistanceTrainer(dist)
         versions, trained = [], []
         for _ in range(7):
-            trained.append(bool(dist.update(data[:32])))
+            trained.append(bool(trainer.update(data[:32])))
             versions.append(dist.version)
         assert trained == [True, False, False, True, False, False, True]
         assert versions == [2, 2, 2, 3, 3, 3, 4]  # fit made it 1
@@ -225,14 +231,22 @@ class TestEmbeddingDistance:
     def test_state_dict_round_trip_continues_identically(self, tmp_path):
         data = two_dynamics(512)
         source = EmbeddingDistance(3, 3, hidden_sizes=(16,), seed=0).fit(data)
-        source.pretrain(data, 10)
-        torch.save(source.state_dict(), tmp_path / "d.pt")
+        source_trainer = EmbeddingDistanceTrainer(source)
+        source_trainer.pretrain(data, 10)
+        torch.save(
+            {"distance": source.state_dict(), "trainer": source_trainer.state_dict()},
+            tmp_path / "d.pt",
+        )
         copy = EmbeddingDistance(3, 3, hidden_sizes=(16,), seed=9)
-        copy.load_state_dict(torch.load(tmp_path / "d.pt", weights_only=True))
+        copy_trainer = EmbeddingDistanceTrainer(copy)
+        saved = torch.load(tmp_path / "d.pt", weights_only=True)
+        copy.load_state_dict(saved["distance"])
+        copy_trainer.load_state_dict(saved["trainer"])
         assert torch.equal(source.embed(data)[0], copy.embed(data)[0])
-        source.pretrain(data, 5)
-        copy.pretrain(data, 5)  # same optimiser moments and random stream: the same steps
+        source_trainer.pretrain(data, 5)
+        copy_trainer.pretrain(data, 5)  # same optimiser moments and random stream: the same steps
         assert torch.equal(source.embed(data)[0], copy.embed(data)[0])
+        assert copy_trainer.num_updates == source_trainer.num_updates == 15
 
     def test_no_gradient_reaches_the_encoder_through_the_sampler(self):
         data = two_dynamics(600)
@@ -255,7 +269,7 @@ class TestEmbeddingDistance:
         data = two_dynamics(300)
         online = TensorDictReplayBuffer(storage=LazyTensorStorage(10))
         dist = EmbeddingDistance(3, 3, hidden_sizes=(16,)).fit(data)
-        dist.pretrain(data, 5)
+        EmbeddingDistanceTrainer(dist).pretrain(data, 5)
         sampler = OTCSampler(online, distance=dist)
         sampler.dumps(tmp_path / "sampler")
         other = OTCSampler(online, distance=EmbeddingDistance(3, 3, hidden_sizes=(16,), seed=4))
@@ -267,6 +281,8 @@ class TestEmbeddingDistance:
             EmbeddingDistance(3, 1, update_every=0)
         with pytest.raises(ValueError, match="lr"):
             EmbeddingDistance(3, 1, lr=0.0)
+        with pytest.raises(ValueError, match="kl_weight"):
+            EmbeddingDistance(3, 1, kl_weight=-1.0)
         with pytest.raises(KeyError, match="missing keys"):
             EmbeddingDistance(3, 1).fit(TensorDict({"observation": torch.zeros(2, 3)}, [2]))
 
@@ -380,6 +396,61 @@ class TestValueDistance:
         q, v = dist.embed(data[:10])
         assert q.shape == (10, 1) == v.shape and not q.requires_grad and not v.requires_grad
 
+    def test_any_value_functions_object_serves(self):
+        """d_q reads Q and V through the ValueFunctions protocol only: a hand-written object works."""
+
+        class Known:
+            def __init__(self):
+                self.calls = []
+
+            def q_value(self, observation, action, reduction="mean"):
+                self.calls.append(("q", reduction))
+                return observation.sum(-1) + action.sum(-1)
+
+            def state_value(self, observation, actions="policy", num_samples=10, reduction="mean"):
+                self.calls.append(("v", actions, num_samples, reduction))
+                return 2 * observation.sum(-1)
+
+            def check_state_value(self, actions):
+                self.calls.append(("check", actions))
+                if actions == "sample":
+                    raise ValueError("no sampling here")
+
+        known = Known()
+        assert isinstance(known, ValueFunctions)
+        dist = ValueDistance(known, critic_reduction="min", num_action_samples=3)
+        s, a = torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0], [1.0]])
+        q, v = dist.embed(_td(s, a, torch.tensor([[1.0], [3.0]])))
+        assert torch.equal(q.squeeze(-1), torch.tensor([1.0, 3.0]))
+        assert torch.allclose(v.squeeze(-1), torch.tensor([2.0, 6.0]) / 4.0)
+        assert known.calls == [("check", "policy"), ("q", "min"), ("v", "policy", 3, "min")]
+        assert dist.__dict__["algorithm"] is known
+        # refused when binding, not at the first use
+        with pytest.raises(ValueError, match="no sampling here"):
+            ValueDistance(Known(), value_actions="sample")
+
+    @pytest.mark.parametrize("name", ["bcq", "awac", "cql", "td3bc"])
+    @pytest.mark.parametrize("value_actions", ["policy", "sample"])
+    def test_embeddings_are_the_algorithms_values(self, name, value_actions):
+        """``embed`` = ``(Q(s, a), V(s') / scale)`` with Q and V from the algorithm's own value functions."""
+        if name == "td3bc" and value_actions == "sample":
+            return
+        algo = make_algorithm(
+            make_config(name, hidden_sizes=(8,)),
+            Unbounded(shape=(3,)),
+            Bounded(-1.0, 1.0, (2,)),
+            seed=0,
+        )
+        data = _td(torch.randn(12, 3), torch.rand(12, 2) * 2 - 1, torch.randn(12, 3))
+        dist = ValueDistance(algo, value_actions=value_actions, num_action_samples=4)
+        torch.manual_seed(0)
+        q, v = dist.embed(data)
+        torch.manual_seed(0)
+        want_q = algo.q_value(data["observation"], data["action"], "mean")
+        want_v = algo.state_value(data["next", "observation"], value_actions, 4, "mean")
+        assert torch.equal(q.squeeze(-1), want_q)
+        assert torch.equal(v.squeeze(-1), want_v / ValueDistance.value_scale(want_v))
+
     def test_one_pass_over_both_sets_keeps_each_sets_normalisation(self):
         algo = make_algorithm(
             make_config("awac", hidden_sizes=(8,)),
@@ -450,7 +521,7 @@ def test_learned_distances_beat_uniform_on_the_discrete_mdp(mdp):
     def pretrain(sampler, merged):
         with torch.random.fork_rng():
             sampler.distance.fit(merged[:])
-            sampler.distance.pretrain(merged[:], 1000)
+            EmbeddingDistanceTrainer(sampler.distance).pretrain(merged[:], 1000)
 
     kl_e, n_e = _kl_of(
         mdp,

@@ -16,7 +16,8 @@ from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import CQLLoss, SoftUpdate
 
 from torchrl_otc.configs.algorithms import make_config
-from torchrl_otc.objectives import BoundedCQLLoss, make_algorithm, update_step
+from torchrl_otc.objectives import BoundedCQLLoss
+from torchrl_otc.trainers.algorithms import make_algorithm
 
 NUM_RANDOM = 10
 
@@ -122,7 +123,7 @@ def test_make_algorithm_cql_evaluates_the_conservative_term_in_mpe_bounds():
         seed=0,
     )
     seen = record_conservative_inputs(algo.loss)
-    update_step(algo, make_batch(32))
+    algo.update(make_batch(32))
     actions = uniform_actions(algo.loss, seen)
     assert actions.shape == (32 * algo.loss.num_random, ACT_DIM)
     assert float(actions.abs().max()) <= 0.1
@@ -181,7 +182,7 @@ def test_unit_bounds_give_torchrl_numbers_bit_for_bit(kwargs):
 
 
 def test_unit_bounds_cql_loss_alone_matches_torchrl():
-    """The part ``update_step`` calls (``cql_loss`` after ``q_loss``), from the same random stream."""
+    """The part ``CQL.update`` calls (``cql_loss`` after ``q_loss``), from the same random stream."""
     batch = make_batch(16)
     values = []
     for cls in (CQLLoss, BoundedCQLLoss):

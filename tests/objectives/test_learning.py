@@ -35,7 +35,7 @@ from tensordict import TensorDict
 from torchrl.data import Bounded, Unbounded
 
 from torchrl_otc.configs.algorithms import make_config
-from torchrl_otc.objectives import make_algorithm, update_step
+from torchrl_otc.trainers.algorithms import make_algorithm
 
 ALGOS = ("bcq", "awac", "cql", "td3bc")
 UPDATES = 300
@@ -62,7 +62,7 @@ def train(name: str, seed: int, updates: int):
     torch.manual_seed(seed)  # the losses' own sampling (noise, VAE latents, policy samples)
     for _ in range(updates):
         idx = torch.randint(0, len(data), (algo.config.batch_size,), generator=data_gen)
-        update_step(algo, data[idx])
+        algo.update(data[idx])
     return algo
 
 

@@ -148,14 +148,28 @@ def test_finetune_runs_config_L_updates_with_config_batch_size():
 
 
 class _LearnedDistance:
+    """A user's learned part that trains itself: it implements the TrainablePart protocol."""
+
     in_keys = ["observation", "action", ("next", "observation")]
 
     def __init__(self) -> None:
         self.batches: list[int] = []
 
+    def fit(self, data):
+        return self
+
+    def pretrain(self, data, num_updates, *, progress=False):
+        return {}
+
     def update(self, batch):
         self.batches.append(batch.shape[0])
         return {"loss": torch.tensor(0.5)}
+
+    def state_dict(self):
+        return {"batches": list(self.batches)}
+
+    def load_state_dict(self, state_dict):
+        self.batches = list(state_dict["batches"])
 
 
 class _SamplerWithDistance(RandomSampler):
@@ -171,6 +185,22 @@ def test_distance_update_hook_sees_every_training_batch():
     agent.update()
     assert agent.distance.batches == [32, 32]
     assert metrics["distance/loss"] == 0.5
+    assert agent.state_dict()["parts"] == {"distance": {"batches": [32, 32]}}
+
+
+def test_a_part_that_half_implements_the_protocol_is_refused():
+    class UpdateOnly(_LearnedDistance):
+        state_dict = None  # no checkpoint: the learner could not resume it
+
+    class Sampler(RandomSampler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.distance = UpdateOnly()
+
+    with pytest.raises(
+        TypeError, match=r"distance UpdateOnly has update\(\).*TrainablePart.*state_dict"
+    ):
+        learner(sampler_factory=lambda online: Sampler())
 
 
 @pytest.mark.parametrize("name", ALGOS)

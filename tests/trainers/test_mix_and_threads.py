@@ -61,17 +61,17 @@ def test_a_fixed_mix_and_the_latest_source(tmp_path):
     "edit,match",
     [
         (
-            lambda pair, cfg: setattr(cfg, "mix_pair", str(pair.path.parent / "none")),
+            lambda pair, cfg: setattr(cfg.sampler, "mix_pair", str(pair.path.parent / "none")),
             "does not exist",
         ),
-        (lambda pair, cfg: setattr(cfg, "seed", 5), "differs in \\['seed'\\]"),
-        (lambda pair, cfg: setattr(cfg, "threads", 2), "differs in \\['threads'\\]"),
+        (lambda pair, cfg: setattr(cfg.run, "seed", 5), "differs in \\['seed'\\]"),
+        (lambda pair, cfg: setattr(cfg.run, "threads", 2), "differs in \\['threads'\\]"),
     ],
 )
 def test_a_bad_pair_is_refused_before_a_run_folder_exists(otc_pair, tmp_path, edit, match):
     root, pair = otc_pair
     cfg = _matched(root, pair)
-    cfg.runs_root = str(tmp_path / "runs")
+    cfg.run.runs_root = str(tmp_path / "runs")
     edit(pair, cfg)
     with pytest.raises(ValueError, match=match):
         OnlineTuner(cfg, progress=False)
@@ -82,7 +82,7 @@ def test_an_unfinished_or_non_otc_pair_is_refused(otc_pair, tmp_path):
     root, pair = otc_pair
     uniform = OnlineTuner(config(tmp_path, "strategy=uniform", "threads=1"), progress=False).run()
     cfg = _matched(tmp_path, pair)
-    cfg.mix_pair = uniform["run_dir"]
+    cfg.sampler.mix_pair = uniform["run_dir"]
     with pytest.raises(ValueError, match="must be an OTC run"):
         OnlineTuner(cfg, progress=False)
     (load_run(uniform["run_dir"]).path / "DONE").unlink()
@@ -159,13 +159,13 @@ def _recipe(**sizes) -> Recipe:
 
 def test_a_sweep_runs_the_pair_first_and_pins_one_thread(tmp_path):
     configs = expand_recipe(_recipe(cache_dir=str(tmp_path / "cache")), "smoke", runs_root=tmp_path)
-    assert [c.threads for c in configs] == [1] * 4
-    assert configs[0].mix_pair == str(
+    assert [c.run.threads for c in configs] == [1] * 4
+    assert configs[0].sampler.mix_pair == str(
         tmp_path / "mix-smoke" / "nav_nonstationary-random-td3bc-otc-seed0"
     )
     out = run_sweep(configs, progress=False)
     assert [r["run_dir"] for r in out] == [
-        str(tmp_path / "mix-smoke" / c.run_name) for c in configs
+        str(tmp_path / "mix-smoke" / c.run.run_name) for c in configs
     ]
     assert all(not r["skipped"] for r in out)
 
@@ -179,7 +179,7 @@ def test_a_matched_mix_without_its_pair_in_the_preset_is_a_clear_error():
     # --variants: the same runs as in the whole preset, a matched mix right after its pair
     whole = expand_recipe(_recipe(), "smoke", runs_root="runs")
     part = expand_recipe(_recipe(), "smoke", runs_root="runs", only=["otc", "matched"])
-    assert [c.run_name for c in part] == [c.run_name for c in whole]
+    assert [c.run.run_name for c in part] == [c.run.run_name for c in whole]
     recipe.variants[0]["mix_pair"] = "matched"
     with pytest.raises(ValueError, match="pair of a matched mix is an OTC variant"):
         expand_recipe(recipe, "smoke", runs_root="runs")
@@ -203,7 +203,7 @@ def test_cells_give_each_sub_grid_its_own_sizes():
         },
     )
     got = [
-        (c.task, c.seed, c.algo, c.dataset_size, c.deployments)
+        (c.task.name, c.run.seed, c.algorithm.name, c.data.size, c.run.deployments)
         for c in expand_recipe(recipe, "cpu")
     ]
     assert got == [
@@ -232,7 +232,7 @@ def test_ray_runs_matched_mixes_in_a_second_wave_and_returns_results_in_config_o
             self.fn = fn
 
         def remote(self, payload, progress):
-            return (payload["run_name"], self.fn(payload, progress))
+            return (payload["run"]["run_name"], self.fn(payload, progress))
 
     def _get(refs):
         waves.append([name for name, _ in refs])
@@ -247,9 +247,9 @@ def test_ray_runs_matched_mixes_in_a_second_wave_and_returns_results_in_config_o
     configs = expand_recipe(_recipe(cache_dir=str(tmp_path / "cache")), "smoke", runs_root=tmp_path)
     out = run_sweep(configs, backend="ray", progress=False)
     assert [set(w) for w in waves] == [
-        {c.run_name for c in configs if c.strategy == "otc"},
-        {c.run_name for c in configs if c.strategy == "mix"},
+        {c.run.run_name for c in configs if c.sampler.name == "otc"},
+        {c.run.run_name for c in configs if c.sampler.name == "mix"},
     ]
     assert [r["run_dir"] for r in out] == [
-        str(tmp_path / "mix-smoke" / c.run_name) for c in configs
+        str(tmp_path / "mix-smoke" / c.run.run_name) for c in configs
     ]

@@ -27,14 +27,14 @@ def test_every_size_of_every_recipe_expands_to_valid_configs(path, tmp_path):
     sizes = {}
     for size in recipe.sizes:
         configs = expand_recipe(recipe, size, runs_root=tmp_path)
-        names = [c.run_name for c in configs]
+        names = [c.run.run_name for c in configs]
         assert len(names) == len(set(names)), "two runs of one size share a folder"
-        assert all(Path(c.runs_root) == tmp_path / f"{recipe.name}-{size}" for c in configs)
+        assert all(Path(c.run.runs_root) == tmp_path / f"{recipe.name}-{size}" for c in configs)
         sizes[size] = configs
     assert len(sizes["smoke"]) <= len(sizes["cpu"]) <= len(sizes["paper"])
     paper = sizes["paper"][0]
-    assert paper.dataset_size == 1_000_000 and paper.deployments == 10  # section 4.1
-    assert paper.steps_per_deployment is None and paper.updates_per_deployment is None
+    assert paper.data.size == 1_000_000 and paper.run.deployments == 10  # section 4.1
+    assert paper.run.steps_per_deployment is None and paper.run.updates_per_deployment is None
     assert paper.resolved_steps_per_deployment == 10_000
     assert all(c.resolved_updates_per_deployment in (2000, 4000) for c in sizes["paper"])  # Table 3
 
@@ -217,7 +217,7 @@ def _mini_recipe(tmp_path: Path, **base) -> Recipe:
 
 def test_a_size_may_keep_some_variants():
     configs = expand_recipe(_mini_recipe(Path("/tmp")), "smoke", runs_root="runs")
-    assert [(c.seed, c.strategy) for c in configs] == [
+    assert [(c.run.seed, c.sampler.name) for c in configs] == [
         (0, "uniform"),
         (0, "otc"),
         (1, "uniform"),
@@ -240,7 +240,7 @@ def test_workers_run_the_grid_side_by_side_as_one_process_would(tmp_path):
     parallel = run_sweep(configs, progress=False, workers=2)
     # in the configs' order, every run done, with the returns of the sequential sweep (same seeds; the two
     # processes may differ only by floating-point summation order)
-    assert [Path(r["run_dir"]).name for r in parallel] == [c.run_name for c in configs]
+    assert [Path(r["run_dir"]).name for r in parallel] == [c.run.run_name for c in configs]
     assert [Path(r["run_dir"]).name for r in parallel] == [
         Path(r["run_dir"]).name for r in sequential
     ]
@@ -270,8 +270,8 @@ def test_a_failing_run_stops_its_group_only_and_is_named(tmp_path):
     assert "1 later run(s) sharing their data were not started" in str(err.value)
     assert "metadata.json is missing" in str(err.value) and "run the sweep again" in str(err.value)
     # the other group finished; the failed group's second run was not started
-    assert all((Path(c.runs_root) / c.run_name / "DONE").exists() for c in good)
-    assert not (Path(bad[1].runs_root) / bad[1].run_name).exists()
+    assert all((Path(c.run.runs_root) / c.run.run_name / "DONE").exists() for c in good)
+    assert not (Path(bad[1].run.runs_root) / bad[1].run.run_name).exists()
 
 
 def test_bad_worker_counts_are_refused():

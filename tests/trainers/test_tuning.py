@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from torchrl_otc.configs.tune import parse_overrides
 from torchrl_otc.report import load_run
@@ -28,7 +30,7 @@ TINY = [
 
 def config(tmp_path, *overrides):
     cfg = parse_overrides([*TINY, *overrides])
-    cfg.runs_root, cfg.cache_dir = str(tmp_path / "runs"), str(tmp_path / "cache")
+    cfg.run.runs_root, cfg.data.cache_dir = str(tmp_path / "runs"), str(tmp_path / "cache")
     return cfg
 
 
@@ -186,6 +188,48 @@ def test_resume_before_the_first_checkpoint_restarts_cleanly(tmp_path):
     reference = OnlineTuner(config(tmp_path / "ref"), progress=False).run()
     a, b = load_run(reference["run_dir"]), load_run(resumed["run_dir"])
     assert [(r["step"], r["name"]) for r in a.rows] == [(r["step"], r["name"]) for r in b.rows]
+
+
+def test_a_run_folder_of_the_flat_config_of_earlier_versions_resumes(tmp_path):
+    cfg = config(tmp_path, "algo=bcq", "strategy=uniform", "seed=3")
+    tuner = OnlineTuner(cfg, progress=False)
+    old = {
+        k: v for k, v in cfg.to_flat().items() if "." not in k
+    }  # config.yaml as earlier versions wrote it
+    assert "algo" in old and "algorithm.actor_lr" not in old
+    tuner.folder.write_config(old)
+    assert OnlineTuner.resume(tuner.folder.path, progress=False).config == cfg
+
+
+def test_a_dotted_algorithm_override_reaches_the_optimisers_and_config_yaml(tmp_path):
+    """otc tune algo=bcq algorithm.actor_lr=0.0003: the value reaches make_algorithm and is recorded."""
+    cfg = config(
+        tmp_path,
+        "algorithm.actor_lr=0.0003",  # before algo=: applied after it all the same
+        "algo=bcq",
+        "algorithm.hidden_sizes=32,32",
+        "deployments=1",
+        "offline_updates=4",
+        "updates_per_deployment=4",
+    )
+    tuner = OnlineTuner(cfg, progress=False)
+    summary = tuner.run()
+    for agent in tuner.agents:
+        optimizers = agent.learner.algorithm.optimizers
+        assert agent.learner.config.actor_lr == 3e-4
+        assert [g["lr"] for g in optimizers["actor"].param_groups] == [3e-4]
+        assert [g["lr"] for g in optimizers["critic"].param_groups] == [
+            1e-4
+        ]  # Table 3's, untouched
+        widths = {p.shape[0] for p in agent.learner.parameters() if p.dim() == 2}
+        assert 32 in widths and 64 not in widths  # BCQ's Table 3 width (64) replaced everywhere
+    written = yaml.safe_load((Path(summary["run_dir"]) / "config.yaml").read_text())
+    assert written["algorithm"]["name"] == "bcq"
+    assert written["algorithm"]["actor_lr"] == 3e-4 and written["algorithm"]["hidden_sizes"] == [
+        32,
+        32,
+    ]
+    assert OnlineTuner.resume(summary["run_dir"], progress=False).config == tuner.config
 
 
 def test_learned_distances_do_not_change_the_offline_agents(tmp_path):

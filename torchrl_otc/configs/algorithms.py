@@ -6,9 +6,11 @@ learning rates (x 1e-4: BCQ 1 / 1, AWAC 1 / 5, CQL 1 / 1, TD3+BC 3 / 3) and the 
 L (4000 for BCQ, 2000 otherwise). Everything else follows the algorithm's own paper or reference implementation;
 each field says where its default comes from.
 
-Every field is read: by :func:`torchrl_otc.objectives.builders.make_algorithm` (networks, losses, optimisers,
-target updater), by :func:`torchrl_otc.objectives.builders.update_step` (``max_grad_norm``, ``policy_delay``) or
-by :class:`torchrl_otc.trainers.learner.AgentLearner` (``batch_size``, ``finetune_updates``).
+Every field is read: by the algorithm classes of :mod:`torchrl_otc.trainers.algorithms` (built by
+:func:`~torchrl_otc.trainers.algorithms.make_algorithm`: networks, losses, optimisers, target updater, and their
+update step: ``max_grad_norm``, ``policy_delay``) or by :class:`torchrl_otc.trainers.learner.AgentLearner`
+(``batch_size``, ``finetune_updates``). In a run's :class:`~torchrl_otc.configs.tune.TuneConfig` the config is the
+``algorithm`` part: ``algo=`` (``algorithm.name``) picks the class, ``algorithm.<field>=`` sets a field.
 """
 
 from __future__ import annotations
@@ -327,7 +329,7 @@ class TD3BCConfig(AlgorithmConfig):
         return self
 
 
-#: Algorithm name -> config class (the names of ``TuneConfig.algo``).
+#: Algorithm name -> config class (the values of ``algorithm.name``, shortcut ``algo``, of a TuneConfig).
 ALGORITHM_CONFIGS: dict[str, type[AlgorithmConfig]] = {
     cls.name: cls for cls in (BCQConfig, AWACConfig, CQLConfig, TD3BCConfig)
 }

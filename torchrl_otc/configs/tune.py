@@ -1,217 +1,307 @@
-"""Typed configuration of one online-tuning run (Algorithm 1), with Hydra-style ``key=value`` overrides.
+"""Typed configuration of one online-tuning run (Algorithm 1): nested parts, Hydra-style ``key=value`` overrides.
 
-Every field is read by :class:`~torchrl_otc.trainers.tuning.OnlineTuner`; the values of the paper (section 4.1,
-Table 3) are the defaults where they fit a CPU, and the ``paper`` preset (``config=paper``) restores the rest.
+A :class:`TuneConfig` has five parts, each a dataclass whose fields are the arguments of what it configures:
+``task`` (:class:`~torchrl_otc.configs.parts.TaskConfig`), ``data`` (:class:`~torchrl_otc.configs.parts.DataConfig`),
+``algorithm`` (one of :mod:`torchrl_otc.configs.algorithms`, chosen by its name, Table 3 defaults), ``sampler``
+(:class:`~torchrl_otc.configs.parts.SamplerConfig`, with its ``distance``) and ``run``
+(:class:`~torchrl_otc.configs.parts.RunConfig`). Every field is set by its dotted path
+(``otc tune algo=bcq algorithm.actor_lr=0.0003 sampler.num_candidates=256``) or, for the fields of earlier flat
+versions, by a shortcut (:data:`~torchrl_otc.configs.overrides.SHORTCUTS`: ``algo``, ``strategy``, ``seed``, ...).
+The values of the paper (section 4.1, Table 3) are the defaults where they fit a CPU; the ``paper`` preset
+(``config=paper``) restores the rest.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import typing
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
 
+from torchrl_otc.configs.algorithms import ALGORITHM_CONFIGS, AlgorithmConfig, TD3BCConfig
+from torchrl_otc.configs.overrides import (
+    PARTS,
+    SHORTCUTS,
+    coerce_field,
+    config_file,
+    convert_value,
+    to_dotted,
+)
+from torchrl_otc.configs.parts import (
+    ALGORITHMS,
+    DATASET_KINDS,
+    DISTANCES,
+    STRATEGIES,
+    DataConfig,
+    RunConfig,
+    SamplerConfig,
+    TaskConfig,
+)
+
 __all__ = [
-    "TuneConfig",
-    "STRATEGIES",
-    "DISTANCES",
     "ALGORITHMS",
     "DATASET_KINDS",
-    "parse_overrides",
+    "DISTANCES",
+    "STRATEGIES",
+    "TuneConfig",
     "coerce_field",
+    "flat_config",
+    "parse_overrides",
 ]
 
-STRATEGIES = ("otc", "uniform", "online-only", "balanced-replay", "mix")
-MIX_SOURCES = ("all", "latest")
-DISTANCES = ("feature", "embedding", "value")
-ALGORITHMS = ("bcq", "awac", "cql", "td3bc")
-DATASET_KINDS = ("random", "medium", "medium-replay")
-LOGGERS = ("csv", "tensorboard", "wandb")
+
+def _algorithm_class(name: Any) -> type[AlgorithmConfig]:
+    key = str(name).lower().replace("+", "").replace("-", "").replace("_", "")
+    if key not in ALGORITHM_CONFIGS:
+        raise ValueError(
+            f"Unknown algorithm.name (algo) {name!r}; valid values: {', '.join(ALGORITHM_CONFIGS)}."
+        )
+    return ALGORITHM_CONFIGS[key]
 
 
-@dataclass
+def _replace(part: Any, owner: str, values: dict[str, Any]) -> Any:
+    """``part`` with ``values`` (field -> value, text or typed) converted to its fields' types."""
+    if not values:
+        return part
+    return dataclasses.replace(
+        part,
+        **{name: convert_value(f"{owner}.{name}", v, type(part)) for name, v in values.items()},
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, for YAML."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclasses.dataclass(init=False)
 class TuneConfig:
     """One run of offline training followed by K deployments of online tuning (Algorithm 1).
 
+    Built from parts (``TuneConfig(algorithm=BCQConfig(actor_lr=3e-4))``), from dotted paths and shortcuts
+    (:meth:`from_dict`, :func:`parse_overrides`; the constructor takes them as keywords too:
+    ``TuneConfig(algo="bcq", seed=3)``), or from a run's ``config.yaml`` (:meth:`from_dict`, nested or flat). The
+    shortcuts are attributes as well: ``cfg.seed`` reads and writes ``cfg.run.seed`` (``cfg.task`` is the part).
+
     Attributes:
-        task: registered task name (``torchrl_otc.envs.registry``), e.g. ``"mpe/navigation-3"``.
-        dataset: dataset kind: ``"random"``, ``"medium"`` or ``"medium-replay"`` (section 4.1).
-        dataset_size: joint transitions in the offline dataset ``B^0``.
-        dataset_path: a dataset folder to load instead of building one (``otc data build`` writes them).
-        algo: base offline algorithm: ``"bcq"``, ``"awac"``, ``"cql"`` or ``"td3bc"``.
-        strategy: how online tuning samples: ``"otc"``, ``"uniform"`` (merged data), ``"online-only"``,
-            ``"balanced-replay"`` (Lee et al. 2021), ``"mix"`` (a fixed share of online rows, :class:`~torchrl_otc.MixSampler`).
-        mix_fraction: ``strategy=mix``: the share of online rows per batch, in (0, 1), or ``"matched"``: per agent and
-            deployment, the online share that the paired OTC run (``mix_pair``) measured.
-        mix_source: ``strategy=mix``: online rows from ``"all"`` deployments so far or the ``"latest"`` one only.
-        mix_pair: ``mix_fraction=matched``: the run folder of the paired OTC run (same task, dataset, algorithm, seed
-            and sizes; finished). In a recipe, the *label* of the OTC variant (the sweep fills in its folder).
-        distance: OTC's transition distance: ``"feature"`` (standardised L1), ``"embedding"`` (d_e),
-            ``"value"`` (d_q) (section 3.3).
-        alpha: initial exponent alpha^0 of eq. (3) (section 4.3 uses 1.0).
-        adaptive_alpha: adapt alpha per deployment by eq. (4).
-        num_candidates: ``|B|`` (Table 3: 512).
-        num_online: ``|D|`` (Table 3: 2000).
-        next_state: what ``d(s', s'*)`` compares for the feature distance: ``"displacement"`` or ``"next_state"``.
-        embedding_reconstruct: what d_e's CVAE decodes: ``"action"`` (the paper's ``D(a_i | s, s', z)``) or
-            ``"next_state"`` (``D(s' | s, a_i, z)``).
-        embedding_update_every: d_e's CVAE makes one gradient step every this many agent updates.
-        value_actions: how d_q computes ``V(s') = E_a Q(s', a)``: ``"policy"`` (the policy's action) or
-            ``"sample"`` (mean over sampled actions; not for TD3+BC).
-        self_match: whether online candidates may match their own copies (the paper's procedure).
-        offline_updates: gradient steps of offline training on ``B_i^0``.
-        deployments: K (section 4.1: 10).
-        steps_per_deployment: M, environment steps per deployment; ``None`` means 1 % of ``dataset_size``
-            (section 4.1).
-        updates_per_deployment: L; ``None`` means Table 3's value for the algorithm (4000 BCQ, 2000 others).
-        eval_episodes: episodes per evaluation (after offline training and after every deployment).
-        sequential_exploration: collect agent by agent with an exploration policy for the collecting agent
-            (section 4.6).
-        exploration_noise: std of the Gaussian noise of the exploration policy (sequential exploration).
-        seed: random seed of the run.
-        threads: intra-op threads of the run (:func:`torch.set_num_threads`); ``None`` keeps torch's default. Returns
-            at small sizes change with the thread count (floating-point sums in another order), so runs that are
-            compared or regenerated pin it; sweeps default to 1.
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        runs_root: folder under which run folders are created.
-        run_name: name of the run folder; ``None`` derives one from the config.
-        cache_dir: folder for datasets and offline-trained agents shared by runs.
-        logger: ``"csv"``, ``"tensorboard"`` or ``"wandb"`` (TorchRL loggers).
-        checkpoint_every: gradient steps between checkpoints inside an update phase.
-        compile: compile OTC's distance step (:func:`torch.compile`).
+        task: the task and its collection, a :class:`~torchrl_otc.configs.parts.TaskConfig`.
+        data: the offline dataset ``B^0``, a :class:`~torchrl_otc.configs.parts.DataConfig`.
+        algorithm: the base offline algorithm: a :class:`~torchrl_otc.configs.algorithms.BCQConfig`,
+            :class:`~torchrl_otc.configs.algorithms.AWACConfig`, :class:`~torchrl_otc.configs.algorithms.CQLConfig`
+            or :class:`~torchrl_otc.configs.algorithms.TD3BCConfig` (the default), each with Table 3's values.
+        sampler: the sampling strategy of online tuning and its distance, a
+            :class:`~torchrl_otc.configs.parts.SamplerConfig`.
+        run: the loop's sizes, seed, compute and run folder, a :class:`~torchrl_otc.configs.parts.RunConfig`.
 
     Examples:
         >>> cfg = TuneConfig(algo="bcq", dataset_size=100_000, updates_per_deployment=None).validate()
         >>> cfg.resolved_steps_per_deployment, cfg.resolved_updates_per_deployment  # 1 % of B^0; Table 3's L
         (1000, 4000)
+        >>> cfg = TuneConfig.from_dict({"algo": "bcq", "algorithm": {"actor_lr": 3e-4}, "seed": 2})
+        >>> type(cfg.algorithm).__name__, cfg.algorithm.actor_lr, cfg.run.seed, cfg.seed
+        ('BCQConfig', 0.0003, 2, 2)
     """
 
-    task: str = "mpe/navigation-3"
-    dataset: str = "random"
-    dataset_size: int = 10_000
-    dataset_path: str | None = None
-    algo: str = "td3bc"
-    strategy: str = "otc"
-    mix_fraction: float | str = 0.5
-    mix_source: str = "all"
-    mix_pair: str | None = None
-    distance: str = "feature"
-    alpha: float = 1.0
-    adaptive_alpha: bool = True
-    num_candidates: int = 512
-    num_online: int = 2000
-    next_state: str = "displacement"
-    embedding_reconstruct: str = "action"
-    embedding_update_every: int = 1
-    value_actions: str = "policy"
-    self_match: bool = True
-    offline_updates: int = 1000
-    deployments: int = 3
-    steps_per_deployment: int | None = None
-    updates_per_deployment: int | None = 300
-    eval_episodes: int = 5
-    sequential_exploration: bool = False
-    exploration_noise: float = 0.1
-    seed: int = 0
-    threads: int | None = None
-    device: str = "auto"
-    runs_root: str = "runs"
-    run_name: str | None = None
-    cache_dir: str = ".otc_cache"
-    logger: str = "csv"
-    checkpoint_every: int = 500
-    compile: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    task: TaskConfig
+    data: DataConfig
+    algorithm: AlgorithmConfig
+    sampler: SamplerConfig
+    run: RunConfig
 
-    def validate(self) -> TuneConfig:
-        """Checks every choice and number; raises :class:`ValueError` naming the valid values."""
-        choices = {
-            "strategy": STRATEGIES,
-            "distance": DISTANCES,
-            "algo": ALGORITHMS,
-            "dataset": DATASET_KINDS,
-            "logger": LOGGERS,
-            "next_state": ("displacement", "next_state"),
-            "embedding_reconstruct": ("action", "next_state"),
-            "value_actions": ("policy", "sample"),
-            "device": ("auto", "cpu", "cuda"),
-            "mix_source": MIX_SOURCES,
+    def __init__(
+        self,
+        task: TaskConfig | str | Mapping[str, Any] | None = None,
+        data: DataConfig | Mapping[str, Any] | None = None,
+        algorithm: AlgorithmConfig | str | Mapping[str, Any] | None = None,
+        sampler: SamplerConfig | str | Mapping[str, Any] | None = None,
+        run: RunConfig | Mapping[str, Any] | None = None,
+        **shortcuts: Any,
+    ) -> None:
+        given = {"task": task, "data": data, "algorithm": algorithm, "sampler": sampler, "run": run}
+        defaults = {
+            "task": TaskConfig,
+            "data": DataConfig,
+            "algorithm": TD3BCConfig,
+            "sampler": SamplerConfig,
+            "run": RunConfig,
         }
-        for name, valid in choices.items():
-            value = getattr(self, name)
-            if value not in valid and not (name == "device" and str(value).startswith("cuda:")):
-                raise ValueError(f"Unknown {name} {value!r}; valid values: {', '.join(valid)}.")
-        positive = (
-            "dataset_size",
-            "num_candidates",
-            "num_online",
-            "deployments",
-            "eval_episodes",
-            "checkpoint_every",
-            "embedding_update_every",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
-        for name in ("offline_updates",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}.")
-        for name in ("steps_per_deployment", "updates_per_deployment"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None; got {value}.")
-        if self.value_actions == "sample" and self.algo == "td3bc":
+        rest: dict[str, Any] = {}
+        for name, value in given.items():
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                object.__setattr__(self, name, value)
+            else:
+                object.__setattr__(self, name, defaults[name]())
+                if value is not None:
+                    rest[name] = value
+        self._apply(to_dotted({**rest, **shortcuts}))
+
+    # ---------------------------------------------------------------------------------------- shortcuts
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: the flat shortcuts (cfg.seed is cfg.run.seed)
+        if name == "task" or name not in SHORTCUTS or "run" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.get(SHORTCUTS[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in PARTS and (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+            object.__setattr__(self, name, value)
+        elif name in SHORTCUTS or name in PARTS:
+            self._apply(to_dotted({name: value}), convert=False)
+        else:
+            raise AttributeError(
+                f"TuneConfig has no field {name!r}; its parts are {', '.join(p for p in PARTS if '.' not in p)} "
+                f"and its shortcuts {', '.join(SHORTCUTS)}."
+            )
+
+    def get(self, path: str) -> Any:
+        """The value at a dotted path or shortcut.
+
+        Examples:
+            >>> TuneConfig(algo="bcq").get("algorithm.hidden_sizes"), TuneConfig().get("strategy")
+            ((64, 64), 'otc')
+        """
+        (dotted,) = to_dotted({path: None})
+        value: Any = self
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
+
+    def _apply(self, dotted: Mapping[str, Any], *, convert: bool = True) -> None:
+        """Sets dotted paths in place: the algorithm's name first (a new name: that algorithm's Table 3 config),
+        then every field, converted to its type (``convert=False``: as given, for attribute writes)."""
+        groups: dict[str, dict[str, Any]] = defaultdict(dict)
+        for path, value in dotted.items():
+            owner, _, name = path.rpartition(".")
+            groups[owner][name] = value
+        algorithm = self.algorithm
+        if "name" in groups["algorithm"]:
+            cls = _algorithm_class(groups["algorithm"].pop("name"))
+            algorithm = algorithm if type(algorithm) is cls else cls()
+        fields = {f.name for f in dataclasses.fields(algorithm)}
+        unknown = sorted(set(groups["algorithm"]) - fields)
+        if unknown:
+            raise ValueError(
+                f"Unknown config field 'algorithm.{unknown[0]}' for algo={algorithm.name} "
+                f"({type(algorithm).__name__}); valid fields: {', '.join(sorted(fields))}."
+            )
+
+        def update(part: Any, owner: str) -> Any:
+            values = groups.get(owner, {})
+            if not values:
+                return part
+            if convert:
+                return _replace(part, owner, values)
+            return dataclasses.replace(part, **values)
+
+        distance = update(self.sampler.distance, "sampler.distance")
+        sampler = update(self.sampler, "sampler")
+        if distance is not sampler.distance:
+            sampler = dataclasses.replace(sampler, distance=distance)
+        object.__setattr__(self, "sampler", sampler)
+        object.__setattr__(self, "algorithm", update(algorithm, "algorithm"))
+        for owner in ("task", "data", "run"):
+            object.__setattr__(self, owner, update(getattr(self, owner), owner))
+
+    # ---------------------------------------------------------------------------------------- dicts
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, validate: bool = True) -> TuneConfig:
+        """Builds a config from a mapping: nested (``config.yaml`` of this version), flat (``config.yaml`` of
+        earlier versions, recipes) or dotted keys, mixed as one likes; missing fields keep their defaults.
+
+        Args:
+            values: the mapping; text values are converted as on the command line.
+
+        Keyword Args:
+            validate: run :meth:`validate` (readers of old run folders may skip it).
+
+        Examples:
+            >>> old = {"task": "nav/nonstationary", "algo": "bcq", "strategy": "mix", "mix_fraction": 0.25, "seed": 1}
+            >>> cfg = TuneConfig.from_dict(old)
+            >>> cfg.task.name, cfg.algorithm.name, cfg.sampler.mix_fraction, cfg.run.seed
+            ('nav/nonstationary', 'bcq', 0.25, 1)
+            >>> TuneConfig.from_dict(cfg.to_dict()) == cfg
+            True
+        """
+        config = cls(**to_dotted(values))
+        return config.validate() if validate else config
+
+    def merge(self, values: Mapping[str, Any]) -> TuneConfig:
+        """A copy with ``values`` (nested, flat or dotted keys) applied; a changed algorithm name starts from that
+        algorithm's Table 3 config, and ``algorithm.*`` values apply after it.
+
+        Examples:
+            >>> base = TuneConfig(algo="bcq", **{"algorithm.vae_lr": 1e-3})
+            >>> base.merge({"algo": "awac"}).algorithm.actor_lr, base.merge({"seed": 4}).algorithm.vae_lr
+            (0.0001, 0.001)
+        """
+        dotted = to_dotted(values)
+        new_name = dotted.get("algorithm.name")
+        out = copy.deepcopy(self)
+        if new_name is not None and _algorithm_class(new_name) is not type(self.algorithm):
+            out = dataclasses.replace(out, algorithm=_algorithm_class(new_name)())
+        out._apply(dotted)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested config, every field (what ``config.yaml`` holds; tuples as lists).
+
+        Examples:
+            >>> d = TuneConfig(algo="bcq").to_dict()
+            >>> list(d), d["algorithm"]["name"], d["algorithm"]["hidden_sizes"], d["sampler"]["distance"]["name"]
+            (['task', 'data', 'algorithm', 'sampler', 'run'], 'bcq', [64, 64], 'feature')
+        """
+        out: dict[str, Any] = {}
+        for part in ("task", "data", "algorithm", "sampler", "run"):
+            values = {k: _plain(v) for k, v in dataclasses.asdict(getattr(self, part)).items()}
+            out[part] = {"name": self.algorithm.name, **values} if part == "algorithm" else values
+        return out
+
+    def to_flat(self) -> dict[str, Any]:
+        """The flat view: every shortcut (the fields of earlier flat versions) and ``algorithm.<field>`` for the
+        algorithm's hyperparameters. :meth:`from_dict` reads it back.
+
+        Examples:
+            >>> flat = TuneConfig(algo="bcq", strategy="uniform").to_flat()
+            >>> flat["algo"], flat["strategy"], flat["algorithm.hidden_sizes"]
+            ('bcq', 'uniform', [64, 64])
+        """
+        out = {name: _plain(self.get(path)) for name, path in SHORTCUTS.items()}
+        for f in dataclasses.fields(self.algorithm):
+            out[f"algorithm.{f.name}"] = _plain(getattr(self.algorithm, f.name))
+        return out
+
+    # ---------------------------------------------------------------------------------------- checks
+    def validate(self) -> TuneConfig:
+        """Checks every part and choice; raises :class:`ValueError` naming the field and the valid values."""
+        self.task.validate()
+        self.data.validate()
+        self.algorithm.validate()
+        self.sampler.validate()
+        self.run.validate()
+        if self.sampler.distance.value_actions == "sample" and self.algorithm.name == "td3bc":
             raise ValueError(
                 "value_actions=sample needs a stochastic policy; TD3+BC's actor is deterministic. Use "
                 "value_actions=policy with algo=td3bc."
             )
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
-        ):
-            raise ValueError(f"threads must be an integer >= 1 (or none); got {self.threads!r}.")
-        if self.mix_fraction != "matched":
-            try:
-                fraction = float(self.mix_fraction)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"mix_fraction must be a number in (0, 1) or 'matched'; got {self.mix_fraction!r}."
-                ) from None
-            if not 0.0 < fraction < 1.0:
-                raise ValueError(
-                    f"mix_fraction must lie strictly between 0 and 1 (or be 'matched'); got {fraction}. Use "
-                    f"strategy=online-only for 1 and strategy=uniform for the merged data as it comes."
-                )
-            self.mix_fraction = fraction
-        elif self.strategy == "mix" and not self.mix_pair:
-            raise ValueError(
-                "mix_fraction=matched takes its online share from a paired OTC run: set mix_pair=<that run's "
-                "folder> (in a recipe: mix_pair=<label of the OTC variant>)."
-            )
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0; got {self.alpha}.")
-        if self.extra:
-            raise ValueError(
-                f"Unknown config fields: {sorted(self.extra)}; valid fields: {field_names()}."
-            )
         return self
 
+    # ---------------------------------------------------------------------------------------- derived
     @property
     def resolved_steps_per_deployment(self) -> int:
         """M, the configured value or 1 % of the offline dataset (section 4.1)."""
-        return self.steps_per_deployment or max(1, self.dataset_size // 100)
+        return self.run.steps_per_deployment or max(1, self.data.size // 100)
 
     @property
     def resolved_updates_per_deployment(self) -> int:
-        """L, the configured value or Table 3's (4000 for BCQ, 2000 otherwise)."""
-        if self.updates_per_deployment is not None:
-            return self.updates_per_deployment
-        from torchrl_otc.configs.algorithms import make_config
-
-        return make_config(self.algo).finetune_updates
+        """L, the configured value or the algorithm's ``finetune_updates`` (Table 3: 4000 BCQ, 2000 otherwise)."""
+        if self.run.updates_per_deployment is not None:
+            return self.run.updates_per_deployment
+        return self.algorithm.finetune_updates
 
     @property
     def dataset_seed(self) -> int | None:
@@ -222,10 +312,10 @@ class TuneConfig:
             >>> TuneConfig(dataset="random", seed=3).dataset_seed, TuneConfig(dataset="medium-replay").dataset_seed
             (3, None)
         """
-        return None if self.dataset == "medium-replay" else self.seed
+        return None if self.data.kind == "medium-replay" else self.run.seed
 
     def dataset_key(self) -> str | None:
-        """Name of the cached dataset ``B^0`` under ``cache_dir/datasets`` (``None`` with ``dataset_path``).
+        """Name of the cached dataset ``B^0`` under ``cache_dir/datasets`` (``None`` with ``data.path``).
 
         Kinds without a :attr:`dataset_seed` (``medium-replay``) have no seed in the key: the seeds of a sweep
         build such a dataset once.
@@ -236,149 +326,118 @@ class TuneConfig:
             >>> TuneConfig(task="mamujoco/hopper-3x1", dataset="medium-replay", dataset_size=1000).dataset_key()
             'mamujoco_hopper-3x1-medium-replay-1000'
         """
-        if self.dataset_path is not None:
+        if self.data.path is not None:
             return None
-        name = f"{self.task.replace('/', '_')}-{self.dataset}-{self.dataset_size}"
+        name = f"{self.task.name.replace('/', '_')}-{self.data.kind}-{self.data.size}"
         return name if self.dataset_seed is None else f"{name}-seed{self.dataset_seed}"
 
     def offline_key(self) -> str:
-        """Identifies the offline phase: runs that share it reuse the same offline-trained agents."""
+        """Identifies the offline phase: runs that share it reuse the same offline-trained agents.
+
+        An algorithm config other than Table 3's (``finetune_updates`` aside, which offline training does not
+        read) adds a digest of its differing fields, so that the default key is the one of earlier versions.
+
+        Examples:
+            >>> TuneConfig(algo="bcq", seed=3, threads=1).offline_key()
+            'mpe_navigation-3-random-10000-None-bcq-3-1000-threads1'
+            >>> TuneConfig(algo="bcq", **{"algorithm.actor_lr": 3e-4}).offline_key()
+            'mpe_navigation-3-random-10000-None-bcq-0-1000-algo1d37e71def'
+        """
         fields: tuple[Any, ...] = (
-            self.task,
-            self.dataset,
-            self.dataset_size,
-            self.dataset_path,
-            self.algo,
-            self.seed,
-            self.offline_updates,
+            self.task.name,
+            self.data.kind,
+            self.data.size,
+            self.data.path,
+            self.algorithm.name,
+            self.run.seed,
+            self.run.offline_updates,
         )
         if (
-            self.threads is not None
-        ):  # offline agents trained with another thread count differ in their bits
-            fields += (f"threads{self.threads}",)
+            self.run.threads is not None
+        ):  # offline agents trained with another thread count differ in bits
+            fields += (f"threads{self.run.threads}",)
+        table3 = dataclasses.asdict(type(self.algorithm)())
+        changed = {
+            k: _plain(v)
+            for k, v in dataclasses.asdict(self.algorithm).items()
+            if k != "finetune_updates" and v != table3[k]
+        }
+        if changed:
+            text = json.dumps(changed, sort_keys=True, default=str)
+            fields += (f"algo{hashlib.sha1(text.encode()).hexdigest()[:10]}",)
         return "-".join(str(f).replace("/", "_") for f in fields)
 
     def default_run_name(self) -> str:
-        distance = f"-{self.distance}" if self.strategy == "otc" else ""
-        if self.strategy == "mix":
-            distance = f"-{self.mix_fraction}" + ("" if self.mix_source == "all" else "-latest")
+        """The run folder's name when ``run.run_name`` is not set.
+
+        Examples:
+            >>> TuneConfig(strategy="mix", mix_fraction=0.25, seed=2).default_run_name()
+            'mpe_navigation-3-random-td3bc-mix-0.25-seed2'
+        """
+        sampler = self.sampler
+        distance = f"-{sampler.distance.name}" if sampler.name == "otc" else ""
+        if sampler.name == "mix":
+            distance = f"-{sampler.mix_fraction}" + (
+                "" if sampler.mix_source == "all" else "-latest"
+            )
         return (
-            f"{self.task.replace('/', '_')}-{self.dataset}-{self.algo}-{self.strategy}{distance}"
-            f"-seed{self.seed}"
+            f"{self.task.name.replace('/', '_')}-{self.data.kind}-{self.algorithm.name}-{sampler.name}"
+            f"{distance}-seed{self.run.seed}"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out.pop("extra")
-        return out
 
-
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TuneConfig) if f.name != "extra"]
-
-
-def coerce_field(name: str, raw: str, cls: type | None = None) -> Any:
-    """Converts the text of a ``key=value`` override to the type of field ``name`` of dataclass ``cls``.
-
-    ``none`` for optional fields; ``true``/``false`` for booleans; integers and floats checked; tuples, lists and
-    mappings read as YAML (``[256, 256]``, ``{beta: 0.1}``); other fields keep the text.
-
-    Args:
-        name: the field.
-        raw: the override's text.
-        cls: the dataclass. Defaults to :class:`TuneConfig`.
+def flat_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat view (:meth:`TuneConfig.to_flat`) of a run's ``config.yaml``, nested or flat, for readers that
+    look fields up by their flat names (``config["strategy"]``, ``config.get("seed")``). Not validated.
 
     Examples:
-        >>> coerce_field("deployments", "10"), coerce_field("dataset_path", "none")
-        (10, None)
-        >>> from torchrl_otc.data.datasets.behaviour import BehaviourConfig
-        >>> coerce_field("hidden", "[256, 256]", BehaviourConfig)
-        (256, 256)
+        >>> nested = TuneConfig(algo="bcq", strategy="uniform").to_dict()
+        >>> flat = flat_config(nested)
+        >>> flat["algo"], flat["strategy"], flat["task"], flat["algorithm.actor_lr"]
+        ('bcq', 'uniform', 'mpe/navigation-3', 0.0001)
+        >>> flat_config({"strategy": "uniform", "seed": 3})["seed"]  # the flat form of earlier versions
+        3
     """
-    tp = typing.get_type_hints(TuneConfig if cls is None else cls)[name]
-    origin = typing.get_origin(tp)
-    if origin in (tuple, list, dict):
-        value = yaml.safe_load(raw)
-        if not isinstance(value, dict if origin is dict else (list, tuple)):
-            example = "{a: 1}" if origin is dict else "[1, 2]"
-            raise ValueError(f"{name}={raw!r}: expected YAML like {name}={example}.")
-        return tuple(value) if origin is tuple else value
-    args = typing.get_args(tp)
-    if type(None) in args and raw.lower() in ("none", "null", ""):
-        return None
-    base = next(a for a in args if a is not type(None)) if args else tp
-    try:
-        if base is bool:
-            if raw.lower() in ("true", "1", "yes"):
-                return True
-            if raw.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(raw)
-        if base is int:
-            value = float(raw)
-            if not value.is_integer():
-                raise ValueError(raw)
-            return int(value)
-        if base is float:
-            return float(raw)
-    except ValueError:
-        if str in args:  # a number or a word (mix_fraction=0.3 or mix_fraction=matched)
-            return raw
-        raise ValueError(f"{name}={raw!r}: expected {getattr(base, '__name__', base)}.") from None
-    return raw
-
-
-PRESETS_DIR = Path(__file__).resolve().parent
-
-
-def _config_file(name: str) -> Path:
-    """``config=NAME``: a YAML file, or a preset shipped with the package (``paper``)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    preset = PRESETS_DIR / f"{name}.yaml"
-    if path.suffix == "" and preset.exists():
-        return preset
-    shipped = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-    raise FileNotFoundError(
-        f"config={name}: no such file, and no shipped preset of that name (shipped: {', '.join(shipped)})."
-    )
+    return TuneConfig.from_dict(values, validate=False).to_flat()
 
 
 def parse_overrides(overrides: Iterable[str], base: TuneConfig | None = None) -> TuneConfig:
     """Builds a :class:`TuneConfig` from Hydra-style ``key=value`` strings.
 
-    ``config=PATH.yaml`` loads a YAML file of fields first; later overrides win. ``config=paper`` loads the
-    shipped preset of the paper's sizes (``torchrl_otc/configs/paper.yaml``).
+    Keys are dotted paths (``algorithm.actor_lr=0.0003``) or shortcuts (``algo=bcq``); ``config=PATH.yaml`` loads
+    a YAML file (nested, flat or dotted keys) first, ``config=paper`` the shipped preset of the paper's sizes
+    (``torchrl_otc/configs/paper.yaml``); later overrides win. The algorithm's name picks its config class with
+    Table 3's defaults wherever it appears; ``algorithm.*`` values apply after it.
+
+    Args:
+        overrides: the ``key=value`` strings.
+        base: the config the overrides apply to. Defaults to :class:`TuneConfig`'s defaults.
 
     Examples:
-        >>> cfg = parse_overrides(["algo=bcq", "deployments=10", "steps_per_deployment=none"])
-        >>> cfg.algo, cfg.deployments, cfg.steps_per_deployment
-        ('bcq', 10, None)
+        >>> cfg = parse_overrides(["algorithm.actor_lr=0.0003", "algo=bcq", "deployments=10", "steps_per_deployment=none"])
+        >>> cfg.algorithm.name, cfg.algorithm.actor_lr, cfg.run.deployments, cfg.run.steps_per_deployment
+        ('bcq', 0.0003, 10, None)
         >>> paper = parse_overrides(["config=paper", "algo=bcq"])
-        >>> paper.dataset_size, paper.resolved_steps_per_deployment, paper.resolved_updates_per_deployment
+        >>> paper.data.size, paper.resolved_steps_per_deployment, paper.resolved_updates_per_deployment
         (1000000, 10000, 4000)
     """
-    values: dict[str, Any] = dataclasses.asdict(base) if base is not None else {}
-    values.pop("extra", None)
-    names = field_names()
+    values: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ValueError(
-                f"Overrides look like key=value; got {item!r}. Valid keys: {', '.join(names)}."
+                f"Overrides look like key=value; got {item!r}. Keys: a dotted path such as "
+                f"sampler.num_candidates, or a shortcut ({', '.join(SHORTCUTS)})."
             )
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("+")
         if key == "config":
-            loaded = yaml.safe_load(_config_file(raw).read_text()) or {}
-            unknown = sorted(set(loaded) - set(names))
-            if unknown:
-                raise ValueError(
-                    f"{raw}: unknown config fields {unknown}; valid fields: {', '.join(names)}."
-                )
-            values.update(loaded)
+            loaded = yaml.safe_load(config_file(raw).read_text()) or {}
+            if not isinstance(loaded, Mapping):
+                raise ValueError(f"config={raw}: expected a mapping of fields; got {loaded!r}.")
+            try:
+                values.update(to_dotted(loaded))
+            except ValueError as err:
+                raise ValueError(f"config={raw}: {err}") from None
             continue
-        if key not in names:
-            raise ValueError(f"Unknown config field {key!r}; valid fields: {', '.join(names)}.")
-        values[key] = coerce_field(key, raw)
-    return TuneConfig(**values).validate()
+        values.update(to_dotted({key: raw}))
+    return (base if base is not None else TuneConfig()).merge(values).validate()

@@ -96,7 +96,7 @@ class MaMuJoCoEnv(EnvBase):
             raise ValueError(
                 "local_obs=True needs layout='agents' (the joint view has one observation)."
             )
-        try:
+        try:  # optional dependency: gymnasium_robotics (and mujoco; the envs extra)
             from gymnasium_robotics import mamujoco_v1
         except ImportError as err:  # pragma: no cover - depends on the installation
             raise ImportError(

@@ -39,7 +39,16 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
 import torch
+from torchrl.envs import (
+    Compose,
+    PettingZooWrapper,
+    RenameTransform,
+    StepCounter,
+    TransformedEnv,
+    VmasEnv,
+)
 
 __all__ = [
     "MPE_TASKS",
@@ -170,6 +179,7 @@ def _check_task(task: str, n_agents: int) -> int:
 @functools.cache
 def _vmas_scenarios() -> dict[str, type]:
     """Define the VMAS scenario classes (needs ``vmas``; defined on first use so the import stays optional)."""
+    # optional dependency: vmas (the envs extra)
     from vmas.simulator.core import Agent, Landmark, Sphere, World
     from vmas.simulator.dynamics.static import Static
     from vmas.simulator.scenario import BaseScenario
@@ -313,9 +323,6 @@ def make_vmas_env(
         torch.Size([4, 25, 3, 1])
     """
     n_agents = _check_task(task, n_agents)
-    from torchrl.envs import Compose, RenameTransform, StepCounter, TransformedEnv
-    from torchrl.envs.libs.vmas import VmasEnv
-
     scenario = _vmas_scenarios()[task]()
     kwargs: dict[str, Any] = {"local_obs": local_obs}
     if task == "navigation":
@@ -348,7 +355,7 @@ def make_vmas_env(
 @functools.cache
 def _pettingzoo_classes() -> dict[str, type]:
     """Define the mpe2-based PettingZoo classes (needs ``mpe2``; defined on first use)."""
-    import numpy as np
+    # optional dependencies: gymnasium and mpe2 (the envs extra)
     from gymnasium import spaces
     from mpe2._mpe_utils.core import Agent, Landmark, World
     from mpe2._mpe_utils.scenario import BaseScenario
@@ -532,6 +539,7 @@ def make_pettingzoo_env(
         torch.Size([25, 3, 1])
     """
     n_agents = _check_task(task, n_agents)
+    # optional dependency: pettingzoo (the envs extra)
     from pettingzoo.utils.conversions import aec_to_parallel
     from pettingzoo.utils.wrappers import ClipOutOfBoundsWrapper, OrderEnforcingWrapper
 
@@ -550,8 +558,6 @@ def make_pettingzoo_env(
     parallel = aec_to_parallel(aec)
     if return_parallel_env:
         return parallel
-    from torchrl.envs.libs.pettingzoo import PettingZooWrapper
-
     env = PettingZooWrapper(
         parallel,
         group_map={"agents": list(parallel.possible_agents)},
@@ -559,8 +565,6 @@ def make_pettingzoo_env(
         seed=seed,
     )
     if local_obs:
-        from torchrl.envs import RenameTransform, TransformedEnv
-
         env = TransformedEnv(
             env,
             RenameTransform(

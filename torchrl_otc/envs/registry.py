@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torchrl.envs import EnvBase
+from torchrl.envs import EnvBase, SerialEnv, SMACv2Env
 
-from torchrl_otc.envs.mamujoco import ACTION_PARTITIONS, MAMUJOCO_TASKS, STATE_DIMS
+from torchrl_otc.envs import mpe
+from torchrl_otc.envs.joint import JointEnv
+from torchrl_otc.envs.mamujoco import ACTION_PARTITIONS, MAMUJOCO_TASKS, STATE_DIMS, MaMuJoCoEnv
+from torchrl_otc.envs.nonstationary_nav import NonStationaryNavEnv
 
 __all__ = ["TaskSpec", "TASKS", "get_task", "list_tasks", "make_env", "UnknownTaskError"]
 
@@ -290,14 +293,10 @@ def make_env(
         raise ValueError(f"num_envs must be >= 1; got {num_envs}.")
     _require(task)
     if task.family == "nav":
-        from torchrl_otc.envs.nonstationary_nav import NonStationaryNavEnv
-
         if local_obs:
             raise ValueError("nav/nonstationary is single-agent: it has no local observations.")
         return NonStationaryNavEnv(num_envs, device=device, seed=seed, **kwargs)
     if task.family == "mpe":
-        from torchrl_otc.envs import mpe
-
         opts = dict(task.options)
         if backend == "vmas":
             env = mpe.make_vmas_env(
@@ -320,8 +319,6 @@ def make_env(
         else:
             raise ValueError(f"backend must be 'vmas' or 'pettingzoo'; got {backend!r}.")
     elif task.family == "mamujoco":
-        from torchrl_otc.envs.mamujoco import MaMuJoCoEnv
-
         opts = dict(task.options)
         direct_layout = "joint" if layout == "joint" else "agents"
 
@@ -338,19 +335,13 @@ def make_env(
 
         if num_envs == 1:
             return _one()
-        from torchrl.envs import SerialEnv
-
         return SerialEnv(num_envs, [lambda i=i: _one(i) for i in range(num_envs)])
     elif task.family == "smac":
         if num_envs != 1:
             raise ValueError("SMAC runs one environment per instance.")
-        from torchrl.envs.libs.smacv2 import SMACv2Env
-
         return SMACv2Env(map_name=task.options["map_name"], seed=seed, **kwargs)
     else:  # pragma: no cover - registry and builders are written together
         raise RuntimeError(f"No builder for family {task.family!r}.")
     if layout == "joint":
-        from torchrl_otc.envs.joint import JointEnv
-
         return JointEnv(env, task.action_partition)
     return env

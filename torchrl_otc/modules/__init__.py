@@ -1,21 +1,32 @@
-"""Modules: transition distances (paper section 3.3) and models."""
+"""Modules: transition distances (paper section 3.3), the protocols of learned parts, and models."""
 
 from torchrl_otc.modules.distances import (
     EmbeddingDistance,
     FeatureDistance,
-    L1EmbeddingDistance,
-    TransitionDistance,
     ValueDistance,
+    ValueFunctions,
     feature_statistics,
+)
+from torchrl_otc.modules.trainable import Fittable, TrainablePart
+from torchrl_otc.modules.transition_distance import (
+    Comparison,
+    L1EmbeddingDistance,
+    OnlineRows,
+    TransitionDistance,
     pairwise_l1,
 )
 
 __all__ = [
+    "Comparison",
     "EmbeddingDistance",
     "FeatureDistance",
+    "Fittable",
     "L1EmbeddingDistance",
+    "OnlineRows",
+    "TrainablePart",
     "TransitionDistance",
     "ValueDistance",
+    "ValueFunctions",
     "feature_statistics",
     "pairwise_l1",
 ]

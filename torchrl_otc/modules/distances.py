@@ -7,15 +7,21 @@ OTC needs two distances between an agent's transitions ``<s, a_i, s'>``:
 * a *next-state* distance ``d(s', s'*)`` between a candidate and its match, whose rank sets the candidate's
   sampling priority (eq. 3).
 
-Any object that follows :class:`TransitionDistance` can be given to :class:`~torchrl_otc.OTCSampler`. Most
-distances (all of the paper's) are L1 distances between two embeddings of a transition, one for the
-state-action pair and one for the next state; they derive from :class:`L1EmbeddingDistance` and only implement
-:meth:`~L1EmbeddingDistance.embed`, which lets the sampler batch and compile the pairwise step.
+:class:`~torchrl_otc.OTCSampler` asks its distance for nothing but :class:`TransitionDistance`'s
+:meth:`~TransitionDistance.compare` (the protocol, :class:`OnlineRows` and :class:`Comparison` are in
+:mod:`torchrl_otc.modules.transition_distance`, importable from here). Subclassing :class:`TransitionDistance`
+derives ``compare`` from the two distances above. Most distances (all of the paper's) are L1 distances between two
+embeddings of a transition, one for the state-action pair and one for the next state; they derive from
+:class:`L1EmbeddingDistance` and only implement :meth:`~L1EmbeddingDistance.embed`: the base class batches both
+sets through one forward pass, caches the online rows' embeddings while neither the online buffer nor the distance
+changes, and can compile the pairwise step.
+
+The distances hold no optimiser and no random stream: a learned one (:class:`EmbeddingDistance`) is a function of
+its inputs and its parameters, trained by the agent's learner (:mod:`torchrl_otc.modules.trainable`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -26,135 +32,30 @@ from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
 
+from torchrl_otc.modules.models.vae import TransitionVAE
+from torchrl_otc.modules.trainable import flat_transitions
+from torchrl_otc.modules.transition_distance import (
+    Comparison,
+    L1EmbeddingDistance,
+    OnlineRows,
+    TransitionDistance,
+    pairwise_l1,
+)
+
 __all__ = [
     "TransitionDistance",
+    "OnlineRows",
+    "Comparison",
     "L1EmbeddingDistance",
     "FeatureDistance",
     "EmbeddingDistance",
     "ValueDistance",
+    "ValueFunctions",
     "feature_statistics",
     "pairwise_l1",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class TransitionDistance(Protocol):
-    """The protocol a distance must follow to plug into :class:`~torchrl_otc.OTCSampler`.
-
-    The sampler gathers the keys listed in :attr:`in_keys` for ``|B|`` candidate transitions and ``|D|`` online
-    transitions into two flat TensorDicts (batch size ``[|B|]`` and ``[|D|]``) and calls:
-
-    1. :meth:`state_action_distance` ``(candidates, online) -> Tensor[|B|, |D|]``: the matching distance of
-       eq. (1), non-negative, smaller meaning more alike;
-    2. :meth:`next_state_distance` ``(candidates, matches) -> Tensor[|B|]``: the distance between each
-       candidate's next state and the next state of its best match (``matches[j]`` is the match of
-       ``candidates[j]``), ranked by eq. (3).
-
-    Both are called under :func:`torch.no_grad`. A distance whose numbers change over time (a learned one)
-    should increase an integer attribute ``version`` when they do, so that caches keyed on it are refreshed.
-
-    Attributes:
-        in_keys: the keys the distance reads from a transition (nested keys allowed).
-
-    Examples:
-        >>> isinstance(FeatureDistance(), TransitionDistance)  # a structural check: any such object plugs in
-        True
-    """
-
-    in_keys: Sequence[NestedKey]
-
-    def state_action_distance(self, candidates: TensorDictBase, online: TensorDictBase) -> Tensor:
-        """Pairwise state-action distances, shape ``[len(candidates), len(online)]``."""
-        ...
-
-    def next_state_distance(self, candidates: TensorDictBase, matches: TensorDictBase) -> Tensor:
-        """Row-wise next-state distances, shape ``[len(candidates)]``."""
-        ...
-
-
-def pairwise_l1(x: Tensor, y: Tensor) -> Tensor:
-    """L1 distance between every row of ``x`` ``[B, k]`` and every row of ``y`` ``[D, k]``: ``[B, D]``.
-
-    Uses :func:`torch.cdist` with ``p=1`` (about 12x faster than broadcasting ``(x[:, None] - y).abs().sum(-1)``
-    on CPU at ``512 x 2000 x 10``).
-
-    Examples:
-        >>> import torch
-        >>> pairwise_l1(torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, -2.0], [0.5, 0.5]]))
-        tensor([[3., 1.]])
-    """
-    if x.shape[-1] == 0:
-        return x.new_zeros(x.shape[0], y.shape[0])
-    return torch.cdist(x.unsqueeze(0), y.unsqueeze(0), p=1.0).squeeze(0)
-
-
-class L1EmbeddingDistance(nn.Module):
-    """Base class for distances that are L1 norms between embeddings of transitions.
-
-    Subclasses implement :meth:`embed`, which maps a flat TensorDict of transitions to two tensors: the
-    state-action embedding ``e(s, a_i)`` ``[N, k]`` and the next-state embedding ``e(s')`` ``[N, m]``. Then
-    (section 3.3)
-
-    .. math::
-        d(s, a_i, s^*, a_i^*) = \\lVert e(s, a_i) - e(s^*, a_i^*) \\rVert_1, \\qquad
-        d(s', s'^*) = \\lVert e(s') - e(s'^*) \\rVert_1 .
-
-    :class:`~torchrl_otc.OTCSampler` recognises this class and computes the ``[|B|, |D|]`` matrix itself from
-    the embeddings (optionally with :func:`torch.compile`), so subclasses get batching for free.
-
-    Attributes:
-        version (int): increases whenever the embedding function changes (refit, parameter update).
-        rowwise_embedding (bool): whether a row's embedding depends on that row alone. Then the sampler embeds
-            the online buffer once and reuses it until the buffer is written to or ``version`` changes. A
-            distance that normalises over the set it embeds sets it to ``False``.
-
-    Examples:
-        >>> import torch
-        >>> from tensordict import TensorDict
-        >>> class RawStates(L1EmbeddingDistance):  # match and rank on the raw states alone
-        ...     in_keys = ["observation", ("next", "observation")]
-        ...     def embed(self, td):
-        ...         return td["observation"], td["next", "observation"]
-        >>> td = TensorDict({"observation": torch.tensor([[0.0], [1.0]]),
-        ...                  ("next", "observation"): torch.tensor([[1.0], [3.0]])}, [2])
-        >>> RawStates().next_state_distance(td, td.flip(0))
-        tensor([2., 2.])
-    """
-
-    in_keys: list[NestedKey]
-    rowwise_embedding: bool = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.version = 0
-
-    def embed(self, transitions: TensorDictBase) -> tuple[Tensor, Tensor]:
-        """Returns ``(state_action_embedding [N, k], next_state_embedding [N, m])``."""
-        raise NotImplementedError
-
-    def embed_sets(
-        self, candidates: TensorDictBase, online: TensorDictBase
-    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """``(embed(candidates), embed(online))`` computed with one forward pass over the ``|B| + |D|`` rows.
-
-        Valid as it is for row-wise embeddings; a distance whose embedding depends on the set it embeds
-        (:class:`ValueDistance`) overrides it to keep each set's own normalisation.
-        """
-        if not self.rowwise_embedding:
-            return self.embed(candidates), self.embed(online)
-        sa, ns = self.embed(torch.cat([candidates, online.to(candidates.device)]))
-        b = candidates.shape[0]
-        return (sa[:b], ns[:b]), (sa[b:], ns[b:])
-
-    def state_action_distance(self, candidates: TensorDictBase, online: TensorDictBase) -> Tensor:
-        """Pairwise L1 distances between state-action embeddings, ``[len(candidates), len(online)]``."""
-        return pairwise_l1(self.embed(candidates)[0], self.embed(online)[0])
-
-    def next_state_distance(self, candidates: TensorDictBase, matches: TensorDictBase) -> Tensor:
-        """Row-wise L1 distances between next-state embeddings, ``[len(candidates)]``."""
-        return (self.embed(candidates)[1] - self.embed(matches)[1]).abs().sum(-1)
 
 
 def feature_statistics(
@@ -178,20 +79,6 @@ def feature_statistics(
     std = x.std(0, correction=0) if x.shape[0] > 1 else torch.ones_like(mean)
     std = torch.where(std < eps, torch.ones_like(std), std)
     return mean.float(), std.float()
-
-
-def _fit_inputs(data: TensorDictBase, keys: Sequence[NestedKey], who: str) -> TensorDictBase:
-    """``data``'s ``keys``, flattened to one batch dimension; refuses missing keys and empty data."""
-    missing = [k for k in keys if k not in data.keys(include_nested=True)]
-    if missing:
-        raise KeyError(
-            f"{who}: missing keys {missing}; the data holds "
-            f"{sorted(map(str, data.keys(include_nested=True, leaves_only=True)))}."
-        )
-    flat = data.select(*keys).reshape(-1)
-    if flat.numel() == 0:
-        raise ValueError(f"{who} needs at least one transition; got none.")
-    return flat
 
 
 def _flat_features(td: TensorDictBase, key: NestedKey) -> Tensor:
@@ -227,6 +114,8 @@ class FeatureDistance(L1EmbeddingDistance):
     Keyword Args:
         next_state: ``"displacement"`` (default) or ``"next_state"``, see above.
         eps: floor on the standard deviations. Defaults to ``1e-6``.
+        compile: compile the pairwise step of :meth:`~L1EmbeddingDistance.compare` (:func:`torch.compile`).
+            Defaults to ``False``.
 
     Examples:
         >>> import torch
@@ -252,8 +141,9 @@ class FeatureDistance(L1EmbeddingDistance):
         *,
         next_state: Literal["displacement", "next_state"] = "displacement",
         eps: float = 1e-6,
+        compile: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(compile=compile)
         if next_state not in ("displacement", "next_state"):
             raise ValueError(
                 f"next_state must be 'displacement' or 'next_state'; got {next_state!r}."
@@ -292,7 +182,7 @@ class FeatureDistance(L1EmbeddingDistance):
             data: a TensorDict of transitions with any batch shape (flattened here), holding :attr:`in_keys`.
                 To fit on a replay buffer, pass ``buffer[:]`` or a large ``buffer.sample(n)``.
         """
-        flat = _fit_inputs(data, self.in_keys, "FeatureDistance.fit")
+        flat = flat_transitions(data, self.in_keys, "FeatureDistance.fit")
         state = _flat_features(flat, self.state_key)
         feats = {
             "state": state,
@@ -378,20 +268,23 @@ class EmbeddingDistance(L1EmbeddingDistance):
     So the best match of a candidate (eq. 1) is its nearest online transition in embedding space, and its rank
     (eq. 3) is set by that same distance.
 
-    **Training.** The CVAE has its own :class:`~torchrl_otc.objectives.TransitionVAELoss` (reconstruction of the
-    standardised action + ``kl_weight`` * KL), its own Adam optimiser and its own random stream (the
-    reparameterisation noise never reads or advances the agent's stream). :meth:`update` makes one gradient
-    step every ``update_every`` calls; :class:`~torchrl_otc.trainers.AgentLearner` calls it once per update of
-    the agent with the agent's training batch, and :meth:`pretrain` trains it on the offline data before the
-    first deployment. Every step increases :attr:`version`, which tells :class:`~torchrl_otc.OTCSampler` that
-    cached online embeddings are stale. :meth:`fit` sets the input standardisation from offline data.
+    **Training.** The distance is a function of its inputs and of the CVAE's parameters (:attr:`vae`): it holds
+    no optimiser, no random stream and no schedule. The agent's learner trains it
+    (:class:`~torchrl_otc.trainers.AgentLearner`, through
+    :class:`~torchrl_otc.trainers.parts.EmbeddingDistanceTrainer`): the CVAE's loss
+    :class:`~torchrl_otc.objectives.TransitionVAELoss` (reconstruction of the standardised action +
+    ``kl_weight`` * KL), Adam at ``lr``, a random stream seeded from ``seed`` (the reparameterisation noise never
+    reads or advances the agent's stream), one gradient step every ``update_every`` updates of the agent on its
+    training batch, and pretraining on the offline data before the first deployment. Those settings are
+    arguments here so that one object describes ``d_e``. Every step increases :attr:`version`, which tells
+    :meth:`~L1EmbeddingDistance.online_embeddings` that cached online embeddings are stale. :meth:`fit` sets the
+    input standardisation from offline data.
 
     **Choices the paper leaves open.** Embedding size 10 is Table 3's. The paper gives neither the CVAE's widths
     nor its learning rate nor its KL weight: the defaults are Table 3's BCQ width ``(64, 64)`` (also that of
     BCQ's own action VAE), Adam at ``1e-3`` and BCQ's KL weight 0.5 (KL averaged over latent dimensions).
 
-    Everything here runs without gradient outside :meth:`update`/:meth:`pretrain`: the sampler's calls never
-    build a graph through the encoder.
+    The distances are computed without gradient: the sampler's calls never build a graph through the encoder.
 
     Args:
         state_dim: width of the state ``s`` (and of ``s'``); states are flat vectors.
@@ -401,11 +294,11 @@ class EmbeddingDistance(L1EmbeddingDistance):
     Keyword Args:
         hidden_sizes: hidden widths of the encoder and of the decoder. Defaults to ``(64, 64)``.
         activation: activation class. Defaults to ReLU (Table 3).
-        kl_weight: weight of the KL term. Defaults to ``0.5``.
-        lr: Adam learning rate. Defaults to ``1e-3``.
-        update_every: one gradient step every this many :meth:`update` calls. Defaults to ``1``.
-        train_batch_size: rows of a batch used per step (a random subset of a larger batch; ``None``: all).
-            :meth:`pretrain` draws batches of this size (``None``: 256).
+        kl_weight: weight of the KL term of the training loss. Defaults to ``0.5``.
+        lr: Adam learning rate of the training. Defaults to ``1e-3``.
+        update_every: one gradient step every this many updates of the agent. Defaults to ``1``.
+        train_batch_size: rows of the agent's batch used per step (a random subset of a larger batch; ``None``:
+            all). Pretraining draws batches of this size (``None``: 256).
         state_key: key of ``s``. Defaults to ``"observation"``.
         action_key: key of ``a_i``. Defaults to ``"action"``.
         next_state_key: key of ``s'``. Defaults to ``("next", "observation")``.
@@ -413,18 +306,21 @@ class EmbeddingDistance(L1EmbeddingDistance):
             ``D_i(a_i | s, s', z)``) or ``"next_state"`` (``D_i(s' | s, a_i, z)``: the embedding then has to carry
             what ``(s, a_i)`` does not tell about ``s'``, i.e. the dynamics). See the benchmarks for how the
             two compare.
-        seed: seeds the CVAE's initial parameters and its random stream. Defaults to ``0``.
+        seed: seeds the CVAE's initial parameters (the global random state is left untouched) and, plus one,
+            its training's random stream. Defaults to ``0``.
         device: where the CVAE lives. Defaults to the CPU.
+        compile: compile the pairwise step (see :class:`L1EmbeddingDistance`). Defaults to ``False``.
 
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict
+        >>> from torchrl_otc.trainers.parts import EmbeddingDistanceTrainer  # what AgentLearner trains it with
         >>> g = torch.Generator().manual_seed(0)
         >>> s, a = torch.randn(512, 3, generator=g), torch.rand(512, 1, generator=g) * 2 - 1
         >>> sign = (torch.arange(512) % 2 * 2 - 1).unsqueeze(-1)  # two dynamics: s' = s + a and s' = s - a
         >>> data = TensorDict({"observation": s, "action": a, ("next", "observation"): s + sign * a}, [512])
         >>> dist = EmbeddingDistance(3, 1, hidden_sizes=(32, 32), seed=0).fit(data)
-        >>> metrics = dist.pretrain(data, 200)
+        >>> metrics = EmbeddingDistanceTrainer(dist).pretrain(data, 200)
         >>> sorted(metrics)
         ['loss_vae', 'vae_kl', 'vae_reconstruction']
         >>> dist.state_action_distance(data[:4], data[:6]).shape
@@ -449,14 +345,9 @@ class EmbeddingDistance(L1EmbeddingDistance):
         reconstruct: Literal["action", "next_state"] = "action",
         seed: int = 0,
         device: torch.device | str | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__()
-        from tensordict.nn import TensorDictModule
-
-        from torchrl_otc._random import RandomStream
-        from torchrl_otc.modules.models.vae import TransitionVAE
-        from torchrl_otc.objectives.transition_vae import TransitionVAELoss
-
+        super().__init__(compile=compile)
         for name, value in (
             ("state_dim", state_dim),
             ("action_dim", action_dim),
@@ -468,13 +359,18 @@ class EmbeddingDistance(L1EmbeddingDistance):
             _check_positive_int("train_batch_size", train_batch_size)
         if not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr must be a positive finite number; got {lr}.")
+        if not (kl_weight >= 0 and math.isfinite(kl_weight)):
+            raise ValueError(f"kl_weight must be a finite number >= 0; got {kl_weight}.")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.state_key, self.action_key, self.next_state_key = state_key, action_key, next_state_key
         self.in_keys = [state_key, action_key, next_state_key]
-        self.update_every = update_every
-        self.train_batch_size = train_batch_size
         self.embedding_dim = embedding_dim
         self.reconstruct = reconstruct
+        self.kl_weight = float(kl_weight)
+        self.lr = float(lr)
+        self.update_every = update_every
+        self.train_batch_size = train_batch_size
+        self.seed = seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vae = TransitionVAE(
@@ -485,26 +381,7 @@ class EmbeddingDistance(L1EmbeddingDistance):
                 activation=activation,
                 reconstruct=reconstruct,
             )
-        module = TensorDictModule(
-            vae.to(self.device),
-            in_keys=list(self.in_keys),
-            out_keys=["vae_reconstruction", "vae_target", "vae_loc", "vae_log_std"],
-        )
-        self.loss_module = TransitionVAELoss(module, kl_weight=kl_weight)
-        params = [
-            p
-            for p in self.loss_module.vae_network_params.values(True, True)
-            if isinstance(p, nn.Parameter)
-        ]
-        self.optimizer = torch.optim.Adam(params, lr=lr)
-        self.stream = RandomStream(seed + 1, self.device)
-        self.num_updates = 0
-        self._calls = 0
-
-    @property
-    def vae(self) -> nn.Module:
-        """The :class:`~torchrl_otc.modules.models.vae.TransitionVAE`."""
-        return self.loss_module.vae_network.module
+        self.vae = vae.to(self.device)
 
     def _inputs(self, td: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
         return tuple(_flat_features(td, key).to(self.device) for key in self.in_keys)  # type: ignore[return-value]
@@ -516,7 +393,7 @@ class EmbeddingDistance(L1EmbeddingDistance):
         Args:
             data: transitions holding :attr:`in_keys`, any batch shape.
         """
-        flat = _fit_inputs(data, self.in_keys, "EmbeddingDistance.fit")
+        flat = flat_transitions(data, self.in_keys, "EmbeddingDistance.fit")
         stats = [
             feature_statistics(x, what=f"EmbeddingDistance.fit ({key!r})")
             for key, x in zip(self.in_keys, self._inputs(flat))
@@ -531,82 +408,15 @@ class EmbeddingDistance(L1EmbeddingDistance):
         mu = self.vae.embed(*self._inputs(transitions))
         return mu, mu
 
-    def _train_step(self, batch: TensorDictBase) -> dict[str, Tensor]:
-        batch = batch.select(*self.in_keys).to(self.device)
-        with self.stream.activate(), torch.enable_grad():
-            if self.train_batch_size is not None and len(batch) > self.train_batch_size:
-                batch = batch[
-                    torch.randperm(len(batch), device=batch.device)[: self.train_batch_size]
-                ]
-            loss, metadata = self.loss_module.vae_loss(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        self.num_updates += 1
-        self.version += 1
-        return {"loss_vae": loss.detach(), **metadata}
-
-    def update(self, batch: TensorDictBase) -> dict[str, Tensor]:
-        """One gradient step of the CVAE on ``batch`` every ``update_every`` calls.
-
-        Args:
-            batch: transitions holding :attr:`in_keys` (the agent's training batch).
-
-        Returns:
-            ``{"loss_vae", "vae_reconstruction", "vae_kl"}`` on a training call, ``{}`` otherwise.
-        """
-        self._calls += 1
-        if (self._calls - 1) % self.update_every:
-            return {}
-        return self._train_step(batch)
-
-    def pretrain(
-        self,
-        data: TensorDictBase,
-        num_updates: int,
-        *,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> dict[str, float]:
-        """``num_updates`` gradient steps on batches drawn uniformly (own random stream) from ``data``.
-
-        Args:
-            data: transitions holding :attr:`in_keys` (the agent's offline data ``B_i^0``).
-            num_updates: gradient steps.
-
-        Keyword Args:
-            batch_size: rows per step; defaults to ``train_batch_size`` or 256.
-            progress: show a tqdm bar.
-
-        Returns:
-            the metrics of the last step (floats).
-        """
-        from tqdm.auto import tqdm
-
-        flat = _fit_inputs(data, self.in_keys, "EmbeddingDistance.pretrain")
-        size = batch_size or self.train_batch_size or 256
-        metrics: dict[str, Tensor] = {}
-        for _ in tqdm(
-            range(num_updates), desc="d_e pretraining", disable=not progress, leave=False
-        ):
-            with self.stream.activate():
-                index = torch.randint(len(flat), (size,))
-            metrics = self._train_step(flat[index])
-        return {k: float(v) for k, v in metrics.items()}
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "stream": self.stream.state_dict(),
-            "num_updates": self.num_updates,
-            "calls": self._calls,
-        }
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        self.stream.load_state_dict(state["stream"])
-        self.num_updates = int(state["num_updates"])
-        self._calls = int(state["calls"])
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
+        # Checkpoints written before the learner owned d_e's training kept the CVAE under
+        # "loss_module.vae_network_params.module." and its optimiser, random stream and counters as extra state
+        # (the learner reads those: torchrl_otc.trainers.parts.legacy_part_states).
+        legacy = f"{prefix}loss_module.vae_network_params.module."
+        for key in [k for k in state_dict if k.startswith(legacy)]:
+            state_dict[f"{prefix}vae.{key[len(legacy) :]}"] = state_dict.pop(key)
+        state_dict.pop(f"{prefix}_extra_state", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.version += 1
 
     def extra_repr(self) -> str:
@@ -616,81 +426,44 @@ class EmbeddingDistance(L1EmbeddingDistance):
         )
 
 
-def _critic_functions(
-    algorithm: Any, critic_reduction: str, value_actions: str, num_action_samples: int
-) -> tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]:
-    """``Q(s, a) [N]`` and ``V(s) [N]`` from an :class:`~torchrl_otc.objectives.Algorithm`'s critics and policy."""
-    from tensordict import TensorDict
+@runtime_checkable
+class ValueFunctions(Protocol):
+    """What the value distance ``d_q`` (paper section 3.3) needs from an agent's algorithm: ``Q(s, a)`` and ``V(s)``.
 
-    from torchrl_otc.objectives.utils import critic_values, policy_distribution
+    Every :class:`~torchrl_otc.trainers.algorithms.Algorithm` follows it (BCQ, AWAC, CQL, TD3+BC; each says how it
+    computes its values). Both values are computed without gradient, on flat rows.
 
-    loss = algorithm.loss
-    net = loss.qvalue_network
-    params = loss.qvalue_network_params
-    action_key = loss.tensor_keys.action
-    observation_keys = [k for k in net.in_keys if k != action_key]
-    if len(observation_keys) != 1 or action_key not in net.in_keys:
-        raise ValueError(
-            f"ValueDistance needs a critic reading one observation key and the action {action_key!r}; its "
-            f"in_keys are {net.in_keys}. Pass q_function and value_function instead."
-        )
-    obs_key = observation_keys[0]
-    value_key = loss.tensor_keys.state_action_value
+    Examples:
+        >>> class Linear:  # any object with these three methods
+        ...     def q_value(self, observation, action, reduction="mean"):
+        ...         return observation.sum(-1) + action.sum(-1)
+        ...     def state_value(self, observation, actions="policy", num_samples=10, reduction="mean"):
+        ...         return observation.sum(-1)
+        ...     def check_state_value(self, actions):
+        ...         pass
+        >>> isinstance(Linear(), ValueFunctions)
+        True
+    """
 
-    def all_critics(obs: Tensor, action: Tensor) -> Tensor:  # [num_q, N]
-        inputs = {obs_key: obs, action_key: action}
-        if getattr(loss, "_fast_qvalue", None) is not None:
-            return critic_values(loss, inputs, params)
-        td = TensorDict(inputs, obs.shape[:-1])
-        values = []
-        for i in range(params.shape[0]):
-            with params[i].to_module(net, preserve_module_state=False):
-                values.append(net(td.copy()).get(value_key).squeeze(-1))
-        return torch.stack(values)
+    def q_value(
+        self, observation: Tensor, action: Tensor, reduction: Literal["mean", "min"] = "mean"
+    ) -> Tensor:
+        """``Q(s, a)`` ``[N]`` of ``observation [N, ds]`` and ``action [N, da]``, ``reduction`` over the critics."""
+        ...
 
-    def q_function(obs: Tensor, action: Tensor) -> Tensor:
-        q = all_critics(obs, action)
-        return q.mean(0) if critic_reduction == "mean" else q.min(0).values
+    def state_value(
+        self,
+        observation: Tensor,
+        actions: Literal["policy", "sample"] = "policy",
+        num_samples: int = 10,
+        reduction: Literal["mean", "min"] = "mean",
+    ) -> Tensor:
+        """``V(s) = E_a Q(s, a)`` ``[N]``: of the policy's action, or the mean over ``num_samples`` sampled ones."""
+        ...
 
-    name = getattr(algorithm, "name", None)
-    if value_actions == "policy":
-        if name == "bcq":
-            from torchrl_otc.objectives.bcq import BCQActor
-
-            greedy = BCQActor(loss, num_samples=num_action_samples)
-
-            def policy(obs: Tensor) -> Tensor:
-                return greedy(obs)
-
-        else:
-
-            def policy(obs: Tensor) -> Tensor:
-                return algorithm.policy(TensorDict({obs_key: obs}, obs.shape[:-1])).get(action_key)
-
-        def value_function(obs: Tensor) -> Tensor:
-            return q_function(obs, policy(obs))
-
-    else:  # "sample": V(s') = mean of Q over num_action_samples policy samples
-        if name == "td3bc":
-            raise ValueError(
-                "value_actions='sample' needs a stochastic policy; TD3+BC's actor is deterministic. Use "
-                "value_actions='policy'."
-            )
-
-        def value_function(obs: Tensor) -> Tensor:
-            n = num_action_samples
-            if name == "bcq":
-                actions = loss.perturbed_vae_actions({obs_key: obs}, n, loss.actor_network_params)
-            else:
-                dist = policy_distribution(
-                    loss, "actor_network", loss.actor_network_params, {obs_key: obs}
-                )
-                actions = dist.sample((n,))
-            flat_obs = obs.expand(n, *obs.shape).reshape(-1, obs.shape[-1])
-            q = q_function(flat_obs, actions.reshape(-1, actions.shape[-1]))
-            return q.reshape(n, -1).mean(0)
-
-    return q_function, value_function
+    def check_state_value(self, actions: str) -> None:
+        """Raises ``ValueError`` when :meth:`state_value` cannot use ``actions`` (called when a distance binds)."""
+        ...
 
 
 class ValueDistance(L1EmbeddingDistance):
@@ -716,7 +489,7 @@ class ValueDistance(L1EmbeddingDistance):
     * ``V(s')`` comes from the policy's action (``value_actions="policy"``, default: the deterministic
       deployment action; for BCQ the best of ``num_action_samples`` perturbed VAE actions, BCQ's own target) or
       from the mean over ``num_action_samples`` actions sampled from the policy (``"sample"``; AWAC, CQL and
-      BCQ).
+      BCQ): :meth:`ValueFunctions.state_value` of the algorithm.
     * *The expectations* ``E_{s'} V(s')`` and ``E_{s'*} V(s'*)`` are the means over the set being embedded:
       the ``|B|`` candidates for the first, the ``|D|`` online rows for the second (distinct rows, when the
       online buffer holds fewer than ``|D|``).
@@ -734,9 +507,10 @@ class ValueDistance(L1EmbeddingDistance):
     the sampler never caches online embeddings for this distance.
 
     Args:
-        algorithm: the agent's :class:`~torchrl_otc.objectives.Algorithm` (BCQ, AWAC, CQL or TD3+BC).
-            :class:`~torchrl_otc.trainers.AgentLearner` binds its own algorithm when given an unbound
-            distance (see :meth:`bind`).
+        algorithm: the agent's algorithm, any :class:`ValueFunctions` (e.g. a
+            :class:`~torchrl_otc.trainers.algorithms.Algorithm`: BCQ, AWAC, CQL or TD3+BC, each saying how it
+            computes ``Q`` and ``V``). :class:`~torchrl_otc.trainers.AgentLearner` binds its own algorithm when
+            given an unbound distance (see :meth:`bind`).
 
     Keyword Args:
         q_function: instead of ``algorithm``, a callable ``(s [N, ds], a [N, da]) -> Q [N]``.
@@ -750,6 +524,8 @@ class ValueDistance(L1EmbeddingDistance):
         state_key: key of ``s``. Defaults to ``"observation"``.
         action_key: key of ``a_i``. Defaults to ``"action"``.
         next_state_key: key of ``s'``. Defaults to ``("next", "observation")``.
+        compile: compile the L1 step of the sampler's comparison (:class:`L1EmbeddingDistance`). Defaults to
+            ``False``.
 
     Examples:
         >>> import torch
@@ -770,7 +546,7 @@ class ValueDistance(L1EmbeddingDistance):
 
     def __init__(
         self,
-        algorithm: Any | None = None,
+        algorithm: ValueFunctions | None = None,
         *,
         q_function: Callable[[Tensor, Tensor], Tensor] | None = None,
         value_function: Callable[[Tensor], Tensor] | None = None,
@@ -782,8 +558,9 @@ class ValueDistance(L1EmbeddingDistance):
         state_key: NestedKey = "observation",
         action_key: NestedKey = "action",
         next_state_key: NestedKey = ("next", "observation"),
+        compile: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(compile=compile)
         if critic_reduction not in ("mean", "min"):
             raise ValueError(f"critic_reduction must be 'mean' or 'min'; got {critic_reduction!r}.")
         if value_actions not in ("policy", "sample"):
@@ -811,19 +588,29 @@ class ValueDistance(L1EmbeddingDistance):
         if algorithm is not None:
             self.bind(algorithm)
 
-    def bind(self, algorithm: Any) -> None:
-        """Uses ``algorithm``'s critics and policy (no-op when built with ``q_function``/``value_function``).
+    def bind(self, algorithm: ValueFunctions) -> None:
+        """Uses ``algorithm``'s values (no-op when built with ``q_function``/``value_function``).
 
         Args:
-            algorithm: an :class:`~torchrl_otc.objectives.Algorithm` (its ``loss`` holds ``qvalue_network``).
+            algorithm: any :class:`ValueFunctions`, e.g. an :class:`~torchrl_otc.trainers.algorithms.Algorithm`.
+
+        Raises:
+            ValueError: the algorithm cannot compute ``V`` with ``value_actions`` (TD3+BC with ``"sample"``).
         """
         if self._user_functions:
             return
-        q, v = _critic_functions(
-            algorithm, self.critic_reduction, self.value_actions, self.num_action_samples
+        algorithm.check_state_value(self.value_actions)
+        reduction, actions, n = self.critic_reduction, self.value_actions, self.num_action_samples
+
+        def q_function(obs: Tensor, action: Tensor) -> Tensor:
+            return algorithm.q_value(obs, action, reduction)
+
+        def value_function(obs: Tensor) -> Tensor:
+            return algorithm.state_value(obs, actions, n, reduction)
+
+        self.__dict__.update(
+            q_function=q_function, value_function=value_function, algorithm=algorithm
         )
-        self.__dict__.update(q_function=q, value_function=v, algorithm=algorithm)
-        self.__dict__["_device"] = getattr(algorithm, "device", None)
 
     @staticmethod
     def value_scale(values: Tensor, rel_tol: float = 0.1, eps: float = 1e-6) -> Tensor:
@@ -874,13 +661,7 @@ class ValueDistance(L1EmbeddingDistance):
                 "ValueDistance is not bound to a critic: pass algorithm=..., or q_function and value_function, "
                 "or use it through AgentLearner (which binds the agent's own algorithm)."
             )
-        device = self.__dict__.get("_device")
-        state, action, nxt = (
-            _flat_features(transitions, key).to(device)
-            if device is not None
-            else _flat_features(transitions, key)
-            for key in self.in_keys
-        )
+        state, action, nxt = (_flat_features(transitions, key) for key in self.in_keys)
         return q_function(state, action).reshape(-1), value_function(nxt).reshape(-1)
 
     def extra_repr(self) -> str:

@@ -21,7 +21,7 @@ from tensordict.nn import (
 )
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
-from torchrl.modules import MLP
+from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.objectives.utils import (
     ValueEstimators,
@@ -222,8 +222,6 @@ class StackedMLP:
 
 
 def _is_value_operator(net: nn.Module) -> bool:
-    from torchrl.modules import ValueOperator
-
     return type(net) is ValueOperator
 
 

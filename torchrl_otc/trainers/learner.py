@@ -21,8 +21,10 @@ from torchrl.data.replay_buffers.samplers import Sampler
 
 from torchrl_otc._random import RandomStream
 from torchrl_otc.configs.algorithms import AlgorithmConfig
-from torchrl_otc.objectives.batched import BatchedTD3BC
-from torchrl_otc.objectives.builders import Algorithm, make_algorithm
+from torchrl_otc.data.samplers import OTCSampler
+from torchrl_otc.modules.trainable import Fittable, TrainablePart
+from torchrl_otc.trainers.algorithms import Algorithm, BatchedTD3BC, make_algorithm
+from torchrl_otc.trainers.parts import legacy_part_states, trainable_part
 
 __all__ = ["AgentLearner", "BatchedLearners"]
 
@@ -37,8 +39,6 @@ def _prefixed(prefix: str, metrics: Any) -> dict[str, float]:
 
 
 def _otc_sampler(online: TensorDictReplayBuffer, **kwargs: Any) -> Sampler:
-    from torchrl_otc.data.samplers import OTCSampler
-
     return OTCSampler(online, **kwargs)
 
 
@@ -50,7 +50,7 @@ class AgentLearner:
     holding the latest deployment only (:meth:`add_deployment` empties it first), a sampler attached to the merged
     buffer (by default :class:`~torchrl_otc.OTCSampler` reading the online buffer; it samples uniformly while the
     online buffer is empty, i.e. during offline training) and the algorithm from
-    :func:`~torchrl_otc.objectives.make_algorithm`.
+    :func:`~torchrl_otc.trainers.algorithms.make_algorithm`.
 
     Isolation (section 3: decentralised agents): each learner owns its networks, optimisers, target networks and
     gradient clipping (``config.max_grad_norm``, applied to this agent's parts only); its sampler's distance
@@ -60,10 +60,18 @@ class AgentLearner:
     (target noise, VAE latents, policy samples) neither reads nor advances another agent's or the caller's
     stream.
 
+    Learned parts of the sampler (d_e's transition CVAE in :class:`~torchrl_otc.EmbeddingDistance`, Balanced
+    Replay's density-ratio network) are functions of their inputs and parameters; this learner trains them.
+    :attr:`trained_parts` maps ``"distance"`` / ``"sampler"`` to a :class:`~torchrl_otc.modules.TrainablePart`
+    (:func:`~torchrl_otc.trainers.parts.trainable_part`): its optimiser, random stream and counters are this
+    learner's, fitted in :meth:`add_offline`, pretrained in :meth:`pretrain_sampler`, stepped in
+    :meth:`sampler_update` and saved under ``"parts"`` by :meth:`state_dict`. A part that has ``update`` or
+    ``pretrain`` without the whole protocol is refused with a :class:`TypeError`.
+
     Args:
         algorithm: ``"bcq"``, ``"awac"``, ``"cql"``, ``"td3bc"``, an
             :class:`~torchrl_otc.configs.algorithms.AlgorithmConfig` or an already built
-            :class:`~torchrl_otc.objectives.Algorithm`.
+            :class:`~torchrl_otc.trainers.algorithms.Algorithm`.
         observation_spec: the agent's observation spec (used when ``algorithm`` is not built).
         action_spec: the agent's bounded action spec (idem).
 
@@ -165,6 +173,13 @@ class AgentLearner:
         self.stream = RandomStream(seed + 2, self.device)
         self.num_updates = 0
         self.deployments = 0
+        # The sampler's learned parts, each trained through the TrainablePart protocol by a trainer this learner
+        # owns (optimiser, random stream, counters): d_e's CVAE, Balanced Replay's density-ratio network.
+        self.trained_parts: dict[str, TrainablePart] = {}
+        for name, part in self._sampler_parts():
+            trained = trainable_part(part, name)
+            if trained is not None:
+                self.trained_parts[name] = trained
         bind = getattr(self.distance, "bind", None)
         if callable(bind):  # a distance computed from the agent's own networks (ValueDistance, d_q)
             bind(self.algorithm)
@@ -195,24 +210,25 @@ class AgentLearner:
         )
         return data
 
-    def _trained_parts(self) -> list[tuple[str, Any]]:
-        """The sampler's learned parts: ``("distance", its distance)`` and ``("sampler", the sampler)``, where any."""
-        return [("distance", self.distance), ("sampler", self.sampler)]
+    def _sampler_parts(self) -> list[tuple[str, Any]]:
+        """``("distance", the sampler's distance)`` (where it has one) and ``("sampler", the sampler)``."""
+        parts = [("distance", self.distance), ("sampler", self.sampler)]
+        return [(name, part) for name, part in parts if part is not None]
 
     def add_offline(self, data: TensorDictBase, *, fit_distance: bool = True) -> None:
         """Writes offline transitions ``B_i^0`` to the merged buffer and fits the sampler's normalisers on them.
 
         Args:
             data: the agent's offline transitions (flat batch).
-            fit_distance: call ``fit(data)`` on the sampler's distance and on the sampler where they have one
-                (e.g. the standardisation statistics of :class:`~torchrl_otc.FeatureDistance`, of
-                :class:`~torchrl_otc.EmbeddingDistance` and of :class:`~torchrl_otc.BalancedReplaySampler`):
-                fitted on this agent's own data only.
+            fit_distance: call ``fit(data)`` on the sampler's distance and on the sampler where they follow
+                :class:`~torchrl_otc.modules.Fittable` (e.g. the standardisation statistics of
+                :class:`~torchrl_otc.FeatureDistance`, of :class:`~torchrl_otc.EmbeddingDistance` and of
+                :class:`~torchrl_otc.BalancedReplaySampler`): fitted on this agent's own data only.
         """
         self.merged_buffer.extend(self._mark(data, online=False))
         if fit_distance:
-            for _, part in self._trained_parts():
-                if callable(getattr(part, "fit", None)):
+            for _, part in self._sampler_parts():
+                if isinstance(part, Fittable):
                     part.fit(data)
 
     def add_deployment(self, data: TensorDictBase, *, adapt_alpha: bool = True) -> None:
@@ -249,7 +265,7 @@ class AgentLearner:
                 training so that the offline-trained agents do not depend on the sampling strategy.
 
         Returns:
-            the algorithm's metrics (see :func:`~torchrl_otc.objectives.update_step`), the batch means of the
+            the algorithm's metrics (see :meth:`Algorithm.update <torchrl_otc.trainers.algorithms.Algorithm.update>`), the batch means of the
             sampler's scalar ``otc_*`` entries, and the learned parts' metrics prefixed ``distance/`` and
             ``sampler/``.
         """
@@ -270,35 +286,42 @@ class AgentLearner:
         return metrics
 
     def sampler_update(self, batch: TensorDictBase) -> dict[str, float]:
-        """One step of the sampler's learned parts: ``update(batch)`` of the distance and of the sampler.
+        """One step of the sampler's learned parts: :meth:`TrainablePart.update
+        <torchrl_otc.modules.TrainablePart.update>` of the distance's and of the sampler's (:attr:`trained_parts`).
+
+        Args:
+            batch: the agent's training batch (d_e's CVAE trains on it; Balanced Replay draws its own rows).
 
         Returns:
             their metrics (mappings of floats or scalar tensors), prefixed ``distance/`` and ``sampler/``; ``{}``
             when neither learns.
         """
         metrics: dict[str, float] = {}
-        for prefix, part in self._trained_parts():
-            update = getattr(part, "update", None)
-            if callable(update):
-                metrics.update(_prefixed(prefix, update(batch)))
+        for prefix, part in self.trained_parts.items():
+            metrics.update(_prefixed(prefix, part.update(batch)))
         return metrics
 
     def pretrain_sampler(self, num_updates: int, *, progress: bool = False) -> dict[str, float]:
         """Trains the sampler's learned parts on the offline data alone (before the first deployment).
 
-        Calls ``pretrain(data, num_updates)`` of the distance and of the sampler where they have one, with the
-        merged buffer's content as ``data``; each part draws its own batches with its own random stream, so
-        this leaves the agent's streams untouched.
+        Calls :meth:`TrainablePart.pretrain <torchrl_otc.modules.TrainablePart.pretrain>` of every learned part
+        with the merged buffer's content as ``data``; each part draws its own batches with its own random stream,
+        so this leaves the agent's streams untouched.
+
+        Args:
+            num_updates: gradient steps of each part.
+
+        Keyword Args:
+            progress: show tqdm bars.
 
         Returns:
             the parts' final metrics, prefixed as in :meth:`sampler_update`.
         """
         metrics: dict[str, float] = {}
-        parts = [(p, m) for p, m in self._trained_parts() if callable(getattr(m, "pretrain", None))]
-        if not parts or num_updates < 1:
+        if not self.trained_parts or num_updates < 1:
             return metrics
         data = self.merged_buffer[:]
-        for prefix, part in parts:
+        for prefix, part in self.trained_parts.items():
             metrics.update(_prefixed(prefix, part.pretrain(data, num_updates, progress=progress)))
         return metrics
 
@@ -331,7 +354,9 @@ class AgentLearner:
     def state_dict(self) -> dict[str, Any]:
         """Algorithm (parameters, targets, optimisers), sampler state, random states and counters.
 
-        The buffers' contents are not included (save them with ``merged_buffer.dumps(path)``).
+        ``"parts"`` holds the training state of the sampler's learned parts (:attr:`trained_parts`: optimisers,
+        random streams, counters), by prefix; their parameters are in the sampler's state. The buffers' contents
+        are not included (save them with ``merged_buffer.dumps(path)``).
         """
         stream = self.stream.state_dict()
         state: dict[str, Any] = {
@@ -348,10 +373,15 @@ class AgentLearner:
         }
         if callable(getattr(self.sampler, "state_dict", None)):
             state["sampler"] = self.sampler.state_dict()
+        state["parts"] = {name: part.state_dict() for name, part in self.trained_parts.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` saved (copies; nothing is shared with ``state``'s owner)."""
+        """Restores what :meth:`state_dict` saved (copies; nothing is shared with ``state``'s owner).
+
+        States written before the learner owned its parts' training (no ``"parts"``) load too: their training
+        state is read from the sampler's state (:func:`~torchrl_otc.trainers.parts.legacy_part_states`).
+        """
         self.algorithm.load_state_dict(state["algorithm"])
         self.generator.set_state(state["generator"])
         if state.get("online_generator") is not None and self.online_buffer._rng is not None:
@@ -363,6 +393,11 @@ class AgentLearner:
         self.deployments = int(state["deployments"])
         if "sampler" in state and callable(getattr(self.sampler, "load_state_dict", None)):
             self.sampler.load_state_dict(state["sampler"])
+        parts = state["parts"] if "parts" in state else legacy_part_states(state.get("sampler"))
+        # after the sampler: it builds the parts' networks
+        for name, part in self.trained_parts.items():
+            if name in parts:
+                part.load_state_dict(parts[name])
 
 
 class BatchedLearners:
@@ -370,7 +405,7 @@ class BatchedLearners:
 
     Each learner still samples its own batch with its own sampler and generator, and draws its target-policy
     noise from its own random stream, exactly as :meth:`AgentLearner.update` would; the gradient steps of all
-    agents then run as one :class:`~torchrl_otc.objectives.batched.BatchedTD3BC` call on stacked copies of their
+    agents then run as one :class:`~torchrl_otc.trainers.algorithms.BatchedTD3BC` call on stacked copies of their
     parameters. Call :meth:`write_back` before using the learners' own algorithms again (acting, checkpointing,
     separate updates).
 

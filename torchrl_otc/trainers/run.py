@@ -6,10 +6,13 @@ A run folder holds
 * ``meta.json``: package, torch, torchrl and tensordict versions, git revision, dataset checksum, host, start
   time, and what floating-point results depend on (:func:`compute_environment`: intra-op threads, CPU model, BLAS,
   CPU capability);
-* ``metrics.csv``: one row per scalar, columns ``step, phase, deployment, name, value`` (both phases on one step
-  axis: ``step`` counts gradient steps from the start of offline training);
+* ``metrics.csv``: one row per scalar, columns :data:`METRIC_COLUMNS` (``step, phase, deployment, name, value``;
+  both phases on one step axis: ``step`` counts gradient steps from the start of offline training);
 * ``checkpoint/``: the last checkpoint. It is written next to the old one and swapped in by renames, so a crash or
   a full disk while checkpointing leaves the previous checkpoint loadable.
+
+This module owns the metrics schema (:data:`METRIC_COLUMNS`, :data:`PHASES`, :data:`RETURN_METRIC`); readers such
+as :mod:`torchrl_otc.report` take it from here.
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tensordict
 import torch
+import torchrl
 import yaml
 
 from torchrl_otc._version import __version__
-from torchrl_otc.report import METRIC_COLUMNS
 
 __all__ = [
+    "METRIC_COLUMNS",
+    "PHASES",
+    "RETURN_METRIC",
     "RunFolder",
     "atomic_checkpoint",
     "compute_environment",
@@ -42,6 +49,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The columns of ``metrics.csv``, in order: one row per scalar (long format; see ``docs/metrics.rst``).
+METRIC_COLUMNS = ("step", "phase", "deployment", "name", "value")
+
+#: The values of the ``phase`` column: offline training (deployment 0) and online tuning (deployments 1..K).
+PHASES = ("offline", "online")
+
+#: The ``name`` of the mean team return of an evaluation (deployment 0 is the offline-trained policy).
+RETURN_METRIC = "eval/return_mean"
 
 
 def git_revision(path: str | Path | None = None) -> str | None:
@@ -99,9 +115,6 @@ def compute_environment() -> dict[str, Any]:
         >>> sorted(env)[:4]
         ['blas', 'cpu', 'cpu_capability', 'cpu_count']
     """
-    import tensordict
-    import torchrl
-
     return {
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),

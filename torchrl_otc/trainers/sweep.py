@@ -3,7 +3,9 @@
 A *recipe* (YAML; the paper's experiments are in ``examples/recipes/``) names one experiment of the paper and
 holds:
 
-* ``base``: overrides shared by every run (``key: value`` of :class:`~torchrl_otc.configs.tune.TuneConfig`);
+* ``base``: overrides shared by every run (``key: value`` of :class:`~torchrl_otc.configs.tune.TuneConfig`: flat
+  shortcuts such as ``algo: bcq``, dotted paths such as ``algorithm.actor_lr: 3.0e-4``, or nested parts such as
+  ``algorithm: {actor_lr: 3.0e-4}``; every place below takes the same keys);
 * ``grid``: axes whose cartesian product gives the runs, e.g. ``{task: [...], dataset: [...], seed: [0, 1, 2]}``;
 * ``variants``: the compared methods, each a mapping of overrides with a ``label`` (e.g.
   ``{label: otc-embedding, strategy: otc, distance: embedding}``);
@@ -25,17 +27,23 @@ agents) always run in the same worker, one after the other, so that the cache is
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
+import multiprocessing
+import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from tqdm.auto import tqdm
 
-from torchrl_otc.configs.tune import TuneConfig, field_names, parse_overrides
+from torchrl_otc.configs.overrides import to_dotted, unknown_keys
+from torchrl_otc.configs.tune import TuneConfig
+from torchrl_otc.trainers.tuning import OnlineTuner
 
 __all__ = ["Recipe", "load_recipe", "expand_recipe", "run_sweep", "SWEEP_SIZES"]
 
@@ -44,10 +52,6 @@ logger = logging.getLogger(__name__)
 #: The size presets a recipe may define: seconds (tests), a 2-core CPU within about an hour, the paper's sizes.
 SWEEP_SIZES = ("smoke", "cpu", "paper")
 _RECIPE_KEYS = {"name", "description", "paper", "base", "grid", "variants", "sizes"}
-
-
-def _overrides(values: Mapping[str, Any]) -> list[str]:
-    return [f"{k}={'none' if v is None else v}" for k, v in values.items()]
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Recipe:
     Examples:
         >>> recipe = Recipe("demo", grid={"seed": [0, 1]}, variants=[{"label": "uniform", "strategy": "uniform"}],
         ...                 sizes={"smoke": {"deployments": 1}})
-        >>> [(c.seed, c.deployments, c.strategy) for c in expand_recipe(recipe, "smoke", runs_root="runs")]
+        >>> [(c.run.seed, c.run.deployments, c.sampler.name) for c in expand_recipe(recipe, "smoke", runs_root="runs")]
         [(0, 1, 'uniform'), (1, 1, 'uniform')]
     """
 
@@ -97,33 +101,44 @@ class Recipe:
         return cells
 
     def __post_init__(self) -> None:
-        names = set(field_names())
-        for where, keys in (
+        def axes(grid: Mapping[str, Any]) -> dict[str, Any]:
+            return {
+                k: "" for k in grid
+            }  # the keys only (a part named by a string, e.g. `algorithm`, is fine)
+
+        for where, values in (
             ("base", self.base),
-            ("grid", self.grid),
+            ("grid", axes(self.grid)),
             *(
-                (f"variant {v.get('label')!r}", {k for k in v if k != "label"})
+                (f"variant {v.get('label')!r}", {k: x for k, x in v.items() if k != "label"})
                 for v in self.variants
             ),
             *(
                 (
                     f"size {s!r}",
-                    {k for k in o if k not in ("grid", "variants", "cells")}
-                    | set(o.get("grid", {})),
+                    {k: x for k, x in o.items() if k not in ("grid", "variants", "cells")}
+                    | axes(o.get("grid", {})),
                 )
                 for s, o in self.sizes.items()
             ),
             *(
-                (f"size {s!r}, cell {i}", {k for k in c if k != "grid"} | set(c.get("grid", {})))
+                (
+                    f"size {s!r}, cell {i}",
+                    {k: x for k, x in c.items() if k != "grid"} | axes(c.get("grid", {})),
+                )
                 for s, o in self.sizes.items()
                 for i, c in enumerate(self._cells(s, o))
             ),
         ):
-            unknown = sorted(set(keys) - names)
+            unknown = sorted(unknown_keys(values))
             if unknown:
+                try:
+                    to_dotted({unknown[0]: values[unknown[0]]})
+                    reason = ""
+                except ValueError as err:
+                    reason = f" ({err})"
                 raise ValueError(
-                    f"Recipe {self.name!r}: unknown config fields {unknown} in {where}; valid fields: "
-                    f"{', '.join(sorted(names))}."
+                    f"Recipe {self.name!r}: unknown config fields {unknown} in {where}{reason}"
                 )
         labels = [v.get("label") for v in self.variants]
         if any(not isinstance(label, str) or not label for label in labels):
@@ -198,12 +213,13 @@ def expand_recipe(
         runs_root: root of the run folders (defaults to the configs' ``runs_root``).
         only: the labels of the variants to run now (of those the preset runs); the runs are the same as in the
             whole preset, so a sweep can run the cheap variants of every grid point first and the rest later.
-        overrides: further config fields applied to every run (e.g. ``device="cuda"``).
+        overrides: further config fields applied to every run, shortcuts or dotted paths (e.g.
+            ``device="cuda"``, ``**{"algorithm.actor_lr": 3e-4}``); text is converted as on the command line.
 
     Examples:
         >>> recipe = Recipe("demo", grid={"task": ["mpe/navigation-3", "mpe/navigation-4"]},
         ...                 variants=[{"label": "otc", "strategy": "otc"}], sizes={"cpu": {"deployments": 4}})
-        >>> [c.run_name for c in expand_recipe(recipe, "cpu", runs_root="runs", seed=3)]
+        >>> [c.run.run_name for c in expand_recipe(recipe, "cpu", runs_root="runs", seed=3)]
         ['mpe_navigation-3-random-td3bc-otc-seed3', 'mpe_navigation-4-random-td3bc-otc-seed3']
     """
     if size not in recipe.sizes:
@@ -237,49 +253,69 @@ def expand_recipe(
     for point, cell in points:
         by_label: dict[str, TuneConfig] = {}
         for variant in variants:
-            values = {"threads": 1, **recipe.base, **preset, **cell, **point}
-            values.update({k: v for k, v in variant.items() if k != "label"})
-            values.update(overrides)
-            cfg = parse_overrides(_overrides(values))
-            root = Path(runs_root if runs_root is not None else cfg.runs_root)
-            cfg.runs_root = str(root / f"{recipe.name}-{size}")
-            cfg.run_name = f"{cfg.task.replace('/', '_')}-{cfg.dataset}-{cfg.algo}-{variant['label']}-seed{cfg.seed}"
+            values: dict[str, Any] = {}  # dotted paths: a later layer wins field by field
+            for layer in (
+                {"threads": 1},
+                recipe.base,
+                preset,
+                cell,
+                point,
+                {k: v for k, v in variant.items() if k != "label"},
+                overrides,
+            ):
+                values.update(to_dotted(layer))
+            cfg = TuneConfig.from_dict(values)
+            run = cfg.run
+            root = Path(runs_root if runs_root is not None else run.runs_root)
+            run.runs_root = str(root / f"{recipe.name}-{size}")
+            run.run_name = (
+                f"{cfg.task.name.replace('/', '_')}-{cfg.data.kind}-{cfg.algorithm.name}-{variant['label']}"
+                f"-seed{run.seed}"
+            )
             by_label[variant["label"]] = cfg
         for label, cfg in by_label.items():
-            if cfg.strategy == "mix" and cfg.mix_fraction == "matched":
-                pair = by_label.get(str(cfg.mix_pair))
+            sampler = cfg.sampler
+            if sampler.name == "mix" and sampler.mix_fraction == "matched":
+                pair = by_label.get(str(sampler.mix_pair))
                 if pair is None:
                     raise ValueError(
                         f"Recipe {recipe.name!r}, size {size!r}: variant {label!r} matches the online share of "
-                        f"variant {cfg.mix_pair!r}, which is not among the variants run (the preset's, or "
+                        f"variant {sampler.mix_pair!r}, which is not among the variants run (the preset's, or "
                         f"--variants): run it too (runs: {', '.join(by_label)})."
                     )
-                if pair.strategy != "otc":
+                if pair.sampler.name != "otc":
                     raise ValueError(
-                        f"Recipe {recipe.name!r}: variant {label!r} has mix_pair={cfg.mix_pair!r}, a "
-                        f"strategy={pair.strategy} variant; the pair of a matched mix is an OTC variant."
+                        f"Recipe {recipe.name!r}: variant {label!r} has mix_pair={sampler.mix_pair!r}, a "
+                        f"strategy={pair.sampler.name} variant; the pair of a matched mix is an OTC variant."
                     )
-                cfg.mix_pair = str(Path(pair.runs_root) / str(pair.run_name))
+                sampler.mix_pair = str(Path(pair.run.runs_root) / str(pair.run.run_name))
             configs.append(cfg.validate())
     return configs
 
 
 def _is_matched(config: Mapping[str, Any]) -> bool:
-    return config.get("strategy") == "mix" and config.get("mix_fraction") == "matched"
+    """Whether a payload (a nested config dict) is a matched mix."""
+    sampler = config["sampler"]
+    return sampler["name"] == "mix" and sampler["mix_fraction"] == "matched"
+
+
+def _run_dir(config: Mapping[str, Any]) -> Path:
+    return Path(config["run"]["runs_root"]) / str(config["run"]["run_name"])
 
 
 def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
-    from torchrl_otc.trainers.tuning import OnlineTuner
-
-    cfg = TuneConfig(**config).validate()
-    run_dir = Path(cfg.runs_root) / str(cfg.run_name)
+    cfg = TuneConfig.from_dict(config)
+    run_dir = _run_dir(config)
     if (run_dir / "config.yaml").exists():
-        held = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        differ = sorted(k for k, v in cfg.to_dict().items() if held.get(k) != v)
+        # flat views (shortcut names, algorithm.<field>): the held file may be nested or of the flat form of
+        # earlier versions
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        held, mine = TuneConfig.from_dict(raw, validate=False).to_flat(), cfg.to_flat()
+        differ = sorted(k for k, v in mine.items() if held.get(k) != v)
         if differ:
             raise ValueError(
                 f"{run_dir} holds a run of another configuration (fields {differ} differ, e.g. "
-                f"{differ[0]}={held.get(differ[0])!r} there, {getattr(cfg, differ[0])!r} now): the recipe changed "
+                f"{differ[0]}={held.get(differ[0])!r} there, {mine[differ[0]]!r} now): the recipe changed "
                 f"since it ran. Remove the folder or use another --runs-root."
             )
     if (run_dir / "DONE").exists():
@@ -296,13 +332,11 @@ def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
 
 def _group_key(config: Mapping[str, Any]) -> str:
     """Runs that share a cached dataset (and its offline-trained agents) share a key: one worker runs them."""
-    cfg = TuneConfig(**config)
-    return f"{cfg.cache_dir}|{cfg.dataset_path or cfg.dataset_key()}"
+    cfg = TuneConfig.from_dict(config, validate=False)
+    return f"{cfg.data.cache_dir}|{cfg.data.path or cfg.dataset_key()}"
 
 
 def _init_worker(threads: int, level: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -311,12 +345,6 @@ def _run_local_parallel(
     payloads: list[dict[str, Any]], workers: int, progress: bool
 ) -> list[dict[str, Any]]:
     """Runs ``payloads`` in ``workers`` processes; the runs of one group one after the other, in order."""
-    import multiprocessing
-    import os
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    from tqdm.auto import tqdm
-
     groups: dict[str, list[int]] = {}
     for i, payload in enumerate(payloads):
         groups.setdefault(_group_key(payload), []).append(i)
@@ -344,7 +372,7 @@ def _run_local_parallel(
             for future in done:
                 queue, k = pending.pop(future)
                 payload = payloads[queue[k]]
-                name = f"{payload['runs_root']}/{payload['run_name']}"
+                name = str(_run_dir(payload))
                 nxt: tuple[list[int], int] | None = None
                 try:
                     out[queue[k]] = future.result()
@@ -423,16 +451,16 @@ def run_sweep(
         raise ValueError(
             "workers is for backend='local'; Ray places its tasks itself (ray_num_cpus)."
         )
-    payloads = [dataclasses.asdict(c) for c in configs]
-    for payload in payloads:
-        payload.pop("extra", None)
+    payloads = [
+        c.to_dict() for c in configs
+    ]  # nested dicts: plain data for worker processes and Ray
     # a matched mix reads its OTC pair's metrics: it runs right after its pair (a stable order otherwise, and
     # the pair shares its dataset, so both are in one group of the parallel runner)
-    where = {Path(p["runs_root"]) / str(p["run_name"]): i for i, p in enumerate(payloads)}
+    where = {_run_dir(p): i for i, p in enumerate(payloads)}
 
     def _position(i: int) -> tuple[int, int]:
         if _is_matched(payloads[i]):
-            return (where.get(Path(str(payloads[i]["mix_pair"])), len(payloads)), 1)
+            return (where.get(Path(str(payloads[i]["sampler"]["mix_pair"])), len(payloads)), 1)
         return (i, 0)
 
     order = sorted(range(len(payloads)), key=_position)
@@ -440,14 +468,12 @@ def run_sweep(
     if backend == "local" and workers > 1:
         return _in_order(order, _run_local_parallel(payloads, workers, progress))
     if backend == "local":
-        from tqdm.auto import tqdm
-
         out = []
         for payload in tqdm(payloads, desc="sweep", disable=not progress, unit="run"):
             out.append(_run_one(payload, progress))
         return _in_order(order, out)
     try:
-        import ray
+        import ray  # optional dependency: backend="ray" only
     except ImportError as err:
         raise ImportError(
             "backend=ray needs Ray: pip install 'ray[default]' (or run with backend=local)."

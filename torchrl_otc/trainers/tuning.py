@@ -31,19 +31,29 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import RandomSampler, TensorDictReplayBuffer
+from torchrl.data import Bounded, RandomSampler, TensorDictReplayBuffer, Unbounded
 from torchrl.data.replay_buffers.samplers import Sampler
+from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from torchrl_otc.configs.tune import TuneConfig
-from torchrl_otc.data.balanced_replay import BalancedReplaySampler
-from torchrl_otc.data.samplers import MixSampler, OnlineOnlySampler, OTCSampler
+from torchrl_otc.data.datasets.storage import load_dataset
+from torchrl_otc.data.samplers import (
+    BalancedReplaySampler,
+    MixSampler,
+    OnlineOnlySampler,
+    OTCSampler,
+)
+from torchrl_otc.data.transforms import agent_transitions
+from torchrl_otc.envs.nonstationary_nav import beta_schedule
+from torchrl_otc.envs.registry import get_task, make_env
 from torchrl_otc.modules.distances import (
     EmbeddingDistance,
     FeatureDistance,
     TransitionDistance,
     ValueDistance,
 )
+from torchrl_otc.trainers.behaviour import build_dataset
 from torchrl_otc.trainers.learner import AgentLearner
 from torchrl_otc.trainers.run import RunFolder, atomic_checkpoint
 
@@ -54,7 +64,8 @@ logger = logging.getLogger(__name__)
 ONLINE_KEY = "is_online"
 ID_KEY = "transition_id"
 DEPLOYMENT_KEY = "deployment"  # 0 for offline rows, k for the rows of deployment k
-#: Fields a ``mix_fraction=matched`` run must share with its paired OTC run.
+#: Fields (flat names) a ``mix_fraction=matched`` run must share with its paired OTC run, besides every
+#: ``algorithm.<field>``.
 _PAIRED_FIELDS = (
     "task",
     "dataset",
@@ -141,7 +152,7 @@ class OnlineTuner:
         ...     "deployments=2", "steps_per_deployment=100", "updates_per_deployment=20", "eval_episodes=2",
         ...     "num_candidates=64", "num_online=50"])
         >>> import tempfile; root = tempfile.mkdtemp()
-        >>> cfg.runs_root, cfg.cache_dir = root, root + "/cache"
+        >>> cfg.run.runs_root, cfg.data.cache_dir = root, root + "/cache"
         >>> summary = OnlineTuner(cfg, progress=False).run()
         >>> sorted(summary["returns"])
         [0, 1, 2]
@@ -152,19 +163,17 @@ class OnlineTuner:
     ) -> None:
         self.config = config.validate()
         self.progress = progress
-        self.device = resolve_device(config.device)
-        from torchrl_otc.envs.registry import get_task
-
-        self.task = get_task(config.task)
-        if config.strategy == "mix" and config.mix_fraction == "matched":
+        self.device = resolve_device(config.run.device)
+        self.task = get_task(config.task.name)
+        if config.sampler.name == "mix" and config.sampler.mix_fraction == "matched":
             self._check_pair()  # before the run folder exists: a bad pair leaves nothing behind
-        self.K = config.deployments
+        self.K = config.run.deployments
         self.M = config.resolved_steps_per_deployment
         self.L = config.resolved_updates_per_deployment
         self.step = 0
         self._stage: dict[str, Any] = {"stage": "offline", "deployment": 0, "update": 0}
-        name = config.run_name or config.default_run_name()
-        self.folder = RunFolder(run_dir or Path(config.runs_root) / name)
+        name = config.run.run_name or config.default_run_name()
+        self.folder = RunFolder(run_dir or Path(config.run.runs_root) / name)
         self.dataset = None
         self.agents: list[_Agent] = []
         self.returns: dict[int, float] = {}
@@ -173,7 +182,7 @@ class OnlineTuner:
     def _check_pair(self) -> None:
         """``mix_fraction=matched``: the paired OTC run exists, finished, and has this run's settings."""
         cfg = self.config
-        pair = Path(str(cfg.mix_pair))
+        pair = Path(str(cfg.sampler.mix_pair))
         if not (pair / "config.yaml").exists():
             raise ValueError(
                 f"mix_fraction=matched: the paired OTC run {pair} does not exist (no config.yaml there). Run the OTC "
@@ -184,13 +193,15 @@ class OnlineTuner:
                 f"mix_fraction=matched: the paired OTC run {pair} has not finished (no DONE marker). Finish it "
                 f"first: otc tune resume={pair}."
             )
-        held = RunFolder(pair).read_config()
-        if held.get("strategy") != "otc":
+        # flat views (shortcut names, algorithm.<field>), whichever form the pair's config.yaml has
+        held = TuneConfig.from_dict(RunFolder(pair).read_config(), validate=False).to_flat()
+        if held["strategy"] != "otc":
             raise ValueError(
-                f"mix_fraction=matched: {pair} is a strategy={held.get('strategy')} run; the pair must be an OTC run."
+                f"mix_fraction=matched: {pair} is a strategy={held['strategy']} run; the pair must be an OTC run."
             )
-        mine = cfg.to_dict()
-        differ = [k for k in _PAIRED_FIELDS if held.get(k) != mine[k]]
+        mine = cfg.to_flat()
+        paired = [*_PAIRED_FIELDS, *(k for k in mine if k.startswith("algorithm."))]
+        differ = [k for k in paired if held.get(k) != mine[k]]
         if differ:
             raise ValueError(
                 f"mix_fraction=matched: the paired OTC run {pair} differs in {differ} (e.g. {differ[0]}="
@@ -214,61 +225,59 @@ class OnlineTuner:
         ]
         if not shares:
             raise ValueError(
-                f"mix_fraction=matched: the paired OTC run {self.config.mix_pair} has no agent{agent}/online_share "
+                f"mix_fraction=matched: the paired OTC run {self.config.sampler.mix_pair} has no agent{agent}/online_share "
                 f"for deployment {deployment} in its metrics.csv; re-run it."
             )
         eps = 1.0 / 512
         return min(max(statistics.fmean(shares), eps), 1.0 - eps)
 
     def _set_mix_fractions(self, deployment: int) -> None:
-        if self.config.strategy != "mix" or self.config.mix_fraction != "matched":
+        if self.config.sampler.name != "mix" or self.config.sampler.mix_fraction != "matched":
             return
-        rows = RunFolder(str(self.config.mix_pair)).read_metrics()  # read once for every agent
+        # read once for every agent
+        rows = RunFolder(str(self.config.sampler.mix_pair)).read_metrics()
         for agent in self.agents:
             agent.sampler.online_fraction = self._matched_fraction(rows, agent.index, deployment)
 
     def _load_dataset(self):
         """The joint dataset ``B^0``: ``dataset_path``, else the cache, else built once and cached."""
-        from torchrl_otc.data.datasets.builders import build_dataset
-        from torchrl_otc.data.datasets.storage import load_dataset
-
         cfg = self.config
-        if cfg.dataset_path is not None:
-            dataset = load_dataset(cfg.dataset_path)
+        if cfg.data.path is not None:
+            dataset = load_dataset(cfg.data.path)
         else:
-            path = Path(cfg.cache_dir) / "datasets" / str(cfg.dataset_key())
+            path = Path(cfg.data.cache_dir) / "datasets" / str(cfg.dataset_key())
             if (path / "COMPLETE").exists():
                 dataset = load_dataset(path / "data")
             else:
                 atomic_checkpoint(
                     path,
                     lambda tmp: build_dataset(
-                        cfg.task,
-                        cfg.dataset,
-                        cfg.dataset_size,
+                        cfg.task.name,
+                        cfg.data.kind,
+                        cfg.data.size,
                         seed=cfg.dataset_seed or 0,  # None: the kind ignores the seed
                         out=tmp / "data",
                         progress=self.progress,
                     ),
                 )
                 dataset = load_dataset(path / "data")
-        if dataset.task is not None and dataset.task != cfg.task:
+        if dataset.task is not None and dataset.task != cfg.task.name:
             raise ValueError(
-                f"The dataset at {dataset.path} is for task {dataset.task!r}, not {cfg.task!r}."
+                f"The dataset at {dataset.path} is for task {dataset.task!r}, not {cfg.task.name!r}."
             )
         obs = tuple(dataset.data.get("observation").shape[1:])
         act = tuple(dataset.data.get("action").shape[1:])
         expected_obs, expected_act = (self.task.state_dim,), (self.task.action_dim,)
         if obs != expected_obs or act != expected_act:
             raise ValueError(
-                f"The dataset's shapes (observation {obs}, action {act}) do not match task {cfg.task!r} "
+                f"The dataset's shapes (observation {obs}, action {act}) do not match task {cfg.task.name!r} "
                 f"(observation {expected_obs}, action {expected_act})."
             )
         return dataset
 
     def _agent_seed(self, agent: int) -> int:
         """Agent ``agent``'s seed: its learner uses it (and the next two), its sampler's learned parts ``+ 5``."""
-        return self.config.seed * 1000 + 10 * agent
+        return self.config.run.seed * 1000 + 10 * agent
 
     def _make_sampler(self, online: TensorDictReplayBuffer, agent: int, action_dim: int) -> Sampler:
         """Agent ``agent``'s sampler for ``strategy`` (and its distance for ``strategy=otc``)."""
@@ -276,67 +285,72 @@ class OnlineTuner:
         seed = (
             self._agent_seed(agent) + 5
         )  # the sampler's own parts: away from the learner's seed + 0..2
-        if cfg.strategy == "uniform":
+        if cfg.sampler.name == "uniform":
             return RandomSampler()
-        if cfg.strategy == "online-only":
+        if cfg.sampler.name == "online-only":
             return OnlineOnlySampler(online_key=ONLINE_KEY)
-        if cfg.strategy == "mix":
+        if cfg.sampler.name == "mix":
             # matched: set per deployment from the paired OTC run (_set_mix_fractions); offline it is uniform
-            fraction = 0.5 if cfg.mix_fraction == "matched" else float(cfg.mix_fraction)
+            share = cfg.sampler.mix_fraction
+            fraction = 0.5 if share == "matched" else float(share)
             return MixSampler(
                 fraction,
                 online_key=ONLINE_KEY,
-                source=cfg.mix_source,
+                source=cfg.sampler.mix_source,
                 deployment_key=DEPLOYMENT_KEY,
             )
-        if cfg.strategy == "balanced-replay":
+        if cfg.sampler.name == "balanced-replay":
             return BalancedReplaySampler(
                 online_key=ONLINE_KEY,
-                num_candidates=cfg.num_candidates,
+                num_candidates=cfg.sampler.num_candidates,
                 seed=seed,
                 device=self.device,
             )
         distance: TransitionDistance
-        if cfg.distance == "feature":
-            distance = FeatureDistance(next_state=cfg.next_state)  # fitted by add_offline
-        elif cfg.distance == "embedding":
+        if cfg.sampler.distance.name == "feature":
+            # fitted by add_offline
+            distance = FeatureDistance(
+                next_state=cfg.sampler.distance.next_state, compile=cfg.sampler.distance.compile
+            )
+        elif cfg.sampler.distance.name == "embedding":
             # d_e (sections 3.3, 3.5); pretrained after offline training
             distance = EmbeddingDistance(
                 self.task.state_dim,
                 action_dim,
-                reconstruct=cfg.embedding_reconstruct,
-                update_every=cfg.embedding_update_every,
+                reconstruct=cfg.sampler.distance.reconstruct,
+                update_every=cfg.sampler.distance.update_every,
                 seed=seed,
                 device=self.device,
+                compile=cfg.sampler.distance.compile,
             )
         else:  # d_q (section 3.3): bound to the agent's own critic by AgentLearner
-            distance = ValueDistance(value_actions=cfg.value_actions)
+            distance = ValueDistance(
+                value_actions=cfg.sampler.distance.value_actions,
+                compile=cfg.sampler.distance.compile,
+            )
         return OTCSampler(
             online,
-            alpha=cfg.alpha,
+            alpha=cfg.sampler.alpha,
             distance=distance,
-            num_candidates=cfg.num_candidates,
-            num_online=cfg.num_online,
-            adaptive_alpha=cfg.adaptive_alpha,
-            self_match=cfg.self_match,
+            num_candidates=cfg.sampler.num_candidates,
+            num_online=cfg.sampler.num_online,
+            adaptive_alpha=cfg.sampler.adaptive_alpha,
+            self_match=cfg.sampler.self_match,
             online_key=ONLINE_KEY,
             id_key=ID_KEY,
-            compile=cfg.compile,
         )
 
     def _build_agents(self) -> None:
-        from torchrl.data import Bounded, Unbounded
-
         cfg = self.config
         self.dataset = self._load_dataset()
-        collections = self.task.n_agents if cfg.sequential_exploration else 1
+        collections = self.task.n_agents if cfg.task.sequential_exploration else 1
         self.agents = []
         for i, view in enumerate(self.dataset.split_agents()):
             view = view.to_tensordict() if hasattr(view, "to_tensordict") else view
             view.set(ID_KEY, torch.arange(len(view)))
             view.set(DEPLOYMENT_KEY, torch.zeros(len(view), dtype=torch.long))
             learner = _RecordingLearner(
-                cfg.algo,
+                cfg.algorithm,  # the config itself: every algorithm.* setting reaches make_algorithm
                 Unbounded(shape=(view.get("observation").shape[-1],)),
                 Bounded(
                     self.task.action_low,
@@ -362,7 +376,7 @@ class OnlineTuner:
     ):
         partition = self.task.action_partition
         low, high = self.task.action_low, self.task.action_high
-        noise = self.config.exploration_noise * (high - low) / 2
+        noise = self.config.task.exploration_noise * (high - low) / 2
 
         def policy(td: TensorDictBase) -> TensorDictBase:
             obs = td.get("observation")
@@ -383,17 +397,13 @@ class OnlineTuner:
         return policy
 
     def _env(self, num_envs: int, seed: int, deployment: int):
-        from torchrl_otc.envs.registry import make_env
-
         kwargs: dict[str, Any] = {}
         if self.task.family == "nav":
-            from torchrl_otc.envs.nonstationary_nav import beta_schedule
-
             kwargs["beta"] = beta_schedule(max(deployment, 1), self.K)
         if self.task.family == "mamujoco":
             num_envs = 1
         return make_env(
-            self.config.task,
+            self.config.task.name,
             layout="joint",
             num_envs=num_envs,
             seed=seed,
@@ -404,8 +414,6 @@ class OnlineTuner:
     def _online_beta(self, deployment: int) -> float | None:
         if self.task.family != "nav":
             return None
-        from torchrl_otc.envs.nonstationary_nav import beta_schedule
-
         return beta_schedule(max(deployment, 1), self.K)
 
     @torch.no_grad()
@@ -413,7 +421,7 @@ class OnlineTuner:
         self, deployment: int, steps: int, explore_agent: int | None = None
     ) -> TensorDictBase:
         """``steps`` joint transitions with the agents' current policies (time-major, envs interleaved)."""
-        seed = self.config.seed * 100_003 + deployment * 101 + (explore_agent or 0) + 7
+        seed = self.config.run.seed * 100_003 + deployment * 101 + (explore_agent or 0) + 7
         num_envs = max(1, min(steps, 32))
         env = self._env(num_envs, seed, deployment)
         num_envs = env.batch_size[0] if env.batch_size else 1
@@ -441,8 +449,8 @@ class OnlineTuner:
     @torch.no_grad()
     def evaluate(self, deployment: int) -> tuple[float, float]:
         """Mean and std of the team return over ``eval_episodes`` episodes (deterministic policies)."""
-        episodes = self.config.eval_episodes
-        seed = self.config.seed * 100_003 + deployment * 101 + 50_000
+        episodes = self.config.run.eval_episodes
+        seed = self.config.run.seed * 100_003 + deployment * 101 + 50_000
         env = self._env(episodes, seed, deployment)
         returns: list[float] = []
         while len(returns) < episodes:
@@ -464,8 +472,6 @@ class OnlineTuner:
     def _add_online(
         self, deployment: int, joint: TensorDictBase, agents: list[_Agent] | None = None
     ) -> None:
-        from torchrl_otc.data.transforms import agent_transitions
-
         for agent in agents or self.agents:
             rows = agent_transitions(joint, self.task.action_partition, agent.index)
             n = len(rows)
@@ -543,7 +549,7 @@ class OnlineTuner:
                         counts[f"{prefix}/offline_right_dynamics_share"] += 1
             self.step += 1
             self._stage["update"] = t + 1
-            if (t + 1) % cfg.checkpoint_every == 0 and t + 1 < steps:
+            if (t + 1) % cfg.run.checkpoint_every == 0 and t + 1 < steps:
                 self._log({k: sums[k] / counts[k] for k in sums}, phase, deployment)
                 sums.clear()
                 counts.clear()
@@ -594,7 +600,7 @@ class OnlineTuner:
         self.folder.save_checkpoint(lambda path: torch.save(state, path / "state.pt"))
 
     def _offline_cache(self) -> Path:
-        return Path(self.config.cache_dir) / "offline" / self.config.offline_key()
+        return Path(self.config.data.cache_dir) / "offline" / self.config.offline_key()
 
     def _restore(self, state: dict[str, Any]) -> None:
         self._stage = dict(state["stage"])
@@ -617,11 +623,9 @@ class OnlineTuner:
 
     def _attach_logger(self) -> None:
         """``metrics.csv`` is always written; ``logger=tensorboard|wandb`` mirrors it to a TorchRL logger."""
-        kind = self.config.logger
+        kind = self.config.run.logger
         if kind == "csv":
             return
-        from torchrl.record.loggers import get_logger
-
         try:
             torchrl_logger = get_logger(
                 kind,
@@ -638,12 +642,9 @@ class OnlineTuner:
     # ------------------------------------------------------------------------------------------------ main
     @classmethod
     def resume(cls, run_dir: str | Path, *, progress: bool = True) -> OnlineTuner:
-        """Re-opens a run folder and continues from its last checkpoint."""
-        from torchrl_otc.configs.tune import parse_overrides
-
-        run = RunFolder(run_dir)
-        raw = run.read_config()
-        config = parse_overrides([f"{k}={v}" for k, v in raw.items() if v is not None])
+        """Re-opens a run folder and continues from its last checkpoint (its ``config.yaml``, nested or of the
+        flat form of earlier versions, read by :meth:`~torchrl_otc.configs.tune.TuneConfig.from_dict`)."""
+        config = TuneConfig.from_dict(RunFolder(run_dir).read_config())
         tuner = cls(config, run_dir=run_dir, progress=progress)
         tuner._resume = True
         return tuner
@@ -652,9 +653,9 @@ class OnlineTuner:
         """Runs (or resumes) the whole loop; returns ``{"returns": {deployment: mean return}, "run_dir": ...}``."""
         cfg = self.config
         resuming = getattr(self, "_resume", False)
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
+        if cfg.run.threads is not None:
+            torch.set_num_threads(cfg.run.threads)
+        torch.manual_seed(cfg.run.seed)
         self._attach_logger()
         self._build_agents()
         if resuming and self.folder.has_checkpoint():
@@ -697,7 +698,7 @@ class OnlineTuner:
             saved = torch.load(cache / "agents.pt", weights_only=False)
             for agent, learner_state in zip(self.agents, saved["learners"]):
                 agent.learner.load_state_dict(learner_state)
-            self.step = cfg.offline_updates
+            self.step = cfg.run.offline_updates
             # the offline phase's rows, so that both phases share one step axis in this run's metrics.csv
             rows = saved.get("metrics", [])
             for (step, phase, deployment), group in itertools.groupby(
@@ -711,11 +712,15 @@ class OnlineTuner:
                 )
             logger.info("Loaded offline-trained agents from %s", cache)
         else:
-            self._train(cfg.offline_updates, phase="offline", deployment=0, start=start)
+            self._train(cfg.run.offline_updates, phase="offline", deployment=0, start=start)
             # Without the sampler's state: strategies differ there, and nothing of it is learned offline (the
             # distance statistics are fitted on the agent's own offline data when the learner is built).
             learners = [
-                {k: v for k, v in agent.learner.state_dict().items() if k != "sampler"}
+                {
+                    k: v
+                    for k, v in agent.learner.state_dict().items()
+                    if k not in ("sampler", "parts")
+                }
                 for agent in self.agents
             ]
             rows = [r for r in self.folder.read_metrics() if r["phase"] == "offline"]
@@ -738,7 +743,7 @@ class OnlineTuner:
         """
         for agent in self.agents:
             metrics = agent.learner.pretrain_sampler(
-                self.config.offline_updates, progress=self.progress
+                self.config.run.offline_updates, progress=self.progress
             )
             if metrics:
                 self._log(
@@ -752,7 +757,7 @@ class OnlineTuner:
         while self._stage["stage"] != "done" and self._stage["deployment"] <= self.K:
             k = self._stage["deployment"]
             if self._stage["stage"] == "collect":
-                if cfg.sequential_exploration:
+                if cfg.task.sequential_exploration:
                     for (
                         agent
                     ) in self.agents:  # section 4.6: one agent explores while the others exploit

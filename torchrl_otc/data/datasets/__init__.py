@@ -3,7 +3,8 @@
 * :mod:`.storage`: the format (memory-mapped TorchRL transitions + ``metadata.json`` with a checksum),
   :func:`save_dataset`, :func:`load_dataset`, :class:`OfflineDataset`.
 * :mod:`.builders`: :func:`build_dataset` (``otc data build``).
-* :mod:`.behaviour`: the TD3 behaviour policies of ``medium`` / ``medium-replay`` and their checkpoints.
+* :mod:`torchrl_otc.data.datasets.behaviour`: the behaviour policies of ``medium`` / ``medium-replay`` and their
+  checkpoints; they are trained by :mod:`torchrl_otc.trainers.behaviour`, which also builds those kinds.
 * :mod:`.foreign`: :func:`load_d4rl_hdf5`, :func:`load_minari` (h5py only).
 
 Joint datasets become the agents' decentralised datasets with :func:`torchrl_otc.data.transforms.split_agents`

@@ -3,8 +3,8 @@
 D4RL's ``medium`` data comes from a policy trained online and stopped at about a third of the expert's return;
 ``medium-replay`` is that training run's replay buffer up to the stopping point. We do the same on each task's
 joint view (:class:`~torchrl_otc.envs.JointEnv`: one policy controls every agent from the global state, as D4RL's
-policies controlled the whole robot) with a compact TD3 (Fujimoto et al. 2018), and stop at the first evaluation
-whose normalised score reaches ``target_fraction`` (1/3):
+policies controlled the whole robot) with TD3 (Fujimoto et al. 2018), and stop at the first evaluation whose
+normalised score reaches ``target_fraction`` (1/3):
 
 .. math::
 
@@ -21,11 +21,14 @@ Its ``medium`` data is then collected with the offline range of ``beta``; it has
 
 Checkpoints hold the actor only (a small MLP) and the run's record (returns, references, steps, command); they are
 shipped in ``torchrl_otc/envs/assets/`` and listed in ``behaviour_policies.json`` there.
+
+This module holds what the data layer needs: the policies, the references, the run's configuration and result,
+and the checkpoint format. The training run itself (:func:`~torchrl_otc.trainers.behaviour.train_behaviour_policy`)
+is a trainer, in :mod:`torchrl_otc.trainers.behaviour`.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import logging
@@ -45,7 +48,6 @@ __all__ = [
     "BehaviourConfig",
     "BehaviourResult",
     "Actor",
-    "train_behaviour_policy",
     "scripted_expert",
     "uniform_policy",
     "evaluate_policy",
@@ -123,28 +125,6 @@ class Actor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.center + self.scale * torch.tanh(self.net(obs))
-
-
-class _Critic(nn.Module):
-    """Twin Q-networks ``(s, a) -> (Q1, Q2)``."""
-
-    def __init__(self, obs_dim: int, action_dim: int, hidden: Sequence[int]) -> None:
-        super().__init__()
-
-        def mlp() -> nn.Sequential:
-            layers: list[nn.Module] = []
-            last = obs_dim + action_dim
-            for h in hidden:
-                layers += [nn.Linear(last, h), nn.ReLU()]
-                last = h
-            layers.append(nn.Linear(last, 1))
-            return nn.Sequential(*layers)
-
-        self.q1, self.q2 = mlp(), mlp()
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([obs, action], dim=-1)
-        return self.q1(x), self.q2(x)
 
 
 # ---------------------------------------------------------------------------------------------- policies
@@ -374,11 +354,11 @@ def normalised_score(ret: float, reference: dict[str, float]) -> float:
     return (ret - reference["random"]) / (reference["expert"] - reference["random"])
 
 
-# ---------------------------------------------------------------------------------------------- training
+# ------------------------------------------------------------------------ the training run: config, result
 @dataclass
 class BehaviourConfig:
     """Hyperparameters of the TD3 run that trains a ``medium`` behaviour policy (section 4.1); defaults per task
-    family in :meth:`for_task`.
+    family in :meth:`for_task`. Read by :func:`~torchrl_otc.trainers.behaviour.train_behaviour_policy`.
 
     Attributes:
         seed: seed of the run (networks, environments, noise).
@@ -474,6 +454,9 @@ class BehaviourConfig:
 class BehaviourResult:
     """What a behaviour-policy training run produced (``medium`` / ``medium-replay``, section 4.1).
 
+    Returned by :func:`~torchrl_otc.trainers.behaviour.train_behaviour_policy`; saved by
+    :func:`save_behaviour_policy`.
+
     Attributes:
         actor: the actor at the stopping point (on CPU).
         replay: every transition collected up to the stopping point, in order (the ``medium-replay`` data).
@@ -484,11 +467,12 @@ class BehaviourResult:
         seconds: wall-clock time of the run.
 
     Examples:
-        >>> cfg = BehaviourConfig.for_task("nav/nonstationary", max_transitions=256, start_transitions=256,
-        ...                                eval_every=256, eval_episodes=4)
-        >>> result = train_behaviour_policy("nav/nonstationary", cfg, progress=False)
-        >>> len(result.replay), [record["transitions"] for record in result.history]
-        (256, [256])
+        >>> result = BehaviourResult(
+        ...     actor=Actor(4, 2, -1.0, 1.0, (8,)), replay=TensorDict({"observation": torch.zeros(3, 4)}, [3]),
+        ...     history=[{"transitions": 3, "return_mean": 1.0}], reference={"random": 0.0, "expert": 3.0},
+        ...     reached=True, config=BehaviourConfig(), seconds=0.1)
+        >>> result.final["return_mean"], normalised_score(result.final["return_mean"], result.reference)
+        (1.0, 0.3333333333333333)
     """
 
     actor: Actor
@@ -503,192 +487,6 @@ class BehaviourResult:
     def final(self) -> dict[str, float]:
         """The last evaluation."""
         return self.history[-1]
-
-
-_KEEP = ("observation", "action", "episode")
-_KEEP_NEXT = ("observation", "reward", "done", "terminated", "truncated")
-
-
-def train_behaviour_policy(
-    task: str,
-    config: BehaviourConfig | None = None,
-    *,
-    progress: bool = True,
-    reference: dict[str, Any] | None = None,
-) -> BehaviourResult:
-    """Train a task's behaviour policy with TD3 until its normalised score reaches ``target_fraction`` (4.1).
-
-    The run uses one CPU thread and is deterministic given ``config.seed`` (on one CPU architecture and library
-    versions).
-
-    Args:
-        task: registered task name.
-        config: hyperparameters; :meth:`BehaviourConfig.for_task` when omitted.
-
-    Keyword Args:
-        progress: show a tqdm bar.
-        reference: ``R_random``/``R_expert``; measured with :func:`reference_returns` when omitted.
-
-    Returns:
-        The actor, the replay buffer up to the stopping point and the run's record.
-
-    Examples:
-        >>> cfg = BehaviourConfig.for_task("nav/nonstationary", max_transitions=512, start_transitions=256,
-        ...                                eval_every=512, eval_episodes=8)
-        >>> result = train_behaviour_policy("nav/nonstationary", cfg, progress=False)
-        >>> len(result.replay), result.final["transitions"]
-        (512, 512)
-    """
-    threads = torch.get_num_threads()
-    # One thread: small networks gain nothing from more, and the same arithmetic on every machine lets a re-run
-    # (medium-replay) repeat the recorded run.
-    torch.set_num_threads(1)
-    try:
-        return _train(task, config, progress=progress, reference=reference)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(
-    task: str, config: BehaviourConfig | None, *, progress: bool, reference: dict[str, Any] | None
-) -> BehaviourResult:
-    from tqdm.auto import tqdm
-
-    cfg = config if config is not None else BehaviourConfig.for_task(task)
-    spec = get_task(task)
-    t0 = time.perf_counter()
-    ref = reference if reference is not None else reference_returns(task)
-    # Seed after measuring the references (VMAS reseeds torch's global generator), so that a re-run given the
-    # recorded references (medium-replay) repeats the run exactly.
-    torch.manual_seed(cfg.seed)
-    env = make_env(task, layout="joint", num_envs=cfg.num_envs, seed=cfg.seed, **cfg.env_kwargs)
-    eval_env = make_env(
-        task,
-        layout="joint",
-        num_envs=cfg.eval_episodes if spec.family != "mamujoco" else 1,
-        seed=cfg.seed + 10_000,
-        **cfg.env_kwargs,
-    )
-    g = torch.Generator().manual_seed(cfg.seed)
-    obs_dim = env.observation_spec["observation"].shape[-1]
-    act_dim = env.action_spec.shape[-1]
-    actor = Actor(obs_dim, act_dim, spec.action_low, spec.action_high, cfg.hidden)
-    critic = _Critic(obs_dim, act_dim, cfg.hidden)
-    actor_t, critic_t = copy.deepcopy(actor), copy.deepcopy(critic)
-    for p in itertools.chain(actor_t.parameters(), critic_t.parameters()):
-        p.requires_grad_(False)
-    opt_a = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
-    opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.lr)
-    scale = actor.scale
-    n = env.batch_size.numel() if len(env.batch_size) else 1
-    cap = cfg.max_transitions + n
-    replay: TensorDict | None = None
-    size = 0
-    episode = torch.arange(n)
-    next_episode = n
-    explore = uniform_policy(env, g)
-    act = actor_policy(actor, cfg.exploration_noise, g)
-    history: list[dict[str, float]] = []
-    reached = False
-    updates_due = 0.0
-    n_updates = 0
-    bar = tqdm(
-        total=cfg.max_transitions,
-        desc=f"train {task}",
-        unit="tr",
-        disable=not progress,
-        leave=False,
-    )
-    td = env.reset()
-    next_eval = cfg.eval_every
-    while size < cfg.max_transitions:
-        td = (explore if size < cfg.start_transitions else act)(td)
-        td, td_next = env.step_and_maybe_reset(td)
-        row = td.select(*_KEEP[:2], *[("next", k) for k in _KEEP_NEXT]).reshape(n)
-        row.set("episode", episode.clone())
-        if replay is None:
-            replay = row[0].expand(cap).clone().zero_()
-        replay[size : size + n] = row
-        size += n
-        bar.update(n)
-        done = td.get(("next", "done")).reshape(n)
-        if bool(done.any()):
-            k = int(done.sum())
-            episode[done] = torch.arange(next_episode, next_episode + k)
-            next_episode += k
-        td = td_next
-        if size >= cfg.start_transitions:
-            updates_due += n * cfg.updates_per_transition
-            while updates_due >= 1:
-                updates_due -= 1
-                n_updates += 1
-                idx = torch.randint(0, size, (cfg.batch_size,), generator=g)
-                b = replay[idx]
-                s, a = b["observation"], b["action"]
-                r, s2 = b["next", "reward"], b["next", "observation"]
-                not_term = 1.0 - b["next", "terminated"].float()
-                with torch.no_grad():
-                    noise = (torch.randn(a.shape, generator=g) * cfg.policy_noise).clamp(
-                        -cfg.noise_clip, cfg.noise_clip
-                    ) * scale
-                    a2 = (actor_t(s2) + noise).clamp(actor.center - scale, actor.center + scale)
-                    q1t, q2t = critic_t(s2, a2)
-                    y = r + cfg.gamma * not_term * torch.minimum(q1t, q2t)
-                q1, q2 = critic(s, a)
-                loss_c = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
-                opt_c.zero_grad(set_to_none=True)
-                loss_c.backward()
-                opt_c.step()
-                if n_updates % cfg.policy_delay == 0:
-                    loss_a = -critic(s, actor(s))[0].mean()
-                    opt_a.zero_grad(set_to_none=True)
-                    loss_a.backward()
-                    opt_a.step()
-                    with torch.no_grad():
-                        for net, tgt in ((actor, actor_t), (critic, critic_t)):
-                            for p, pt in zip(net.parameters(), tgt.parameters()):
-                                pt.lerp_(p, cfg.tau)
-        if size >= next_eval:
-            next_eval += cfg.eval_every
-            rets = evaluate_policy(eval_env, actor_policy(actor), cfg.eval_episodes)
-            score = normalised_score(float(rets.mean()), ref)
-            history.append(
-                {
-                    "transitions": size,
-                    "updates": n_updates,
-                    "return_mean": float(rets.mean()),
-                    "return_std": float(rets.std()) if len(rets) > 1 else 0.0,
-                    "normalised_score": score,
-                }
-            )
-            bar.set_postfix(ret=f"{float(rets.mean()):.2f}", score=f"{score:.2f}")
-            logger.info(
-                "%s: %d transitions, return %.3f, normalised %.3f",
-                task,
-                size,
-                float(rets.mean()),
-                score,
-            )
-            if size >= cfg.start_transitions and score >= cfg.target_fraction:
-                reached = True
-                break
-    bar.close()
-    env.close()
-    eval_env.close()
-    if not history:
-        raise RuntimeError(
-            f"max_transitions={cfg.max_transitions} is below eval_every={cfg.eval_every}."
-        )
-    assert replay is not None
-    return BehaviourResult(
-        actor=actor.eval(),
-        replay=replay[:size].clone(),
-        history=history,
-        reference=ref,
-        reached=reached,
-        config=cfg,
-        seconds=time.perf_counter() - t0,
-    )
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -710,9 +508,11 @@ def save_behaviour_policy(
 
     Examples:
         >>> import tempfile
-        >>> cfg = BehaviourConfig.for_task("nav/nonstationary", max_transitions=256, start_transitions=256,
-        ...                                eval_every=256, eval_episodes=4)
-        >>> result = train_behaviour_policy("nav/nonstationary", cfg, progress=False)
+        >>> history = [{"transitions": 256, "return_mean": 1.0, "return_std": 0.0, "normalised_score": 0.4}]
+        >>> result = BehaviourResult(
+        ...     actor=Actor(4, 2, -1.0, 1.0, (8,)), replay=TensorDict({"observation": torch.zeros(256, 4)}, [256]),
+        ...     history=history, reference={"random": 0.0, "expert": 2.5, "source": "example"}, reached=True,
+        ...     config=BehaviourConfig(hidden=(8,)), seconds=0.1)
         >>> path = save_behaviour_policy("nav/nonstationary", result, Path(tempfile.mkdtemp()) / "b.pt")
         >>> load_behaviour_policy("nav/nonstationary", path)[1]["transitions"]
         256
@@ -722,7 +522,7 @@ def save_behaviour_policy(
     spec = get_task(task)
     record = {
         "task": task,
-        "algorithm": "TD3 (torchrl_otc.data.datasets.behaviour)",
+        "algorithm": "TD3 (torchrl_otc.trainers.behaviour)",
         "config": {
             k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(result.config).items()
         },

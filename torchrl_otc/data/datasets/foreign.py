@@ -27,6 +27,7 @@ import torch
 from tensordict import TensorDict
 
 from torchrl_otc.data.datasets.storage import DatasetError, OfflineDataset, validate_transitions
+from torchrl_otc.envs.registry import get_task
 
 __all__ = ["load_d4rl_hdf5", "load_minari"]
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def _h5py():
-    try:
+    try:  # optional dependency: h5py (the data extra)
         import h5py
     except ImportError as err:  # pragma: no cover - depends on the installation
         raise ImportError(
@@ -56,8 +57,6 @@ def _partition(
             "between agents."
         )
     if task is not None:
-        from torchrl_otc.envs.registry import get_task
-
         spec = get_task(task)
         if action_partition is None:
             action_partition = spec.action_partition

@@ -31,8 +31,10 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 
 from torchrl_otc._version import __version__
+from torchrl_otc.data.transforms import agent_transitions
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -232,8 +234,6 @@ class OfflineDataset:
             tensor([[2., 1.],
                     [5., 4.]])
         """
-        from torchrl_otc.data.transforms import agent_transitions
-
         return agent_transitions(self.data, self.action_partition, agent, local_obs=local_obs)
 
     def split_agents(self, *, local_obs: bool = False) -> list[TensorDictBase]:
@@ -263,8 +263,6 @@ class OfflineDataset:
             >>> len(OfflineDataset(td).replay_buffer(batch_size=2))
             4
         """
-        from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
-
         storage = (LazyMemmapStorage if memmap else LazyTensorStorage)(len(self))
         rb = TensorDictReplayBuffer(storage=storage, batch_size=batch_size, **kwargs)
         rb.extend(self.data.to_tensordict() if self.data.is_memmap() else self.data)

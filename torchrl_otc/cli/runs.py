@@ -1,22 +1,26 @@
-"""``otc tune`` and ``otc report``: the command-line side of :class:`~torchrl_otc.trainers.tuning.OnlineTuner`."""
+"""``otc tune``, ``otc report`` and ``otc sweep``: the command-line side of the tuning loop and its reports.
+
+``otc tune`` runs Algorithm 1 through :class:`~torchrl_otc.trainers.tuning.OnlineTuner`, ``otc sweep`` a recipe's
+grid through :func:`~torchrl_otc.trainers.sweep.run_sweep`, and both end with :func:`~torchrl_otc.report.write_report`,
+which ``otc report`` runs alone.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+from pathlib import Path
 from typing import Any
 
-__all__ = ["add_tune_command", "add_report_command", "add_sweep_command"]
+from torchrl_otc.configs.tune import parse_overrides
+from torchrl_otc.report import improvement_table, load_run, write_report
+from torchrl_otc.trainers.sweep import expand_recipe, load_recipe, run_sweep
+from torchrl_otc.trainers.tuning import OnlineTuner
 
-logger = logging.getLogger("torchrl_otc.cli")
+__all__ = ["add_report_command", "add_sweep_command", "add_tune_command"]
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from torchrl_otc.configs.tune import parse_overrides
-    from torchrl_otc.report import improvement_table, load_run, write_report
-    from torchrl_otc.trainers.tuning import OnlineTuner
-
     overrides = list(args.overrides)
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if resume:
@@ -40,6 +44,9 @@ def _run_tune(args: argparse.Namespace) -> int:
 
 def add_tune_command(sub: Any) -> None:
     """Registers ``otc tune [key=value ...]`` (Algorithm 1 end to end; Hydra-style overrides).
+
+    Args:
+        sub: the subparsers of the ``otc`` parser (``parser.add_subparsers(...)``).
 
     Examples:
         >>> import argparse
@@ -65,8 +72,6 @@ def add_tune_command(sub: Any) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from torchrl_otc.report import write_report
-
     report = write_report(args.runs, args.out, title=args.title)
     sys.stdout.write(report.read_text() + f"\n\nreport written to {report}\n")
     return 0
@@ -74,6 +79,9 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def add_report_command(sub: Any) -> None:
     """Registers ``otc report RUN_DIR [RUN_DIR ...] [--out DIR]`` (Table 1 layout, Figures 3-5).
+
+    Args:
+        sub: the subparsers of the ``otc`` parser (``parser.add_subparsers(...)``).
 
     Examples:
         >>> import argparse
@@ -95,11 +103,6 @@ def add_report_command(sub: Any) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from torchrl_otc.report import write_report
-    from torchrl_otc.trainers.sweep import expand_recipe, load_recipe, run_sweep
-
     recipe = load_recipe(args.recipe)
     bad = [item for item in args.overrides if "=" not in item]
     if bad:
@@ -110,7 +113,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     configs = expand_recipe(recipe, args.size, runs_root=args.runs_root, only=only, **extra)
     if args.dry_run:
         for cfg in configs:
-            sys.stdout.write(f"{cfg.runs_root}/{cfg.run_name}\n")
+            sys.stdout.write(f"{cfg.run.runs_root}/{cfg.run.run_name}\n")
         return 0
     results = run_sweep(
         configs,
@@ -119,7 +122,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         ray_address=args.ray_address,
     )
-    folder = Path(configs[0].runs_root)
+    folder = Path(configs[0].run.runs_root)
     report = write_report([folder], args.report or folder / "report")
     ran = sum(not r["skipped"] for r in results)
     sys.stdout.write(
@@ -131,6 +134,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
 def add_sweep_command(sub: Any) -> None:
     """Registers ``otc sweep RECIPE --size {smoke,cpu,paper}`` (a grid of runs, local or on Ray).
+
+    Args:
+        sub: the subparsers of the ``otc`` parser (``parser.add_subparsers(...)``).
 
     Examples:
         >>> import argparse

@@ -1,42 +1,41 @@
-"""The ``otc`` command.
+"""``otc data``: build, inspect, import and check offline datasets (paper section 4.1).
 
 ``otc data build TASK --kind {random,medium,medium-replay} --size N --seed S --out DIR`` builds a joint offline
-dataset (paper section 4.1); ``otc data info PATH`` checks one and prints its summary;
-``otc data import {d4rl,minari} SOURCE --task TASK --out DIR`` converts data users already have;
-``otc data train-behaviour TASK`` retrains the behaviour policy of the ``medium`` datasets; ``otc data tasks`` lists
-the registered tasks.
-
-Adding a command (``otc tune``, ``otc report``, ``otc sweep``): write a function ``_add_<name>_command(sub)`` that
-calls ``sub.add_parser(...)``, declares its arguments and ``set_defaults(func=<runner>)`` where the runner takes the
-parsed ``argparse.Namespace`` and returns an exit code, then append it to :data:`COMMANDS`. Runners log progress
-with :mod:`logging` (tqdm bars for long work) and write a command's actual output with ``sys.stdout.write``.
+dataset; ``otc data info PATH`` checks one and prints its summary; ``otc data import {d4rl,minari} SOURCE --task TASK
+--out DIR`` converts data users already have; ``otc data train-behaviour TASK`` retrains the behaviour policy of the
+``medium`` datasets; ``otc data tasks`` lists the registered tasks.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torchrl_otc.trainers.commands import add_report_command, add_sweep_command, add_tune_command
+import torch
+import yaml
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+from torchrl_otc.configs.tune import coerce_field
+from torchrl_otc.data.datasets import KINDS, load_d4rl_hdf5, load_dataset, load_minari, save_dataset
+from torchrl_otc.data.datasets.behaviour import BehaviourConfig, save_behaviour_policy
+from torchrl_otc.envs.registry import TASKS
+from torchrl_otc.trainers.behaviour import build_dataset, train_behaviour_policy
+
+__all__ = ["add_data_command"]
 
 logger = logging.getLogger("torchrl_otc.cli")
 
+#: The exit code of a command that succeeded.
 EXIT_OK = 0
-EXIT_USAGE = 2
 
 
-# ---------------------------------------------------------------------------------------------- otc data
 def _parse_kv(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -47,8 +46,6 @@ def _parse_kv(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _run_data_build(args: argparse.Namespace) -> int:
-    from torchrl_otc.data.datasets import build_dataset
-
     if args.out is None:
         args.out = (
             Path("data") / f"{args.task.replace('/', '_')}-{args.kind}-{args.size}-seed{args.seed}"
@@ -75,8 +72,6 @@ def _run_data_build(args: argparse.Namespace) -> int:
 
 
 def _summary(ds: Any, verified: bool) -> dict[str, Any]:
-    import torch
-
     data = ds.data
     meta = ds.metadata
     reward = data.get(("next", "reward")).float()
@@ -115,8 +110,6 @@ def _summary(ds: Any, verified: bool) -> dict[str, Any]:
 
 
 def _run_data_info(args: argparse.Namespace) -> int:
-    from torchrl_otc.data.datasets import load_dataset
-
     ds = load_dataset(args.path, verify=not args.no_verify)
     info = _summary(ds, verified=not args.no_verify)
     if args.json:
@@ -148,8 +141,6 @@ def _run_data_info(args: argparse.Namespace) -> int:
 
 
 def _run_data_import(args: argparse.Namespace) -> int:
-    from torchrl_otc.data.datasets import load_d4rl_hdf5, load_minari, save_dataset
-
     loader = load_d4rl_hdf5 if args.format == "d4rl" else load_minari
     ds = loader(args.source, task=args.task)
     meta = dict(ds.metadata)
@@ -162,11 +153,6 @@ def _run_data_import(args: argparse.Namespace) -> int:
 
 def _behaviour_overrides(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` settings of :class:`BehaviourConfig`, converted to the fields' types."""
-    import dataclasses
-
-    from torchrl_otc.configs.tune import coerce_field
-    from torchrl_otc.data.datasets.behaviour import BehaviourConfig
-
     names = {f.name for f in dataclasses.fields(BehaviourConfig)} - {"seed"}
     out: dict[str, Any] = {}
     for item in items:
@@ -181,12 +167,6 @@ def _behaviour_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _run_data_train_behaviour(args: argparse.Namespace) -> int:
-    from torchrl_otc.data.datasets.behaviour import (
-        BehaviourConfig,
-        save_behaviour_policy,
-        train_behaviour_policy,
-    )
-
     overrides: dict[str, Any] = {**_behaviour_overrides(args.set), "seed": args.seed}
     if args.max_transitions is not None:
         overrides["max_transitions"] = args.max_transitions
@@ -214,9 +194,19 @@ def _run_data_train_behaviour(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_data_command(sub: Any) -> None:
-    from torchrl_otc.data.datasets.builders import KINDS
+def add_data_command(sub: Any) -> None:
+    """Registers ``otc data {build,info,import,train-behaviour,tasks}`` (the offline datasets of section 4.1).
 
+    Args:
+        sub: the subparsers of the ``otc`` parser (``parser.add_subparsers(...)``).
+
+    Examples:
+        >>> import argparse
+        >>> sub = argparse.ArgumentParser(prog="otc").add_subparsers(dest="command")
+        >>> add_data_command(sub)
+        >>> sorted(sub.choices)
+        ['data']
+    """
     data = sub.add_parser("data", help="build, inspect and check offline datasets (section 4.1)")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
@@ -327,84 +317,8 @@ def _add_data_command(sub: Any) -> None:
 
 
 def _run_data_tasks(args: argparse.Namespace) -> int:
-    from torchrl_otc.envs.registry import TASKS
-
     for name in sorted(TASKS):
         t = TASKS[name]
         mark = "" if t.available() else "  [not installed: " + ", ".join(t.requires) + "]"
         sys.stdout.write(f"{name:<26} {t.n_agents} agents  {t.description}{mark}\n")
     return EXIT_OK
-
-
-# ---------------------------------------------------------------------------------------------- registry
-#: Registration functions of the top-level commands, in help order. Append new commands here
-#: (e.g. ``otc sweep``).
-COMMANDS: list[Callable[[Any], None]] = [
-    _add_data_command,
-    add_tune_command,
-    add_report_command,
-    add_sweep_command,
-]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``otc`` argument parser with every registered command (``otc data``: section 4.1 datasets).
-
-    Returns:
-        The parser.
-
-    Examples:
-        >>> args = build_parser().parse_args(["data", "info", "some/folder"])
-        >>> args.data_command, str(args.path)
-        ('info', 'some/folder')
-    """
-    parser = argparse.ArgumentParser(
-        prog="otc",
-        description="Online Transition Correction (OTC) for offline decentralised multi-agent RL, on TorchRL.",
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in COMMANDS:
-        register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``otc`` command (datasets of section 4.1; tuning of Algorithm 1 via ``otc tune``).
-
-    Args:
-        argv: the arguments (without the program name); ``sys.argv[1:]`` when omitted.
-
-    Returns:
-        The exit code: 0 on success, 2 on a usage or data error (the message says what to do).
-
-    Examples:
-        >>> main(["data", "info", "/nonexistent/folder"])
-        2
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = argv
-    level = (
-        logging.ERROR
-        if args.quiet
-        else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    )
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("torchrl_otc").setLevel(level)
-    from torchrl_otc.data.datasets.storage import DatasetError
-    from torchrl_otc.envs.registry import UnknownTaskError
-
-    try:
-        return int(args.func(args))
-    except (DatasetError, UnknownTaskError, FileNotFoundError, ImportError, ValueError) as err:
-        logger.error("%s", err)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

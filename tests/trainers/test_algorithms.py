@@ -1,4 +1,5 @@
-"""make_algorithm / update_step and the algorithm configs: Table 3 defaults, parts, targets, clipping, state."""
+"""The algorithm classes, make_algorithm and the algorithm configs: Table 3 defaults, parts, targets, clipping,
+state, and the value functions the value distance d_q reads."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from torchrl_otc.configs.algorithms import (
     TD3BCConfig,
     make_config,
 )
-from torchrl_otc.objectives import BoundedCQLLoss, make_algorithm, update_step
+from torchrl_otc.modules.distances import ValueFunctions
+from torchrl_otc.objectives import BCQActor, BoundedCQLLoss
 from torchrl_otc.objectives.bcq import BCQPerturbation
+from torchrl_otc.trainers.algorithms import ALGORITHMS, BCQ, Algorithm, make_algorithm
 
 OBS, ACT = 5, 2
 ALGOS = ("bcq", "awac", "cql", "td3bc")
@@ -139,18 +142,18 @@ def snapshot(algo) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_update_step_moves_every_part_then_targets_by_tau(name):
+def test_update_moves_every_part_then_targets_by_tau(name):
     algo = make_algorithm(small(name, tau=0.1), *specs(), seed=0)
     data = batch()
     if name == "td3bc":  # TD3 schedule: step 1 moves the critic only
         before = snapshot(algo)
-        metrics = update_step(algo, data)
+        metrics = algo.update(data)
         after = snapshot(algo)
         assert "loss_actor" not in metrics
         moved = {k for k in before if not torch.equal(before[k], after[k])}
         assert moved and all(k.startswith("qvalue_network_params") for k in moved)
     before = snapshot(algo)
-    metrics = update_step(algo, data)
+    metrics = algo.update(data)
     after = snapshot(algo)
     assert all(isinstance(v, float) for v in metrics.values())
     assert "loss_actor" in metrics and "loss_qvalue" in metrics
@@ -186,8 +189,8 @@ def test_gradient_clipping_is_per_part(name):
 
     for part, opt in algo.optimizers.items():
         opt.register_step_pre_hook(recorder(part))
-    update_step(algo, batch())
-    update_step(algo, batch(seed=1))
+    algo.update(batch())
+    algo.update(batch(seed=1))
     assert set(norms) == set(algo.optimizers)
     for part, norm in norms.items():
         # each part is clipped to max_norm on its own (a global clip would leave every part below it)
@@ -204,7 +207,7 @@ def test_policy_writes_action_within_bounds_and_follows_training(name):
     assert first.shape == (64, ACT) and first.abs().max() <= 0.5
     assert not first.requires_grad
     for step in range(2):
-        update_step(algo, batch(seed=step))
+        algo.update(batch(seed=step))
     torch.manual_seed(0)
     assert not torch.equal(algo.act(obs.clone())["action"], first)
 
@@ -244,13 +247,13 @@ def test_seed_gives_identical_parameters_and_leaves_global_rng(name):
 def test_algorithm_state_dict_round_trip(name):
     source = make_algorithm(small(name), *specs(), seed=0)
     for step in range(3):
-        update_step(source, batch(seed=step))
+        source.update(batch(seed=step))
     dest = make_algorithm(small(name), *specs(), seed=1)
     dest.load_state_dict(source.state_dict())
     assert dest.num_updates == 3
     for algo in (source, dest):
         torch.manual_seed(0)
-        update_step(algo, batch(seed=9))
+        algo.update(batch(seed=9))
     s, d = source.loss.state_dict(), dest.loss.state_dict()
     assert all(torch.equal(s[k], d[k]) for k in s)
     with pytest.raises(ValueError, match="cannot be loaded"):
@@ -280,7 +283,7 @@ def test_composite_specs_and_spec_errors():
 
 def test_cql_draws_its_random_actions_in_the_bounds(caplog):
     """CQL's conservative term uses the action bounds (BoundedCQLLoss): nothing to warn about any more."""
-    with caplog.at_level(logging.WARNING, logger="torchrl_otc.objectives.builders"):
+    with caplog.at_level(logging.WARNING, logger="torchrl_otc.trainers.algorithms.cql"):
         algo = make_algorithm(small("cql"), *specs(-0.1, 0.1))
     assert caplog.text == ""
     assert isinstance(algo.loss, BoundedCQLLoss)
@@ -342,7 +345,7 @@ READERS: dict[str, tuple[typing.Any, typing.Callable, typing.Any]] = {
     "policy_noise": (0.3, lambda a: a.loss.policy_noise, pytest.approx(0.3)),
     "noise_clip": (0.4, lambda a: a.loss.noise_clip, pytest.approx(0.4)),
 }
-# read by update_step (tested above: gradient clipping, TD3 schedule) or by AgentLearner (tests/trainers).
+# read by Algorithm.update (tested above: gradient clipping, TD3 schedule) or by AgentLearner (tests/trainers).
 READ_ELSEWHERE = {
     "max_grad_norm",
     "policy_delay",
@@ -470,15 +473,13 @@ def test_each_part_gets_exactly_its_own_gradient(name, overrides):
 
 def test_td3bc_fast_path_equals_torchrl():
     """The stacked-critic TD3+BC update gives TorchRL's TD3BCLoss numbers: parameters, targets, metrics, draws."""
-    from torchrl_otc.objectives.builders import _td3bc_fast_critics
-
     fast = make_algorithm(small("td3bc"), *specs(), seed=0)
     reference = make_algorithm(small("td3bc"), *specs(), seed=0)
     reference.loss.__dict__.setdefault("_cache", {})["td3bc_fast"] = None  # force TorchRL's methods
     data = batch(32, seed=2)
     data["next", "terminated"][::5] = True  # bootstrapping must stop at terminations
     data["next", "done"][::5] = True
-    assert _td3bc_fast_critics(fast.loss, data) is not None
+    assert fast.fast_critics(data) is not None
     with torch.random.fork_rng():
         for step in range(6):  # three actor steps (policy delay 2)
             torch.manual_seed(step)
@@ -494,4 +495,111 @@ def test_td3bc_fast_path_equals_torchrl():
     # importance weights in the batch: back to TorchRL's methods, which read them
     weighted = data.clone()
     weighted["priority_weight"] = torch.ones(32)
-    assert _td3bc_fast_critics(fast.loss, weighted) is None
+    assert fast.fast_critics(weighted) is None
+
+
+# ------------------------------------------------------------------------------------- the classes
+def test_registry_classes_and_make_algorithm_agree():
+    assert set(ALGORITHMS) == set(ALGORITHM_CONFIGS)
+    for name, cls in ALGORITHMS.items():
+        assert issubclass(cls, Algorithm) and cls.name == name
+        built = make_algorithm(small(name), *specs(), seed=2)
+        direct = cls(*specs(), small(name), seed=2)
+        assert type(built) is cls
+        a, b = built.loss.state_dict(), direct.loss.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert BCQ(*specs()).config == BCQConfig()  # Table 3 defaults
+    with pytest.raises(TypeError, match="BCQ takes a BCQConfig; got AWACConfig"):
+        BCQ(*specs(), AWACConfig())
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_state_dict_keeps_the_checkpoint_layout(name):
+    state = make_algorithm(small(name), *specs(), seed=0).state_dict()
+    assert set(state) == {"name", "config", "loss", "optimizers", "num_updates"}
+    assert state["name"] == name and state["config"] == small(name).to_dict()
+
+
+# ------------------------------------------------------------------------------ value functions (d_q)
+def loss_critics(algo, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """``[2, N]``: each critic of the loss, called on its own parameters through the TensorDictModule."""
+    net, params = algo.loss.qvalue_network, algo.loss.qvalue_network_params
+    td = TensorDict({"observation": obs, "action": action}, [len(obs)])
+    values = []
+    for i in range(params.shape[0]):
+        with params[i].to_module(net):
+            values.append(net(td.copy())["state_action_value"].squeeze(-1))
+    return torch.stack(values)
+
+
+def reduce(q: torch.Tensor, reduction: str) -> torch.Tensor:
+    return q.mean(0) if reduction == "mean" else q.min(0).values
+
+
+def trained(name: str):
+    algo = make_algorithm(small(name), *specs(-0.5, 0.5), seed=0)
+    torch.manual_seed(0)
+    for step in range(3):
+        algo.update(batch(seed=step))
+    return algo
+
+
+@pytest.mark.parametrize("reduction", ["mean", "min"])
+@pytest.mark.parametrize("name", ALGOS)
+def test_q_value_is_the_loss_critics_reduced(name, reduction):
+    algo = trained(name)
+    obs, action = torch.randn(20, OBS), torch.rand(20, ACT) - 0.5
+    got = algo.q_value(obs, action, reduction)
+    assert got.shape == (20,) and not got.requires_grad
+    torch.testing.assert_close(got, reduce(loss_critics(algo, obs, action), reduction))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "min"])
+@pytest.mark.parametrize("name", ALGOS)
+def test_state_value_of_the_policy_action(name, reduction):
+    algo = trained(name)
+    obs = torch.randn(20, OBS)
+    torch.manual_seed(1)
+    got = algo.state_value(obs, "policy", 5, reduction)
+    torch.manual_seed(1)
+    if name == "bcq":  # BCQ's greedy action among 5 perturbed VAE actions (its own target)
+        action = BCQActor(algo.loss, num_samples=5)(obs)
+    else:  # the deterministic deployment action
+        action = algo.act(TensorDict({"observation": obs}, [20]))["action"]
+    torch.testing.assert_close(got, reduce(loss_critics(algo, obs, action), reduction))
+
+
+@pytest.mark.parametrize("name", ["bcq", "awac", "cql"])
+def test_state_value_of_sampled_actions(name):
+    algo, n = trained(name), 6
+    obs = torch.randn(20, OBS)
+    torch.manual_seed(1)
+    got = algo.state_value(obs, "sample", n, "min")
+    torch.manual_seed(1)
+    loss = algo.loss
+    if name == "bcq":
+        actions = loss.perturbed_vae_actions({"observation": obs}, n, loss.actor_network_params)
+    else:
+        td = TensorDict({"observation": obs}, [20])
+        with loss.actor_network_params.to_module(loss.actor_network):
+            actions = loss.actor_network.get_dist(td).sample((n,))
+    assert actions.shape == (n, 20, ACT)
+    want = torch.stack([reduce(loss_critics(algo, obs, a), "min") for a in actions]).mean(0)
+    torch.testing.assert_close(got, want)
+
+
+def test_td3bc_refuses_sampled_state_values():
+    algo = make_algorithm(small("td3bc"), *specs(), seed=0)
+    with pytest.raises(ValueError, match="TD3\\+BC's actor is deterministic"):
+        algo.check_state_value("sample")
+    with pytest.raises(ValueError, match="TD3\\+BC's actor is deterministic"):
+        algo.state_value(torch.zeros(2, OBS), "sample")
+    with pytest.raises(ValueError, match="actions must be"):
+        make_algorithm(small("awac"), *specs()).state_value(torch.zeros(2, OBS), "greedy")
+    with pytest.raises(ValueError, match="reduction"):
+        algo.q_value(torch.zeros(2, OBS), torch.zeros(2, ACT), "max")
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_algorithms_follow_the_value_functions_protocol(name):
+    assert isinstance(make_algorithm(small(name), *specs()), ValueFunctions)

@@ -1,11 +1,13 @@
-"""N agents of one algorithm updated in one batched call: stacked parameters, one batched matmul per layer.
+"""N TD3+BC agents updated in one batched call: stacked parameters, one batched matmul per layer.
 
-Decentralised OTC trains one independent learner per agent. For speed, :class:`BatchedTD3BC` updates N TD3+BC
-agents (Fujimoto and Gu 2021) at once with the agents' parameters stacked along a leading agent dimension.
-Nothing couples the agents: every agent's loss reads only its own batch and parameters, the TD3+BC weight
+Decentralised OTC trains one independent learner per agent (OTC paper section 3; base algorithms of section 4,
+Table 3). For speed, :class:`BatchedTD3BC` updates N :class:`~torchrl_otc.trainers.algorithms.TD3BC` agents
+(Fujimoto and Gu 2021) at once with the agents' parameters stacked along a leading agent dimension. Nothing
+couples the agents: every agent's loss reads only its own batch and parameters, the TD3+BC weight
 ``lambda = alpha / mean|Q|`` is computed per agent (TorchRL's ``TD3BCLoss`` with stacked agents would average it),
 Adam is elementwise, gradients are clipped per agent and per part. The numbers equal those of N separate
-:func:`~torchrl_otc.objectives.update_step` calls up to float rounding (tested).
+:meth:`TD3BC.update <torchrl_otc.trainers.algorithms.TD3BC.update>` calls up to float rounding (tested); TD3's
+rules are those of :mod:`~torchrl_otc.trainers.algorithms.td3bc`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from tensordict import TensorDictBase
 from torch import Tensor, nn
 from torchrl.objectives.utils import distance_loss
 
-from torchrl_otc.objectives.builders import Algorithm
+from torchrl_otc.trainers.algorithms.td3bc import (
+    TD3BC,
+    clipped_double_q_target,
+    is_policy_step,
+    smoothed_target_action,
+    smoothing_noise,
+)
 
 __all__ = ["BatchedTD3BC"]
 
@@ -39,7 +47,7 @@ class BatchedTD3BC:
     r"""N TD3+BC agents with stacked parameters, updated by one batched call.
 
     The update is TorchRL's :class:`~torchrl.objectives.TD3BCLoss` as driven by
-    :func:`~torchrl_otc.objectives.update_step`, per agent :math:`i`:
+    :meth:`TD3BC.update <torchrl_otc.trainers.algorithms.TD3BC.update>`, per agent :math:`i`:
 
     .. math::
 
@@ -50,23 +58,23 @@ class BatchedTD3BC:
     and every ``policy_delay``-th step
     :math:`\mathcal{L}^\pi_i = -\lambda_i Q_{i1}(s_i, \pi_i(s_i)) + (\pi_i(s_i) - a_i)^2`,
     :math:`\lambda_i = \alpha / \overline{|Q_{i1}|}`, then the targets move by ``tau``. The networks are the MLPs
-    of :func:`~torchrl_otc.objectives.make_algorithm` (``"td3bc"``); each layer runs as one ``baddbmm`` over the
+    of :class:`~torchrl_otc.trainers.algorithms.TD3BC`; each layer runs as one ``baddbmm`` over the
     agents (the critics as ``2N`` stacked MLPs).
 
     The stacked parameters are copies: :meth:`write_back` copies them (and the optimiser states) into the
-    agents' :class:`~torchrl_otc.objectives.Algorithm` objects, e.g. before deploying or checkpointing them.
+    agents' :class:`~torchrl_otc.trainers.algorithms.TD3BC` objects, e.g. before deploying or checkpointing them.
 
     Args:
-        algorithms: N TD3+BC algorithms with the same config and sizes (one per agent).
+        algorithms: N :class:`~torchrl_otc.trainers.algorithms.TD3BC` algorithms with the same config and sizes
+            (one per agent).
 
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from torchrl.data import Bounded, Unbounded
         >>> from torchrl_otc.configs.algorithms import TD3BCConfig
-        >>> from torchrl_otc.objectives import make_algorithm
         >>> cfg = TD3BCConfig(hidden_sizes=(32, 32))
-        >>> algos = [make_algorithm(cfg, Unbounded(shape=(4,)), Bounded(-1.0, 1.0, (2,)), seed=i) for i in range(3)]
+        >>> algos = [TD3BC(Unbounded(shape=(4,)), Bounded(-1.0, 1.0, (2,)), cfg, seed=i) for i in range(3)]
         >>> batched = BatchedTD3BC(algos)
         >>> batches = TensorDict({
         ...     "observation": torch.randn(3, 64, 4), "action": torch.rand(3, 64, 2) * 2 - 1,
@@ -80,11 +88,11 @@ class BatchedTD3BC:
         >>> batched.write_back()
     """
 
-    def __init__(self, algorithms: Sequence[Algorithm]) -> None:
+    def __init__(self, algorithms: Sequence[TD3BC]) -> None:
         if not algorithms:
             raise ValueError("BatchedTD3BC needs at least one algorithm.")
-        names = {a.name for a in algorithms}
-        if names != {"td3bc"}:
+        if not all(isinstance(a, TD3BC) for a in algorithms):
+            names = {a.name for a in algorithms}
             raise ValueError(f"BatchedTD3BC batches TD3+BC agents only; got {sorted(names)}.")
         cfg = algorithms[0].config
         if any(a.config != cfg for a in algorithms):
@@ -143,12 +151,12 @@ class BatchedTD3BC:
         expected = {k for pair in self._actor_layers for k in pair} | set(self._head_keys)
         if set(loss.actor_network_params.keys(True, True)) != expected or not self._critic_layers:
             raise ValueError(
-                "BatchedTD3BC expects the networks of make_algorithm('td3bc', ...): an MLP actor with a "
+                "BatchedTD3BC expects the networks of TD3BC: an MLP actor with a "
                 "BoundedTanh head and MLP critics."
             )
 
     # ------------------------------------------------------------------------------------ optimisers
-    def _part_params(self, algo: Algorithm, part: str) -> list[Tensor]:
+    def _part_params(self, algo: TD3BC, part: str) -> list[Tensor]:
         if part == "actor":
             keys, params = self._actor_layers, algo.loss.actor_network_params
         else:
@@ -236,17 +244,17 @@ class BatchedTD3BC:
         if noise is None:
             noise = torch.randn_like(action)
         with torch.no_grad():
-            eps = (noise * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
-            next_action = torch.maximum(
-                torch.minimum(
-                    self._actor(self.target_actor, next_obs) + eps, self.max_action.unsqueeze(1)
-                ),
+            eps = smoothing_noise(noise, self.policy_noise, self.noise_clip)
+            next_action = smoothed_target_action(
+                self._actor(self.target_actor, next_obs),
+                eps,
                 self.min_action.unsqueeze(1),
+                self.max_action.unsqueeze(1),
             )
-            next_q = (
-                self._critics(self.target_critic, next_obs, next_action).min(1).values
-            )  # [N, B]
-            target = reward + self.gamma * not_terminated * next_q
+            next_q = self._critics(self.target_critic, next_obs, next_action)  # [N, 2, B]
+            target = clipped_double_q_target(
+                reward, not_terminated, next_q[:, 0], next_q[:, 1], self.gamma
+            )
         pred = self._critics(self.critic, obs, action)  # [N, 2, B]
         per_agent_q = distance_loss(
             pred, target.unsqueeze(1).expand_as(pred), loss_function=self.loss_function
@@ -255,7 +263,7 @@ class BatchedTD3BC:
         self._step("critic", loss_q.sum())
         out = {"loss_qvalue": loss_q.detach()}
         self.num_updates += 1
-        if self.num_updates % self.config.policy_delay == 0:
+        if is_policy_step(self.num_updates, self.config.policy_delay):
             pi = self._actor(self.actor, obs)
             q1 = self._critics(
                 [p.detach() for p in self.critic], obs, pi, first_only=True

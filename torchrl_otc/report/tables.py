@@ -1,220 +1,32 @@
-"""Tables and figures from run folders: the paper's Table 1 layout and Figures 3-5 (``otc report``).
+"""Markdown tables of run records: the paper's Table 1 layout, returns, mechanism metrics, paired comparisons.
 
-A run folder (written by :class:`~torchrl_otc.trainers.tuning.OnlineTuner`) holds ``config.yaml`` and
-``metrics.csv`` in long format: one row per scalar with the columns ``step, phase, deployment, name, value``.
-The report reads the evaluation rows ``eval/return_mean`` (deployment 0 is the offline-trained policy) and the
-per-agent ``agent{i}/alpha`` rows.
+One row per (dataset, task), one column (or row) per method label (:attr:`RunRecord.label`). The statistical tables
+(:func:`strategy_table`, :func:`versus_table`, :func:`decomposition_table`) use :mod:`torchrl_otc.stats`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
 import math
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from torchrl_otc.report.runs import RunRecord
+from torchrl_otc.stats import bootstrap_ci, format_ci, paired_differences, paired_summary
 
 __all__ = [
-    "RunRecord",
-    "example_run",
-    "load_run",
+    "decomposition_table",
     "improvement",
     "improvement_table",
     "mechanism_table",
     "paired_table",
-    "decomposition_table",
-    "strategy_table",
-    "versus_table",
-    "MEASURES",
     "provenance",
     "returns_table",
-    "write_report",
-    "METRIC_COLUMNS",
+    "strategy_table",
+    "versus_table",
 ]
-
-logger = logging.getLogger(__name__)
-
-METRIC_COLUMNS = ("step", "phase", "deployment", "name", "value")
-
-#: What the statistical tables compare, per run: the last deployment's return, and the mean over deployments 1..K
-#: (less noisy; it also credits a method that improves early).
-MEASURES = {
-    "last": "return at the last deployment",
-    "mean": "mean return over deployments 1..K",
-}
-
-
-@dataclass
-class RunRecord:
-    """One run folder, read back: its config, its metric rows and its provenance (``meta.json``).
-
-    Examples:
-        >>> from pathlib import Path
-        >>> rows = [{"step": str(10 * k), "phase": "online", "deployment": str(k), "name": name, "value": str(v)}
-        ...         for k, (r, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
-        ...         for name, v in (("eval/return_mean", r), ("agent0/online_share", share))]
-        >>> run = RunRecord(Path("runs/r"), {"strategy": "otc", "distance": "feature", "algo": "td3bc",
-        ...                 "dataset": "random", "task": "mpe/navigation-3", "seed": 0}, rows)
-        >>> run.label, run.returns
-        ('otc-feature + td3bc', {0: -10.0, 1: -8.0, 2: -5.0})
-        >>> round(run.online_mean("/online_share"), 3)
-        0.267
-    """
-
-    path: Path
-    config: dict
-    rows: list[dict] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-    pair: dict | None = None  # a matched mix: its paired OTC run's config
-
-    def measure(self, which: str) -> float:
-        """A scalar of the run's returns: ``"last"`` (the last deployment's), ``"mean"`` (the mean over deployments
-        ``1..K``) or ``"offline"`` (deployment 0's); NaN when the run has no online evaluation yet."""
-        returns = self.returns
-        online = [v for k, v in sorted(returns.items()) if k >= 1]
-        if which not in MEASURES and which != "offline":
-            raise ValueError(f"Unknown measure {which!r}; use one of {', '.join(MEASURES)}.")
-        if which == "offline":
-            return returns.get(0, math.nan)
-        if not online:
-            return math.nan
-        return online[-1] if which == "last" else statistics.fmean(online)
-
-    def series(self, name: str) -> dict[int, float]:
-        """The last value of metric ``name`` per deployment."""
-        out: dict[int, float] = {}
-        for row in self.rows:
-            if row["name"] == name:
-                out[int(row["deployment"])] = float(row["value"])
-        return out
-
-    @property
-    def returns(self) -> dict[int, float]:
-        """Mean evaluation return per deployment (0 = after offline training)."""
-        return self.series("eval/return_mean")
-
-    @property
-    def label(self) -> str:
-        """The column of the run in Table 1, the strategy (with OTC's options that differ from the defaults)
-        and the algorithm, e.g. ``otc-feature-next_state + td3bc``."""
-        cfg = self.config
-        strategy = cfg["strategy"]
-        if strategy == "otc":
-            parts = [f"otc-{cfg['distance']}"]
-            if not cfg.get("adaptive_alpha", True):
-                parts.append(f"fixed{float(cfg.get('alpha', 1.0)):g}")
-            elif float(cfg.get("alpha", 1.0)) != 1.0:
-                parts.append(f"alpha0={float(cfg['alpha']):g}")
-            if (
-                cfg["distance"] == "feature"
-                and cfg.get("next_state", "displacement") != "displacement"
-            ):
-                parts.append(cfg["next_state"])
-            if (
-                cfg["distance"] == "embedding"
-                and cfg.get("embedding_reconstruct", "action") != "action"
-            ):
-                parts.append(f"decode-{cfg['embedding_reconstruct']}")
-            if not cfg.get("self_match", True):
-                parts.append("no-self-match")
-            strategy = "-".join(parts)
-        if strategy == "mix":
-            if cfg.get("mix_fraction") == "matched":
-                strategy = "mix-matched"
-                if self.pair is not None:
-                    strategy += f"-{RunRecord(self.path, self.pair).label.split(' + ')[0]}"
-            else:
-                strategy = f"mix-{float(cfg.get('mix_fraction', 0.5)):g}"
-            if cfg.get("mix_source", "all") != "all":
-                strategy += f"-{cfg['mix_source']}"
-        if cfg.get("sequential_exploration"):
-            strategy += "-sequential"
-        return f"{strategy} + {cfg['algo']}"
-
-    def online_mean(self, suffix: str) -> float:
-        """Mean over the online phase's rows and the agents of the metrics ``agent{i}/<suffix>``."""
-        values = [
-            float(r["value"])
-            for r in self.rows
-            if r["phase"] == "online"
-            and r["name"].startswith("agent")
-            and r["name"].endswith(suffix)
-        ]
-        return statistics.mean(values) if values else math.nan
-
-    @property
-    def row_key(self) -> tuple[str, str]:
-        return (self.config["dataset"], self.config["task"])
-
-
-def example_run() -> RunRecord:
-    """A small in-memory run (OTC with the feature distance, TD3+BC, three evaluations) for examples and tests.
-
-    Examples:
-        >>> example_run().returns
-        {0: -10.0, 1: -8.0, 2: -5.0}
-    """
-    rows = [
-        {
-            "step": str(10 * k),
-            "phase": "online",
-            "deployment": str(k),
-            "name": name,
-            "value": str(v),
-        }
-        for k, (ret, share) in enumerate([(-10.0, 0.0), (-8.0, 0.3), (-5.0, 0.5)])
-        for name, v in (("eval/return_mean", ret), ("agent0/online_share", share))
-    ]
-    config = {
-        "strategy": "otc",
-        "distance": "feature",
-        "algo": "td3bc",
-        "dataset": "random",
-        "task": "mpe/navigation-3",
-        "seed": 0,
-    }
-    return RunRecord(Path("runs/r"), config, rows)
-
-
-def load_run(path: str | Path) -> RunRecord:
-    """Reads a run folder; raises :class:`FileNotFoundError` naming what is missing.
-
-    Examples:
-        >>> import tempfile
-        >>> from torchrl_otc.trainers.run import RunFolder
-        >>> folder = RunFolder(tempfile.mkdtemp())
-        >>> folder.write_config({"strategy": "uniform", "algo": "td3bc", "dataset": "random", "task": "nav/nonstationary"})
-        >>> folder.log({"eval/return_mean": 1.0}, step=0, phase="offline", deployment=0)
-        >>> folder.log({"eval/return_mean": 4.0}, step=50, phase="online", deployment=1)
-        >>> load_run(folder.path).returns
-        {0: 1.0, 1: 4.0}
-    """
-    path = Path(path)
-    config_file, metrics_file = path / "config.yaml", path / "metrics.csv"
-    for f in (config_file, metrics_file):
-        if not f.exists():
-            raise FileNotFoundError(f"{path} is not a run folder: {f.name} is missing.")
-    config = yaml.safe_load(config_file.read_text())
-    with metrics_file.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    meta_file = path / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    pair = None
-    if config.get("strategy") == "mix" and config.get("mix_pair"):
-        # where the sweep wrote it, else beside this run (a copied or moved sweep folder)
-        for where in (Path(config["mix_pair"]), path.parent / Path(config["mix_pair"]).name):
-            if (where / "config.yaml").exists():
-                pair = yaml.safe_load((where / "config.yaml").read_text())
-                break
-    return RunRecord(path, config, rows, meta, pair)
 
 
 def improvement(returns: dict[int, float]) -> float:
@@ -281,6 +93,7 @@ def improvement_table(runs: Iterable[RunRecord]) -> str:
     offline-trained policy, mean ± std over seeds; one row per (dataset, task), one column per strategy.
 
     Examples:
+        >>> from torchrl_otc.report import example_run
         >>> run = example_run()
         >>> print(improvement_table([run]))
         | dataset | task | otc-feature + td3bc |
@@ -306,6 +119,7 @@ def returns_table(runs: Iterable[RunRecord]) -> str:
     offline-to-online layout). Unlike the improvement %, it stays readable when the offline return is near 0.
 
     Examples:
+        >>> from torchrl_otc.report import example_run
         >>> run = example_run()
         >>> print(returns_table([run]).splitlines()[-1])
         | random | mpe/navigation-3 | -10.00 ± 0.00 → -5.00 ± 0.00 (n=1) |
@@ -319,6 +133,7 @@ def mechanism_table(runs: Iterable[RunRecord], suffix: str, digits: int = 3) -> 
     over seeds.
 
     Examples:
+        >>> from torchrl_otc.report import example_run
         >>> run = example_run()
         >>> print(mechanism_table([run], "/online_share").splitlines()[-1])
         | random | mpe/navigation-3 | 0.267 ± 0.000 |
@@ -452,13 +267,12 @@ def strategy_table(runs: Iterable[RunRecord], measure: str = "mean", *, digits: 
         digits: digits after the decimal point.
 
     Examples:
+        >>> from torchrl_otc.report import example_run
         >>> print(strategy_table([example_run()], "last"))
         | dataset | task | method | n | mean [95 % CI] | IQM [95 % CI] | gain over offline [95 % CI] |
         |---|---|---|---|---|---|---|
         | random | mpe/navigation-3 | otc-feature + td3bc | 1 | -5.00 [-5.00, -5.00] | -5.00 [-5.00, -5.00] | +5.00 [+5.00, +5.00] |
     """
-    from torchrl_otc.stats import bootstrap_ci, format_ci
-
     rows = []
     for (dataset, task, _algo), by_label in sorted(_by_cell(runs).items()):
         for label, seeds in sorted(by_label.items()):
@@ -479,8 +293,6 @@ def _compare(
     a: dict[Any, RunRecord], b: dict[Any, RunRecord], measure: str, digits: int
 ) -> tuple[str, ...] | None:
     """``n, mean difference [CI], W/T/L, P(a > b) [CI]`` of two methods' runs paired by seed."""
-    from torchrl_otc.stats import format_ci, paired_differences, paired_summary
-
     x, y = _scores(a, measure), _scores(b, measure)
     diffs = paired_differences(x, y)
     if not diffs:
@@ -569,6 +381,7 @@ def versus_table(
     bootstrap interval, wins/ties/losses and the probability of improvement (see :func:`decomposition_table`).
 
     Examples:
+        >>> from torchrl_otc.report import example_run
         >>> print(versus_table([example_run()]))
         <BLANKLINE>
     """
@@ -593,6 +406,7 @@ def provenance(runs: Sequence[RunRecord]) -> list[str]:
     """Lines saying where the runs come from: machines, versions, git revisions, seeds, dates.
 
     Examples:
+        >>> from torchrl_otc.report import example_run
         >>> run = example_run()
         >>> provenance([run])[0]
         '* runs: 1 in runs; seeds: [0]'
@@ -630,169 +444,3 @@ def provenance(runs: Sequence[RunRecord]) -> list[str]:
         f"* versions: {'; '.join(versions)}; git revisions: {', '.join(revisions)}",
         f"* run dates: {started[0]} to {started[-1]}; report written {time.strftime('%Y-%m-%d')}",
     ]
-
-
-def _plot_curves(
-    runs: list[RunRecord], out: Path, metric: str, ylabel: str, per_agent: bool
-) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:  # pragma: no cover - plots are optional
-        logger.warning(
-            "matplotlib is not installed: no figures (pip install 'torchrl-otc[plots]')."
-        )
-        return None
-    groups: dict[tuple, dict[str, list[dict[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        if per_agent:
-            names = sorted({r["name"] for r in run.rows if r["name"].endswith(metric)})
-            for name in names:
-                groups[run.row_key][f"{run.label} {name.split('/')[0]}"].append(run.series(name))
-        else:
-            groups[run.row_key][run.label].append(run.series(metric))
-    groups = {k: v for k, v in groups.items() if any(any(s) for s in v.values())}
-    if not groups:
-        return None
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
-    for ax, ((dataset, task), by_label) in zip(axes[0], sorted(groups.items())):
-        for label, series in sorted(by_label.items()):
-            steps = sorted({k for s in series for k in s})
-            means = [statistics.mean([s[k] for s in series if k in s]) for k in steps]
-            stds = [statistics.pstdev([s[k] for s in series if k in s]) for k in steps]
-            ax.plot(steps, means, marker="o", label=label)
-            ax.fill_between(
-                steps,
-                [m - s for m, s in zip(means, stds)],
-                [m + s for m, s in zip(means, stds)],
-                alpha=0.2,
-            )
-        ax.set_title(f"{task} ({dataset})")
-        ax.set_xlabel("deployment")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def write_report(
-    run_dirs: Iterable[str | Path], out_dir: str | Path, *, title: str = "OTC report"
-) -> Path:
-    """Writes ``report.md`` with the Table-1 layout, learning curves and alpha curves into ``out_dir``.
-
-    Args:
-        run_dirs: run folders (or folders of run folders).
-        out_dir: where ``report.md``, ``returns.png`` and ``alpha.png`` go.
-
-    Keyword Args:
-        title: the report's first heading.
-
-    Returns:
-        The path of ``report.md``.
-
-    Examples:
-        >>> import tempfile
-        >>> from torchrl_otc.trainers.run import RunFolder
-        >>> folder = RunFolder(tempfile.mkdtemp())
-        >>> folder.write_config({"strategy": "uniform", "algo": "td3bc", "dataset": "random", "task": "nav/nonstationary"})
-        >>> folder.log({"eval/return_mean": 1.0}, step=0, phase="offline", deployment=0)
-        >>> folder.log({"eval/return_mean": 4.0}, step=50, phase="online", deployment=1)
-        >>> report = write_report([folder.path], folder.path / "report")
-        >>> "| random | nav/nonstationary | 300.0 ± 0.0 (n=1) |" in report.read_text()
-        True
-    """
-    paths: list[Path] = []
-    for d in map(Path, run_dirs):
-        if (d / "metrics.csv").exists():
-            paths.append(d)
-        else:
-            paths.extend(sorted(p.parent for p in d.glob("*/metrics.csv")))
-    if not paths:
-        raise FileNotFoundError(
-            f"No run folders (with metrics.csv) under {list(map(str, run_dirs))}."
-        )
-    runs = [load_run(p) for p in paths]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    parts = [f"# {title}", "", *provenance(runs), ""]
-    for measure, what in MEASURES.items():
-        table = decomposition_table(runs, measure)
-        if table:
-            parts += [
-                f"## Decomposition: OTC, its matched mix and uniform sampling ({what})",
-                "",
-                "Paired by seed (a seed's runs share their offline-trained agents): mean difference with its "
-                "95 % bootstrap interval, wins/ties/losses over seeds, probability of improvement P(X > Y) with "
-                "its interval. OTC − matched mix is the effect of OTC's choice of rows beyond its online share.",
-                "",
-                table,
-                "",
-            ]
-    for measure, what in MEASURES.items():
-        parts += [
-            f"## Per method: {what}, mean and IQM over seeds (95 % bootstrap intervals)",
-            "",
-            strategy_table(runs, measure),
-            "",
-        ]
-        versus = versus_table(runs, measure)
-        if versus:
-            parts += [
-                f"## Every method against uniform sampling, paired by seed ({what})",
-                "",
-                versus,
-                "",
-            ]
-    parts += [
-        "## Improvement (%) at the last deployment over the offline-trained policy (Table 1 layout)",
-        "",
-        improvement_table(runs),
-        "",
-        "## Team return: offline-trained policy → last deployment",
-        "",
-        returns_table(runs),
-        "",
-    ]
-    paired = paired_table(runs)
-    if paired:
-        parts += [
-            "## Paired by seed: gain in return (last deployment - offline) minus uniform sampling's",
-            "",
-            "Mean ± standard error over the seeds both runs have; a seed's runs start from the same "
-            "offline-trained agents, so this is the difference of their last returns.",
-            "",
-            paired,
-            "",
-        ]
-    parts += [
-        "## Mechanism: share of online rows in the training batches (online phase)",
-        "",
-        mechanism_table(runs, "/online_share"),
-        "",
-    ]
-    if any(
-        any(r["name"].endswith("offline_right_dynamics_share") for r in run.rows) for run in runs
-    ):
-        parts += [
-            "## Mechanism: share of sampled offline rows with the current dynamics (online phase)",
-            "",
-            mechanism_table(runs, "/offline_right_dynamics_share"),
-            "",
-        ]
-    returns_png = _plot_curves(
-        runs, out / "returns.png", "eval/return_mean", "team return", per_agent=False
-    )
-    alpha_png = _plot_curves(runs, out / "alpha.png", "/alpha", "alpha", per_agent=True)
-    if returns_png:
-        parts += ["## Learning curves (Figure 3/5 layout)", "", "![returns](returns.png)", ""]
-    if alpha_png:
-        parts += ["## Alpha per agent (Figure 4, right)", "", "![alpha](alpha.png)", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(parts))
-    return report

@@ -9,14 +9,21 @@ arXiv:2006.13169), and the sampling
 priority of a transition is ``w(s, a)^(1/T)``.
 
 * :class:`BalancedReplaySampler` is the TorchRL :class:`~torchrl.data.replay_buffers.samplers.Sampler`.
-* :class:`DensityRatioNetwork` is its network: a plain :class:`~torch.nn.Module` on standardised ``[s, a]``.
-* :func:`js_density_ratio_loss` and :func:`balanced_priorities` are the two equations, exposed for tests and
-  for users who build their own samplers.
+* :func:`balanced_priorities` is its sampling rule, exposed for tests and for users who build their own samplers.
+* Its network :class:`~torchrl_otc.modules.models.density_ratio.DensityRatioNetwork` (a plain
+  :class:`~torch.nn.Module` on standardised ``[s, a]``) and the network's objective
+  :func:`~torchrl_otc.modules.models.density_ratio.js_density_ratio_loss` live in
+  :mod:`torchrl_otc.modules.models.density_ratio` (importable from here too).
+
+The sampler is a function of its storage and of the network's parameters: it holds no optimiser and no random
+stream of its own. The agent's learner trains the network (:class:`~torchrl_otc.trainers.AgentLearner`, through
+:class:`~torchrl_otc.trainers.parts.BalancedReplayTrainer`): it draws the training rows with
+:meth:`BalancedReplaySampler.training_weights`, minimises :func:`js_density_ratio_loss` with Adam and keeps the
+generator and the counters.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -26,21 +33,25 @@ from typing import Any, Literal
 import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
-from torch import Tensor, nn
+from torch import Tensor
 from torchrl.data.replay_buffers.storages import Storage, TensorStorage
 
-from torchrl_otc.data.samplers import (
-    _backing,
-    _check_no_prefetch,
-    _check_tensor_storage,
-    _flat_column,
-    _keys_present,
-    _OnlineRowIndex,
-    _OnlineRowsSampler,
-    _storage_device,
-    _to_storage_index,
+from torchrl_otc.data.samplers._storage import (
+    OnlineRowIndex,
+    OnlineRowsSampler,
+    backing,
+    check_no_prefetch,
+    check_tensor_storage,
+    flat_column,
+    keys_present,
+    storage_device,
+    to_storage_index,
 )
-from torchrl_otc.modules.models.vae import mlp
+from torchrl_otc.modules.models.density_ratio import (
+    LOG_EPS,
+    DensityRatioNetwork,
+    js_density_ratio_loss,
+)
 
 __all__ = [
     "BalancedReplaySampler",
@@ -51,62 +62,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
+# Version 1: before the learner owned the training (the optimiser, generator and counter were here).
+_STATE_VERSION = 2
 _STATE_FILE = "balanced_replay.pt"
 
-# Constants of the authors' implementation (shlee94/Off2OnRL, rlkit/rlkit/torch/sac/ours.py).
-LOG_EPS: float = 1e-10
-"""Added inside the logarithms of the JS objective, and to the normaliser of the priorities."""
 PRIORITY_RANGE: tuple[float, float] = (1e-3, 1e3)
-"""Clamp of the self-normalised priorities ``w^(1/T) / E_offline[w^(1/T)]``."""
-LAST_LAYER_INIT: float = 3e-3
-"""Last-layer weights are drawn from ``U(-3e-3, 3e-3)`` and its bias set so that ``w = 1`` at initialisation."""
+"""Clamp of the self-normalised priorities ``w^(1/T) / E_offline[w^(1/T)]`` (the authors' code,
+shlee94/Off2OnRL)."""
 
 _ACTIVATIONS = ("relu", "softplus")
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The two equations
+# The priorities
 # --------------------------------------------------------------------------------------------------------------
-def js_density_ratio_loss(weight_online: Tensor, weight_offline: Tensor) -> Tensor:
-    r"""The variational Jensen-Shannon objective whose minimiser is ``w = d_online / d_offline``.
-
-    For a convex ``f`` with derivative ``f'`` and convex conjugate ``f^*``, any positive ``w`` gives the lower bound
-    ``D_f(P \| Q) \ge E_P[f'(w)] - E_Q[f^*(f'(w))]``, tight at ``w = dP/dQ`` (Nguyen, Wainwright and Jordan 2010;
-    likelihood-free importance weighting, Sinha et al.). With the Jensen-Shannon generator
-    ``f(u) = u \log u - (u + 1) \log\frac{u + 1}{2}``, ``P`` the online and ``Q`` the offline distribution
-    (Lee et al. 2021, section 4.1), the loss minimised is
-
-    .. math::
-        L(\psi) = \mathbb{E}_{x \sim d_{\mathrm{off}}}\left[\log\frac{w_\psi(x) + 1}{2}\right]
-                - \mathbb{E}_{x \sim d_{\mathrm{on}}}\left[\log\frac{2 w_\psi(x)}{w_\psi(x) + 1}\right],
-
-    since ``f'(u) = \log\frac{2u}{u+1}`` and ``f^*(f'(u)) = \log\frac{u+1}{2}``. ``-L`` is a lower bound on
-    ``D_f = 2\,\mathrm{JSD}(d_{\mathrm{on}}, d_{\mathrm{off}}) \le 2 \log 2``; ``L = 0`` when ``w = 1``. As in the
-    authors' code, ``1e-10`` is added inside both logarithms (``w = 0`` stays finite).
-
-    Args:
-        weight_online: ``w`` on transitions drawn from the online data, any shape.
-        weight_offline: ``w`` on transitions drawn from the offline data, any shape.
-
-    Returns:
-        the scalar loss (the mean over each set).
-
-    Examples:
-        >>> import torch
-        >>> js_density_ratio_loss(torch.ones(3), torch.ones(5))  # w = 1: both terms vanish
-        tensor(0.)
-        >>> # Region A holds 3/4 of the online and 1/4 of the offline rows (ratio 3), region B the rest (1/3).
-        >>> def loss(w_a, w_b):
-        ...     return js_density_ratio_loss(torch.tensor([w_a] * 3 + [w_b]), torch.tensor([w_a] + [w_b] * 3))
-        >>> bool(loss(3.0, 1 / 3) < loss(2.0, 0.5) < loss(1.0, 1.0))  # lowest at the true ratios
-        True
-    """
-    f_prime_online = torch.log(2.0 * weight_online / (weight_online + 1.0) + LOG_EPS)
-    f_star_offline = -torch.log(2.0 / (weight_offline + 1.0) + LOG_EPS)
-    return f_star_offline.mean() - f_prime_online.mean()
-
-
 def balanced_priorities(
     weight: Tensor, temperature: float, offline: Tensor | None = None
 ) -> Tensor:
@@ -147,83 +116,6 @@ def balanced_priorities(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The network
-# --------------------------------------------------------------------------------------------------------------
-class DensityRatioNetwork(nn.Module):
-    """``w(s, a) >= 0``: a multi-layer perceptron on standardised ``[s, a]`` with a non-negative output.
-
-    The input statistics (offline mean and standard deviation of the state and the action) are buffers, so they
-    travel with :meth:`~torch.nn.Module.to` and :meth:`~torch.nn.Module.state_dict`; unfitted, they are
-    ``0`` and ``1`` (raw features). The last layer starts with weights in ``U(-3e-3, 3e-3)`` and a bias that makes
-    the output ``1`` everywhere (the authors set the bias to 1 under a ReLU), so training starts from "online and
-    offline alike".
-
-    Args:
-        state_dim: width of the flattened state.
-        action_dim: width of the flattened action.
-
-    Keyword Args:
-        hidden_sizes: hidden widths (ReLU after each). Defaults to ``(256, 256)`` (Lee et al.).
-        output_activation: ``"relu"`` (the authors' choice) or ``"softplus"`` (strictly positive, never a dead
-            output). Defaults to ``"relu"``.
-
-    Examples:
-        >>> import torch
-        >>> net = DensityRatioNetwork(3, 2, hidden_sizes=(8,))
-        >>> w = net(torch.randn(5, 3), torch.randn(5, 2))
-        >>> w.shape, bool((w - 1).abs().max() < 0.1)
-        (torch.Size([5]), True)
-    """
-
-    def __init__(
-        self,
-        state_dim: int,
-        action_dim: int,
-        *,
-        hidden_sizes: Sequence[int] = (256, 256),
-        output_activation: Literal["relu", "softplus"] = "relu",
-    ) -> None:
-        super().__init__()
-        if state_dim < 1 or action_dim < 1:
-            raise ValueError(
-                f"DensityRatioNetwork needs positive widths; got state_dim={state_dim}, action_dim={action_dim}."
-            )
-        if output_activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"output_activation must be one of {_ACTIVATIONS}; got {output_activation!r}."
-            )
-        self.state_dim = int(state_dim)
-        self.action_dim = int(action_dim)
-        self.output_activation = output_activation
-        self.net = mlp(state_dim + action_dim, 1, tuple(hidden_sizes))
-        last = self.net[-1]
-        assert isinstance(last, nn.Linear)
-        with torch.no_grad():
-            last.weight.uniform_(-LAST_LAYER_INIT, LAST_LAYER_INIT)
-            # relu(1) = 1; softplus(log(e - 1)) = 1
-            last.bias.fill_(1.0 if output_activation == "relu" else math.log(math.e - 1.0))
-        self.register_buffer("state_mean", torch.zeros(state_dim))
-        self.register_buffer("state_std", torch.ones(state_dim))
-        self.register_buffer("action_mean", torch.zeros(action_dim))
-        self.register_buffer("action_std", torch.ones(action_dim))
-        self.register_buffer("fitted", torch.tensor(False))
-
-    def forward(self, state: Tensor, action: Tensor) -> Tensor:
-        """``w`` of ``[N, state_dim]`` states and ``[N, action_dim]`` actions, shape ``[N]``."""
-        x = torch.cat(
-            [
-                (state - self.state_mean) / self.state_std,
-                (action - self.action_mean) / self.action_std,
-            ],
-            -1,
-        )
-        out = self.net(x).squeeze(-1)
-        if self.output_activation == "relu":
-            return torch.relu(out)
-        return nn.functional.softplus(out)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # The sampler
 # --------------------------------------------------------------------------------------------------------------
 def _positive_int(name: str, value: Any) -> int:
@@ -237,22 +129,24 @@ def _features(value: Tensor) -> Tensor:
     return value if value.is_floating_point() else value.float()
 
 
-class BalancedReplaySampler(_OnlineRowsSampler):
+class BalancedReplaySampler(OnlineRowsSampler):
     r"""Balanced Replay (Lee et al., CoRL 2021): samples merged offline + online data by how online-like it is.
 
     Paper: Lee, Seo, Lee, Abbeel and Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and
     Pessimistic Q-Ensemble", CoRL 2021, section 4.1; reference implementation ``shlee94/Off2OnRL``. The sampler is
     attached to the *merged* storage, whose boolean column ``online_key`` marks the online rows (the tuning loop
-    writes it). A network ``w_psi(s, a)`` (:class:`DensityRatioNetwork`) estimates the density ratio
-    ``d_on(s, a) / d_off(s, a)``; each :meth:`update` is one Adam step on the Jensen-Shannon variational objective
-    (:func:`js_density_ratio_loss`)
+    writes it). A network ``w_psi(s, a)`` (:class:`~torchrl_otc.modules.models.density_ratio.DensityRatioNetwork`) estimates the density ratio
+    ``d_on(s, a) / d_off(s, a)``; its owner (the agent's learner) makes Adam steps on the Jensen-Shannon
+    variational objective
+    (:func:`~torchrl_otc.modules.models.density_ratio.js_density_ratio_loss`)
 
     .. math::
         L(\psi) = \mathbb{E}_{d_{\mathrm{off}}}\left[\log\frac{w_\psi + 1}{2}\right]
                 - \mathbb{E}_{d_{\mathrm{on}}}\left[\log\frac{2 w_\psi}{w_\psi + 1}\right],
 
     minimised at ``w = d_on / d_off``, on ``train_batch_size`` online rows and as many offline rows, drawn
-    uniformly with replacement from the storage last seen, with the sampler's *own* generator. On every
+    uniformly with replacement from the storage last seen (:meth:`training_weights`), with a generator of the
+    owner's (never the buffer's: training does not change which batches the buffer draws). On every
     :meth:`sample` call:
 
     1. draw ``num_candidates`` candidates uniformly (with replacement) from the storage, with the buffer's
@@ -272,35 +166,9 @@ class BalancedReplaySampler(_OnlineRowsSampler):
     ``otc_online_share`` (the share of online rows in the batch). No key is named ``priority_weight``: TorchRL's
     losses would weight by it.
 
-    **Where this departs from Lee et al.'s implementation, and why.**
-
-    * *Candidates instead of a sum tree.* The authors keep every transition's priority in a prioritised replay
-      buffer (a sum tree); a priority is refreshed only when its transition is drawn for an RL update, and a new
-      transition enters with the running maximum priority, which they initialise so that the first 1000 online
-      transitions take a set share of the sampling mass (``init_online_fraction``, 0.5 by default). Here the
-      priorities of ``num_candidates`` uniform candidates are recomputed on every call
-      (sampling-importance-resampling, as :class:`~torchrl_otc.OTCSampler` does): no priority is ever stale, new
-      rows need no special value, and the cost does not grow with the storage. The price: the batch follows ``P`` within a candidate set of
-      ``num_candidates``, not exactly over the whole storage, and there is no initial online fraction: until the
-      network has learned, online rows are drawn at their uniform share. The normaliser
-      ``E_offline[w^(1/T)]`` is the mean over the offline candidates (theirs: over the offline half of the
-      density-ratio batch); it only matters through the clamp.
-    * *Standardised inputs.* The authors feed raw ``[s, a]``; here the inputs are standardised by offline
-      statistics (:meth:`fit`), as every network of this package is. Unfitted, the raw features are used (with
-      a warning).
-    * *Online training rows.* The authors draw the online half of each density-ratio batch from a separate
-      first-in-first-out online buffer (250k transitions) and the offline half from the offline dataset. Here
-      both come from the merged storage, split by ``online_key``: the online rows are all online rows still in
-      the storage. With the authors' budget (about 250k online steps) their online buffer also held all online
-      data, so the two coincide there.
-    * *Schedule.* The authors take one density-ratio step per RL step, inside the RL update, from batches of 256
-      and 256. Here :meth:`update` is one step and the caller decides when to call it (the learner: once per RL
-      step).
-    * *Initialisation.* Hidden layers use PyTorch's default initialisation instead of rlkit's ``fanin_init``
-      with zero biases; the last layer is initialised as theirs (``U(-3e-3, 3e-3)``, output 1 at start).
-    * *Output activation.* ReLU by default, as theirs; ``output_activation="softplus"`` is offered because a ReLU
-      output at zero has no gradient (an online row that falls in such a region cannot pull its ratio up).
-
+    **Where this departs from Lee et al.'s implementation** (candidates instead of a sum tree, standardised
+    inputs, online training rows from the merged storage, one step per update of the agent, initialisation, output
+    activation) **and why**: see the reference page of :mod:`torchrl_otc.data`, section *Balanced Replay*.
     Hyperparameters from the authors' code: ``temperature=5.0`` (``--temperature``), hidden ``(256, 256)``,
     Adam with ``lr=3e-4`` (``--weight_net_lr``), ``train_batch_size=256`` (``--weight_net_batch_size``), the
     ``1e-10`` inside the logarithms and the ``[1e-3, 1e3]`` clamp of the priorities.
@@ -314,10 +182,11 @@ class BalancedReplaySampler(_OnlineRowsSampler):
         temperature: ``T > 0`` of the priorities ``w^(1/T)``. Defaults to ``5.0`` (the authors' code); ``1.0``
             samples in proportion to the estimated ratio itself.
         hidden_sizes: hidden widths of the network. Defaults to ``(256, 256)``.
-        lr: Adam learning rate of the network. Defaults to ``3e-4``.
-        train_batch_size: online rows, and offline rows, per :meth:`update`. Defaults to ``256``.
+        lr: Adam learning rate of the network's training (read by its trainer). Defaults to ``3e-4``.
+        train_batch_size: online rows, and offline rows, per training step (:meth:`training_weights`).
+            Defaults to ``256``.
         seed: seeds the network's initial parameters (drawn inside :func:`torch.random.fork_rng`, so the global
-            random state is left untouched) and the sampler's own generator for :meth:`update`. Defaults to ``0``.
+            random state is left untouched) and the generator of its training. Defaults to ``0``.
         device: where the network lives. ``None`` (default) follows the storage's device.
         output_activation: ``"relu"`` (default, the authors') or ``"softplus"``; see above.
 
@@ -326,6 +195,7 @@ class BalancedReplaySampler(_OnlineRowsSampler):
         >>> from tensordict import TensorDict
         >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
         >>> from torchrl_otc import BalancedReplaySampler
+        >>> from torchrl_otc.data.samplers.balanced_replay import js_density_ratio_loss
         >>> g = torch.Generator().manual_seed(0)
         >>> def transitions(n, centre, online):
         ...     return TensorDict({"observation": torch.randn(n, 2, generator=g) + centre,
@@ -337,15 +207,21 @@ class BalancedReplaySampler(_OnlineRowsSampler):
         >>> offline = transitions(2_000, -2.0, False)
         >>> _ = rb.extend(offline)
         >>> sampler.fit(offline)
-        BalancedReplaySampler(temperature=5, num_candidates=256, updates=0, fitted=True)
-        >>> sampler.update()  # no online row yet: nothing to learn
-        {}
+        BalancedReplaySampler(temperature=5, num_candidates=256, fitted=True)
+        >>> train = torch.Generator().manual_seed(1)  # the owner's stream (AgentLearner keeps one per agent)
+        >>> sampler.training_weights(train) is None  # no online row yet: nothing to learn
+        True
         >>> bool(rb.sample()["otc_uniform"].all())
         True
         >>> _ = rb.extend(transitions(200, 2.0, True))
-        >>> for _ in range(100):
-        ...     metrics = sampler.update()
-        >>> metrics["weight_online"] > 1.0 > metrics["weight_offline"]
+        >>> optimizer = torch.optim.Adam(sampler.network.parameters(), lr=sampler.lr)
+        >>> for _ in range(100):  # what the learner does at every update of the agent
+        ...     w_online, w_offline = sampler.training_weights(train)
+        ...     loss = js_density_ratio_loss(w_online, w_offline)
+        ...     optimizer.zero_grad()
+        ...     loss.backward()
+        ...     optimizer.step()
+        >>> float(w_online.detach().mean()) > 1.0 > float(w_offline.detach().mean())
         True
         >>> batch = rb.sample()
         >>> bool(batch["otc_uniform"].any()), bool(batch["otc_online_share"][0] > 200 / 2_200)
@@ -419,18 +295,15 @@ class BalancedReplaySampler(_OnlineRowsSampler):
         self.lr = float(lr)
         self.seed = seed
         self.output_activation = output_activation
-        self.num_updates = 0
         self.network: DensityRatioNetwork | None = None
-        self.optimizer: torch.optim.Adam | None = None
-        self._generator = torch.Generator().manual_seed(seed)
         self._storage: TensorStorage | None = None
-        self._rows = _OnlineRowIndex()
+        self._rows = OnlineRowIndex()
         self._warned_unfitted = False
         self._warned_no_offline = False
 
     # ---------------------------------------------------------------- network
     def _build(self, state_dim: int, action_dim: int, device: torch.device) -> DensityRatioNetwork:
-        """Creates the network (parameters from ``seed``, global random state untouched) and its optimiser."""
+        """Creates the network (parameters from ``seed``, global random state untouched)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             network = DensityRatioNetwork(
@@ -440,7 +313,6 @@ class BalancedReplaySampler(_OnlineRowsSampler):
                 output_activation=self.output_activation,
             )
         self.network = network.to(device)
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.lr)
         return self.network
 
     def _network_for(
@@ -457,20 +329,12 @@ class BalancedReplaySampler(_OnlineRowsSampler):
                 f"{self.state_key!r}, {self.action_key!r}). One sampler serves one agent's transitions."
             )
         if net.state_mean.device != device:
-            self._move(device)
+            # the parameters stay the same objects: an optimiser's state follows them
+            net.to(device)
         return net
 
-    def _move(self, device: torch.device) -> None:
-        """Moves the network and the optimiser's state (Adam's step counters stay where they are)."""
-        assert self.network is not None and self.optimizer is not None
-        self.network.to(device)
-        for state in self.optimizer.state.values():
-            for name, value in state.items():
-                if isinstance(value, Tensor) and name != "step":
-                    state[name] = value.to(device)
-
     def _network_device(self, storage: TensorStorage) -> torch.device:
-        return self.device if self.device is not None else _storage_device(storage)
+        return self.device if self.device is not None else storage_device(storage)
 
     def _warn_if_unfitted(self) -> None:
         assert self.network is not None
@@ -556,13 +420,13 @@ class BalancedReplaySampler(_OnlineRowsSampler):
 
     # ---------------------------------------------------------------- storage access
     def _validate(self, storage: TensorStorage) -> None:
-        present = _backing(storage).keys(include_nested=True)
+        present = backing(storage).keys(include_nested=True)
         keys = (self.online_key, self.state_key, self.action_key)
         missing = [key for key in keys if key not in present]
         if missing:
             raise KeyError(
                 f"BalancedReplaySampler: the storage has no key {missing[0]!r} (missing: {missing}); keys "
-                f"present: {_keys_present(storage)}. Write a boolean column {self.online_key!r} (True for online "
+                f"present: {keys_present(storage)}. Write a boolean column {self.online_key!r} (True for online "
                 f"transitions) with every transition, or set online_key/state_key/action_key."
             )
 
@@ -573,8 +437,8 @@ class BalancedReplaySampler(_OnlineRowsSampler):
     def _gather(
         self, storage: TensorStorage, flat: Tensor, device: torch.device
     ) -> tuple[Tensor, Tensor]:
-        state = _features(_flat_column(storage, self.state_key)[flat]).to(device)
-        action = _features(_flat_column(storage, self.action_key)[flat]).to(device)
+        state = _features(flat_column(storage, self.state_key)[flat]).to(device)
+        action = _features(flat_column(storage, self.action_key)[flat]).to(device)
         return state, action
 
     def _ratio(self, storage: TensorStorage, flat: Tensor) -> Tensor:
@@ -597,19 +461,19 @@ class BalancedReplaySampler(_OnlineRowsSampler):
 
         See the class docstring for ``info``.
         """
-        storage = _check_tensor_storage(storage, "BalancedReplaySampler")
+        storage = check_tensor_storage(storage, "BalancedReplaySampler")
         n = len(storage)
         if n == 0:
             raise RuntimeError(
                 "Cannot sample from an empty storage: extend the buffer with offline data first."
             )
-        _check_no_prefetch(storage, "BalancedReplaySampler")
+        check_no_prefetch(storage, "BalancedReplaySampler")
         self._validate(storage)
         self._storage = storage
-        device = _storage_device(storage)
+        device = storage_device(storage)
         rng = self._rng
         online_rows, offline_rows = self._online_offline_rows(storage)
-        flags = _flat_column(storage, self.online_key)
+        flags = flat_column(storage, self.online_key)
         if online_rows.numel() == 0:
             flat = self._randint(n, batch_size, rng, device)
             info: dict[str, Any] = {
@@ -618,7 +482,7 @@ class BalancedReplaySampler(_OnlineRowsSampler):
                 "otc_uniform": torch.tensor(True),
                 "otc_online_share": torch.tensor(0.0),
             }
-            return _to_storage_index(storage, flat), info
+            return to_storage_index(storage, flat), info
         cand = self._randint(n, self.num_candidates, rng, device)
         cand_online = flags[cand].reshape(cand.shape[0], -1).any(-1)
         with torch.no_grad():
@@ -642,62 +506,46 @@ class BalancedReplaySampler(_OnlineRowsSampler):
             "otc_uniform": torch.tensor(False),
             "otc_online_share": cand_online[draw].float().mean().cpu(),
         }
-        return _to_storage_index(storage, flat), info
+        return to_storage_index(storage, flat), info
 
-    def update(self, batch: TensorDictBase | None = None) -> dict[str, float]:
-        """One Adam step of the density-ratio network on the JS objective (:func:`js_density_ratio_loss`).
+    def training_weights(
+        self, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor] | None:
+        """``w`` on one training step's rows, with gradient: the inputs of :func:`js_density_ratio_loss`.
 
-        ``batch`` is ignored: ``train_batch_size`` online rows and as many offline rows are drawn uniformly, with
-        replacement, from the storage last sampled from (or written to), with the sampler's own generator (never
-        the buffer's generator nor the global torch random state: training does not change which batches the
-        buffer draws). Before the storage holds an online row (or an offline row) it does nothing and returns
-        ``{}``.
+        ``train_batch_size`` online rows and as many offline rows are drawn uniformly, with replacement, from the
+        storage last sampled from (or written to), with ``generator`` (the owner's: never the buffer's generator
+        nor the global random state, so training does not change which batches the buffer draws). Before the
+        storage holds an online row (or an offline row, with a warning) there is nothing to learn: ``None``.
 
         Args:
-            batch: ignored (the learner passes its training batch to every learned component).
+            generator: draws the rows (on the CPU for a CPU generator); ``None`` uses the global random state.
 
         Returns:
-            ``loss`` (the objective on this step's rows, before the step), ``js_lower_bound`` (``-loss / 2``, a
-            lower bound on the Jensen-Shannon divergence between online and offline state-action distributions,
-            at most ``log 2``), ``weight_online`` and ``weight_offline`` (mean ``w`` on the online and offline
-            rows), ``num_updates``.
+            ``(w_online [train_batch_size], w_offline [train_batch_size])`` on the network's device, or ``None``.
         """
         storage = self._storage
         if storage is None or len(storage) == 0:
-            return {}
+            return None
         self._validate(storage)
         online_rows, offline_rows = self._online_offline_rows(storage)
         if online_rows.numel() == 0:
-            return {}
+            return None
         if offline_rows.numel() == 0:
             if not self._warned_no_offline:
                 logger.warning(
-                    "BalancedReplaySampler.update: the storage holds no offline row (none with %r False); the "
+                    "BalancedReplaySampler: the storage holds no offline row (none with %r False); the "
                     "density ratio is not trained.",
                     self.online_key,
                 )
                 self._warned_no_offline = True
-            return {}
+            return None
         rows_device = online_rows.device
         size = self.train_batch_size
-        on = online_rows[self._randint(online_rows.numel(), size, self._generator, rows_device)]
-        off = offline_rows[self._randint(offline_rows.numel(), size, self._generator, rows_device)]
+        on = online_rows[self._randint(online_rows.numel(), size, generator, rows_device)]
+        off = offline_rows[self._randint(offline_rows.numel(), size, generator, rows_device)]
         weight = self._ratio(storage, torch.cat([on, off]))
-        w_on, w_off = weight[:size], weight[size:]
-        loss = js_density_ratio_loss(w_on, w_off)
-        assert self.optimizer is not None
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.num_updates += 1
-        loss_value = float(loss.detach())
-        return {
-            "loss": loss_value,
-            "js_lower_bound": -loss_value / 2,
-            "weight_online": float(w_on.detach().mean()),
-            "weight_offline": float(w_off.detach().mean()),
-            "num_updates": float(self.num_updates),
-        }
+        return weight[:size], weight[size:]
 
     # ---------------------------------------------------------------- write hooks (extend, add: the base's)
     def mark_update(self, index: Any, *, storage: Storage | None = None) -> None:
@@ -711,39 +559,33 @@ class BalancedReplaySampler(_OnlineRowsSampler):
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """The network's widths and parameters (its training state is its trainer's)."""
         net = self.network
         return {
             "version": _STATE_VERSION,
             "dims": None if net is None else (net.state_dim, net.action_dim),
             "network": None if net is None else net.state_dict(),
-            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "generator": self._generator.get_state(),
-            "num_updates": self.num_updates,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s network (building it first if needed).
+
+        States of version 1 (whose optimiser, generator and counter the learner now keeps: see
+        :func:`torchrl_otc.trainers.parts.legacy_part_states`) load too.
+        """
         version = state_dict.get("version")
-        if version != _STATE_VERSION:
+        if version not in (1, _STATE_VERSION):
             raise ValueError(
-                f"BalancedReplaySampler state version {version!r} is not {_STATE_VERSION}; it was saved by "
-                f"another version of torchrl-otc."
+                f"BalancedReplaySampler state version {version!r} is not {_STATE_VERSION} (or 1); it was saved "
+                f"by another version of torchrl-otc."
             )
         dims = state_dict["dims"]
         if dims is not None:
-            if self.network is None:
-                self._build(
-                    int(dims[0]),
-                    int(dims[1]),
-                    self.device if self.device is not None else torch.device("cpu"),
-                )
-            net = self._network_for(int(dims[0]), int(dims[1]), self.network.state_mean.device)
+            device = self.device if self.device is not None else torch.device("cpu")
+            if self.network is not None:
+                device = self.network.state_mean.device
+            net = self._network_for(int(dims[0]), int(dims[1]), device)
             net.load_state_dict(state_dict["network"])
-            assert self.optimizer is not None
-            # deep copy: Optimizer.load_state_dict keeps the given moment tensors, which would otherwise be
-            # shared with (and advanced by) the optimiser the state came from
-            self.optimizer.load_state_dict(copy.deepcopy(state_dict["optimizer"]))
-        self._generator.set_state(state_dict["generator"].clone())
-        self.num_updates = int(state_dict["num_updates"])
 
     def dumps(self, path: str | Path) -> None:
         path = Path(path)
@@ -762,19 +604,12 @@ class BalancedReplaySampler(_OnlineRowsSampler):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_storage"] = None  # never pickle the storage itself
-        state["_rows"] = _OnlineRowIndex()
-        state["_generator"] = self._generator.get_state()
+        state["_rows"] = OnlineRowIndex()
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        generator_state = state.pop("_generator")
-        self.__dict__.update(state)
-        self._generator = torch.Generator()
-        self._generator.set_state(generator_state)
 
     def __repr__(self) -> str:
         fitted = self.network is not None and bool(self.network.fitted)
         return (
             f"{type(self).__name__}(temperature={self.temperature:.4g}, num_candidates={self.num_candidates}, "
-            f"updates={self.num_updates}, fitted={fitted})"
+            f"fitted={fitted})"
         )

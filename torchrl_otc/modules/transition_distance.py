@@ -418,3 +418,16 @@ class L1EmbeddingDistance(nn.Module, TransitionDistance):
         state["_compiled"] = None  # compiled functions do not pickle; recompiled on first use
         state["_row_cache"] = None
         return state
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return value
+
+
+def flat_features(td: TensorDictBase, key: NestedKey) -> Tensor:
+    """``td[key]`` as a float ``[N, features]`` matrix (a vector becomes one column)."""
+    value = td.get(key)
+    value = value.reshape(value.shape[0], -1) if value.ndim != 1 else value.unsqueeze(-1)
+    return value if value.is_floating_point() else value.float()

@@ -6,13 +6,16 @@ import math
 
 import pytest
 import torch
+from tensordict import TensorDict
 from torchrl.envs.utils import check_env_specs
 
 from torchrl_otc.envs.nonstationary_nav import (
     OFFLINE_BETA_RANGE,
+    BetaDeployments,
     NonStationaryNavEnv,
     beta_schedule,
 )
+from torchrl_otc.envs.registry import DeploymentHook, get_task
 
 
 @pytest.mark.parametrize("num_envs", [1, 8])
@@ -119,3 +122,20 @@ def test_seed_reproducible():
     c = NonStationaryNavEnv(3, seed=6).reset()
     assert torch.equal(a["observation"], b["observation"]) and torch.equal(a["beta"], b["beta"])
     assert not torch.equal(a["observation"], c["observation"])
+
+
+def test_beta_deployments_hook_follows_the_schedule_and_labels_by_sign():
+    hook = BetaDeployments()
+    assert isinstance(hook, DeploymentHook)
+    assert hook.env_kwargs(0, 5) == hook.env_kwargs(1, 5) == {"beta": beta_schedule(1, 5)}
+    assert hook.env_kwargs(5, 5) == {"beta": beta_schedule(5, 5)}
+    rows = TensorDict({"beta": torch.tensor([[0.2], [0.05], [-0.01], [-0.2], [0.0]])}, [5])
+    assert hook.right_dynamics(rows, 3, 5).tolist() == [True, True, False, False, False]
+    flipped = BetaDeployments(start=-0.1, end=-0.2)  # a schedule of the other sign flips the labels
+    assert flipped.right_dynamics(rows, 3, 5).tolist() == [False, False, True, True, False]
+    assert hook.right_dynamics(TensorDict({}, [5]), 3, 5) is None
+    # what the registry's task says is the hook's
+    task = get_task("nav/nonstationary")
+    assert task.deployments == hook
+    assert task.deployment_env_kwargs(2, 5) == hook.env_kwargs(2, 5)
+    assert torch.equal(task.right_dynamics(rows, 2, 5), hook.right_dynamics(rows, 2, 5))

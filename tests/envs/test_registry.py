@@ -9,10 +9,19 @@ import warnings
 
 import pytest
 import torch
+from tensordict import TensorDict
 from torchrl.envs.utils import check_env_specs
 
 from torchrl_otc.envs import JointEnv, agent_to_joint_actions, joint_to_agent_actions
-from torchrl_otc.envs.registry import TASKS, UnknownTaskError, get_task, list_tasks, make_env
+from torchrl_otc.envs.registry import (
+    TASKS,
+    DeploymentHook,
+    StationaryDeployments,
+    UnknownTaskError,
+    get_task,
+    list_tasks,
+    make_env,
+)
 
 EXPECTED = {
     "mamujoco/halfcheetah-2x3",
@@ -154,3 +163,20 @@ def test_task_specs_are_consistent():
         cols = sorted(c for p in t.action_partition for c in p)
         assert cols == list(range(t.action_dim)), name
         assert len(t.action_partition) == t.n_agents
+
+
+def test_deployment_hooks_and_env_bounds():
+    """The tuning loop asks the task, never its family: environment kwargs, row labels, how many envs at once."""
+    rows = TensorDict({"beta": torch.tensor([[0.1], [-0.1]])}, [2])
+    for name, task in TASKS.items():
+        assert isinstance(task.deployments, DeploymentHook), name
+        if name == "nav/nonstationary":
+            assert set(task.deployment_env_kwargs(1, 3)) == {"beta"}
+            assert task.right_dynamics(rows, 1, 3).tolist() == [True, False]
+        else:  # stationary, unlabelled
+            assert task.deployments == StationaryDeployments()
+            assert task.deployment_env_kwargs(1, 3) == {}
+            assert task.right_dynamics(rows, 1, 3) is None
+        bounded = task.family in ("mamujoco", "smac")
+        assert task.num_envs(32) == (1 if bounded else 32), name
+        assert task.num_envs(1) == 1

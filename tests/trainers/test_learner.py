@@ -8,7 +8,8 @@ from tensordict import TensorDict
 from torchrl.data import Bounded, RandomSampler, Unbounded
 
 from torchrl_otc.configs.algorithms import make_config
-from torchrl_otc.trainers.learner import AgentLearner, BatchedLearners
+from torchrl_otc.trainers.batched import BatchedLearners
+from torchrl_otc.trainers.learner import AgentLearner
 
 OBS, ACT = 4, 2
 ALGOS = ("bcq", "awac", "cql", "td3bc")
@@ -133,8 +134,65 @@ def test_deployment_replaces_the_online_buffer_and_grows_the_merged_one():
     flags = storage[: len(storage)]["is_online"]
     assert int(flags.sum()) == 90
     assert len(agent.sampler.alpha_history) == 2  # eq. 4 once per deployment
-    metrics = agent.update()
+    metrics = agent.update(diagnostics=True)
     assert metrics["otc_uniform"] == 0.0 and 0.0 <= metrics["otc_online_share"] <= 1.0
+    assert metrics["online_share"] == metrics["otc_online_share"]
+
+
+def test_update_returns_the_logged_metrics_under_their_final_names():
+    """What the tuning loop logs (docs/metrics.rst), without the agent{i}/ prefix; diagnostics on request."""
+    agent = learner(sampler_factory=lambda online: RandomSampler())
+    agent.add_offline(transitions(300, seed=0))
+    assert list(agent.update()) == ["loss_qvalue", "online_share"]  # TD3's delay: no actor loss yet
+    agent.add_deployment(transitions(300, seed=1))
+    metrics = agent.update(timings=True)
+    assert list(metrics) == ["loss_qvalue", "loss_actor", "online_share", "sample_ms", "update_ms"]
+    assert (
+        0.0 < metrics["online_share"] < 1.0
+    )  # RandomSampler reports none: the batch's is_online column
+    assert 0.0 < metrics["sample_ms"] < metrics["update_ms"]
+    assert {"pred_value", "target_value"} <= set(agent.update(diagnostics=True))
+
+
+def test_right_dynamics_share_counts_the_offline_rows_a_labelling_function_accepts():
+    agent = learner(sampler_factory=lambda online: RandomSampler())
+    offline = transitions(300, seed=0)
+    offline.set("label", torch.arange(300) % 4 == 0)  # a quarter of the offline rows are "right"
+    agent.add_offline(offline)
+    online = transitions(300, seed=1)
+    online.set("label", torch.zeros(300, dtype=torch.bool))  # online rows never count
+    agent.add_deployment(online)
+    seen = []
+
+    def labels(batch):
+        seen.append(batch)
+        return batch.get("label")
+
+    metrics = agent.update(right_dynamics=labels)
+    batch = seen[0]
+    offline_rows = ~batch.get("is_online")
+    assert metrics["offline_right_dynamics_share"] == float(
+        batch.get("label")[offline_rows].float().mean()
+    )
+    assert "offline_right_dynamics_share" not in agent.update(right_dynamics=lambda batch: None)
+
+
+def test_alpha_adapts_in_one_place_in_the_agents_stream():
+    """add_deployment(adapt_alpha=True) and add_deployment(adapt_alpha=False) + adapt_alpha() are the same."""
+    a, b = learner(), learner()
+    for agent in (a, b):
+        agent.add_offline(transitions(300, seed=0))
+    for k in (1, 2):
+        a.add_deployment(transitions(60, seed=k, shift=0.1 * k))
+        b.add_deployment(transitions(60, seed=k, shift=0.1 * k), adapt_alpha=False)
+        caller = torch.get_rng_state()
+        b.adapt_alpha()
+        assert torch.equal(torch.get_rng_state(), caller)  # the caller's stream is left alone
+    assert a.sampler.alpha_history == b.sampler.alpha_history and len(a.sampler.alpha_history) == 2
+    assert a.sampler_metrics() == {"alpha": a.sampler.alpha, "D": a.sampler.alpha_history[-1]["D"]}
+    uniform = learner(sampler_factory=lambda online: RandomSampler())
+    uniform.add_offline(transitions(300, seed=0))
+    assert uniform.adapt_alpha() is None and uniform.sampler_metrics() == {}
 
 
 def test_finetune_runs_config_L_updates_with_config_batch_size():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from tensordict import TensorDict
 
 from torchrl_otc.configs.tune import parse_overrides
 from torchrl_otc.report import load_run
@@ -110,11 +112,12 @@ def test_offline_agents_are_reused_across_strategies(tmp_path):
     assert training_rows(a) and training_rows(a) == training_rows(b)
 
 
-def _killed_then_resumed(tmp_path, monkeypatch, where: str, *overrides: str):
+def _killed_then_resumed(tmp_path, monkeypatch, where: str, *overrides: str, edit=None):
     """Runs to a KeyboardInterrupt at ``where`` and resumes; returns (reference run, resumed run).
 
     ``where``: ``"update"`` (update 13 of deployment 2's tuning), ``"collection"`` (deployment 2's collection) or
     ``"offline"`` (update 11 of offline training, after its first in-phase checkpoint: checkpoint_every=8).
+    ``edit(checkpoint_dir)`` runs between the kill and the resume.
     """
     reference = OnlineTuner(config(tmp_path / "a", *overrides), progress=False).run()
     tuner = OnlineTuner(config(tmp_path / "b", *overrides), progress=False)
@@ -150,6 +153,8 @@ def _killed_then_resumed(tmp_path, monkeypatch, where: str, *overrides: str):
     with pytest.raises(KeyboardInterrupt):
         tuner.run()
     monkeypatch.undo()
+    if edit is not None:
+        edit(tuner.folder.checkpoint_dir)
     resumed = OnlineTuner.resume(tuner.folder.path, progress=False).run()
     return load_run(reference["run_dir"]), load_run(resumed["run_dir"])
 
@@ -174,9 +179,40 @@ def test_resume_after_a_kill_anywhere_equals_uninterrupted_run(
         assert a.series(name) == pytest.approx(b.series(name)), name
     rows = lambda run: [(r["step"], r["phase"], r["name"]) for r in run.rows]  # noqa: E731
     assert rows(a) == rows(b)  # no row lost, none duplicated
-    # The online data of every deployment survived.
+    # The online data of every deployment survived, read from the buffers (no copy kept aside).
     state = torch.load(b.path / "checkpoint" / "state.pt", weights_only=False)
-    assert [len(r) for r in state["agents"][0]["online_rows"]] == [100, 100]
+    assert state["format"] == 2 and state["agents"][0]["rows"] == {"merged": 200, "online": 100}
+    merged = TensorDict.load_memmap(b.path / "checkpoint" / "agent0" / "merged")
+    assert merged["deployment"].tolist() == [1] * 100 + [2] * 100 and merged["is_online"].all()
+    online = TensorDict.load_memmap(b.path / "checkpoint" / "agent0" / "online")
+    assert torch.equal(online["observation"], merged["observation"][100:])
+
+
+def _as_format_1(checkpoint: Path) -> None:
+    """Rewrites a checkpoint as earlier versions wrote it: every deployment's rows and the online buffer pickled
+    in state.pt ("online_rows", "current_online"), torch's random state only, no buffer folders."""
+    state = torch.load(checkpoint / "state.pt", weights_only=False)
+    for i, agent in enumerate(state["agents"]):
+        merged = TensorDict.load_memmap(checkpoint / f"agent{i}" / "merged").to_tensordict()
+        online = TensorDict.load_memmap(checkpoint / f"agent{i}" / "online").to_tensordict()
+        deployments = merged["deployment"]
+        agent["online_rows"] = [merged[deployments == k] for k in deployments.unique().tolist()]
+        agent["current_online"] = online
+        del agent["rows"]
+        shutil.rmtree(checkpoint / f"agent{i}")
+    rng = state.pop("rng")
+    state["torch_rng"], state["cuda_rng"] = rng["torch_cpu"], None
+    del state["format"]
+    torch.save(state, checkpoint / "state.pt")
+
+
+def test_a_checkpoint_of_the_earlier_format_resumes(tmp_path, monkeypatch):
+    a, b = _killed_then_resumed(
+        tmp_path, monkeypatch, "update", "distance=embedding", edit=_as_format_1
+    )
+    for name in ("agent0/loss_qvalue", "agent0/alpha", "agent0/D", "agent0/distance/loss_vae"):
+        assert a.series(name) == pytest.approx(b.series(name)), name
+    assert a.series("eval/return_mean") == b.series("eval/return_mean")
 
 
 def test_resume_before_the_first_checkpoint_restarts_cleanly(tmp_path):
@@ -277,6 +313,32 @@ def test_otc_samples_offline_rows_with_the_online_dynamics_on_navigation(tmp_pat
     # Each share averages 60 batches of 128 rows (>= 2500 offline rows): binomial standard error <= 0.01,
     # doubled for the correlation of rows drawn from one candidate set; the margin is 5 of those.
     assert shares["otc"] > shares["uniform"] + 0.1, shares
+
+
+def test_a_task_hook_alone_sets_up_the_deployments_and_labels_the_rows(tmp_path):
+    """A new labelled task implements DeploymentHook only: the loop asks it and never names a task."""
+
+    class EvenRowsAreRight:
+        def __init__(self):
+            self.deployments = []
+
+        def env_kwargs(self, deployment, num_deployments):
+            self.deployments.append(deployment)
+            return {"beta": 0.2}
+
+        def right_dynamics(self, rows, deployment, num_deployments):
+            return rows.get("transition_id") % 2 == 0
+
+    hook = EvenRowsAreRight()
+    tuner = OnlineTuner(config(tmp_path, "deployments=1", "strategy=uniform"), progress=False)
+    tuner.task = dataclasses.replace(tuner.task, deployments=hook)
+    run = load_run(tuner.run()["run_dir"])
+    assert sorted(set(hook.deployments)) == [
+        0,
+        1,
+    ]  # the offline evaluation, the deployment and its evaluation
+    share = run.series("agent0/offline_right_dynamics_share")
+    assert sorted(share) == [0, 1] and all(0.3 < s < 0.7 for s in share.values())
 
 
 def test_bad_task_and_missing_options_fail_before_any_work(tmp_path):

@@ -15,19 +15,31 @@ Q-values learned offline are all equal); during online tuning it moves from 0.1 
 ``("next", "beta")``) so that later code can measure, e.g., the share of sampled offline rows whose ``beta`` has the
 online sign. Policies read ``"observation"`` only: ``[p, l - p]``.
 
+:class:`BetaDeployments` is the task's deployment hook (:class:`~torchrl_otc.envs.registry.DeploymentHook`): it
+gives each deployment's environment its ``beta`` and labels rows with the deployment's dynamics by the sign of
+their ``beta``.
+
 Everything is pure PyTorch and vectorised over ``num_envs`` environments (batch size ``[num_envs]``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-__all__ = ["NonStationaryNavEnv", "beta_schedule", "OFFLINE_BETA_RANGE", "ONLINE_BETA_RANGE"]
+__all__ = [
+    "BetaDeployments",
+    "NonStationaryNavEnv",
+    "beta_schedule",
+    "OFFLINE_BETA_RANGE",
+    "ONLINE_BETA_RANGE",
+]
 
 #: Range of ``beta`` during offline data collection (section 4.5).
 OFFLINE_BETA_RANGE: tuple[float, float] = (-0.2, 0.2)
@@ -67,6 +79,80 @@ def beta_schedule(
     if num_deployments == 1:
         return float(start)
     return float(start + (end - start) * (deployment - 1) / (num_deployments - 1))
+
+
+@dataclass(frozen=True)
+class BetaDeployments:
+    """The deployment hook of ``nav/nonstationary``: ``beta`` per deployment, rows labelled by the sign of theirs.
+
+    Deployment ``k`` runs with ``beta = beta_schedule(k, K, start, end)`` (section 4.5); deployment 0 (offline
+    training and the evaluation after it) takes deployment 1's. A row has the deployment's dynamics when the sign
+    of its ``beta`` column is that of the deployment's ``beta``: offline rows drew ``beta`` from
+    :data:`OFFLINE_BETA_RANGE`, so uniform sampling gives about half of them.
+
+    Follows :class:`~torchrl_otc.envs.registry.DeploymentHook`.
+
+    Attributes:
+        start: ``beta`` of the first deployment. Defaults to 0.1.
+        end: ``beta`` of the last deployment. Defaults to 0.2.
+        key: the column holding each row's ``beta``. Defaults to ``"beta"``.
+
+    Examples:
+        >>> hook = BetaDeployments()
+        >>> hook.env_kwargs(0, 3), hook.env_kwargs(3, 3)
+        ({'beta': 0.1}, {'beta': 0.2})
+        >>> rows = TensorDict({"beta": torch.tensor([[0.15], [-0.05], [0.0]])}, [3])
+        >>> hook.right_dynamics(rows, 2, 3)
+        tensor([ True, False, False])
+        >>> hook.right_dynamics(TensorDict({}, [3]), 2, 3) is None  # rows without labels
+        True
+    """
+
+    start: float = ONLINE_BETA_RANGE[0]
+    end: float = ONLINE_BETA_RANGE[1]
+    key: str = "beta"
+
+    def beta(self, deployment: int, num_deployments: int) -> float:
+        """``beta`` of deployment ``deployment`` (0 takes deployment 1's).
+
+        Args:
+            deployment: ``k`` in ``0..num_deployments``.
+            num_deployments: ``K``.
+
+        Returns:
+            :func:`beta_schedule` of ``max(k, 1)``.
+        """
+        return beta_schedule(max(deployment, 1), num_deployments, self.start, self.end)
+
+    def env_kwargs(self, deployment: int, num_deployments: int) -> dict[str, Any]:
+        """``{"beta": ...}``, the keyword of :class:`NonStationaryNavEnv` for deployment ``deployment``.
+
+        Args:
+            deployment: ``k`` in ``0..num_deployments``.
+            num_deployments: ``K``.
+
+        Returns:
+            The keyword arguments of the deployment's environment.
+        """
+        return {"beta": self.beta(deployment, num_deployments)}
+
+    def right_dynamics(
+        self, rows: TensorDictBase, deployment: int, num_deployments: int
+    ) -> torch.Tensor | None:
+        """Whether each row's ``beta`` has the sign of deployment ``deployment``'s.
+
+        Args:
+            rows: transitions with batch size ``[N]``.
+            deployment: ``k`` in ``0..num_deployments``.
+            num_deployments: ``K``.
+
+        Returns:
+            A boolean tensor of shape ``[N]``, or ``None`` when ``rows`` have no ``beta`` column.
+        """
+        if self.key not in rows.keys():
+            return None
+        sign = math.copysign(1, self.beta(deployment, num_deployments))
+        return torch.sign(rows.get(self.key).reshape(-1)) == sign
 
 
 class NonStationaryNavEnv(EnvBase):

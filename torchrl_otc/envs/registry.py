@@ -14,23 +14,39 @@ name                            agents    what (paper section)
 
 :func:`make_env` builds any of them; :func:`get_task` describes one (number of agents, action partition, state
 size, episode length). Simulators are imported only when an environment is built.
+
+What the online-tuning loop (Algorithm 1) must know about a task's deployments sits behind a hook, so that the loop
+never names a task: each :class:`TaskSpec` has a :class:`DeploymentHook` (the environment's keyword arguments for
+deployment ``k``, and which rows have deployment ``k``'s dynamics where the task labels them) and a ``max_envs``
+bound. A new task with known ground truth (e.g. rows labelled with the behaviour mode that produced them)
+implements the hook's two methods and nothing else.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from tensordict import TensorDictBase
 from torchrl.envs import EnvBase, SerialEnv, SMACv2Env
 
 from torchrl_otc.envs import mpe
 from torchrl_otc.envs.joint import JointEnv
 from torchrl_otc.envs.mamujoco import ACTION_PARTITIONS, MAMUJOCO_TASKS, STATE_DIMS, MaMuJoCoEnv
-from torchrl_otc.envs.nonstationary_nav import NonStationaryNavEnv
+from torchrl_otc.envs.nonstationary_nav import BetaDeployments, NonStationaryNavEnv
 
-__all__ = ["TaskSpec", "TASKS", "get_task", "list_tasks", "make_env", "UnknownTaskError"]
+__all__ = [
+    "DeploymentHook",
+    "StationaryDeployments",
+    "TaskSpec",
+    "TASKS",
+    "get_task",
+    "list_tasks",
+    "make_env",
+    "UnknownTaskError",
+]
 
 
 class UnknownTaskError(KeyError, ValueError):
@@ -46,6 +62,55 @@ class UnknownTaskError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError quotes its message; show it as written
         return str(self.args[0]) if self.args else ""
+
+
+@runtime_checkable
+class DeploymentHook(Protocol):
+    """What a task tells the online-tuning loop about its deployments ``k = 1..K`` (deployment 0: offline phase).
+
+    ``env_kwargs`` sets the dynamics of the deployment's environment (e.g. ``nav/nonstationary``'s ``beta``);
+    ``right_dynamics`` labels transitions with whether they have the deployment's dynamics, for tasks whose data
+    carries the ground truth row by row; the loop logs the share of such rows among the offline rows of each
+    training batch as ``agent{i}/offline_right_dynamics_share``. Implementations: :class:`StationaryDeployments`
+    (no change, no labels) and :class:`~torchrl_otc.envs.nonstationary_nav.BetaDeployments`.
+
+    Examples:
+        >>> isinstance(StationaryDeployments(), DeploymentHook)
+        True
+    """
+
+    def env_kwargs(self, deployment: int, num_deployments: int) -> dict[str, Any]:
+        """Keyword arguments of :func:`make_env` for deployment ``deployment`` of ``num_deployments``."""
+        ...
+
+    def right_dynamics(
+        self, rows: TensorDictBase, deployment: int, num_deployments: int
+    ) -> torch.Tensor | None:
+        """A boolean ``[N]`` mask of the rows (batch size ``[N]``) that have deployment ``deployment``'s dynamics,
+        or ``None`` where the rows carry no label."""
+        ...
+
+
+@dataclass(frozen=True)
+class StationaryDeployments:
+    """The hook of a task whose deployments all run the environment as built, and whose rows carry no label.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> hook = StationaryDeployments()
+        >>> hook.env_kwargs(1, 10), hook.right_dynamics(TensorDict({}, [4]), 1, 10)
+        ({}, None)
+    """
+
+    def env_kwargs(self, deployment: int, num_deployments: int) -> dict[str, Any]:
+        """No keyword arguments."""
+        return {}
+
+    def right_dynamics(
+        self, rows: TensorDictBase, deployment: int, num_deployments: int
+    ) -> torch.Tensor | None:
+        """``None``: no labels."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +130,9 @@ class TaskSpec:
         requires: Python packages needed to build the environment.
         d4rl_reference: ``(random, expert)`` returns of D4RL's score normalisation, where D4RL has the robot.
         options: task-specific arguments passed to the builder.
+        deployments: the task's :class:`DeploymentHook` (see :meth:`deployment_env_kwargs`,
+            :meth:`right_dynamics`).
+        max_envs: the most environments the tuning loop runs at once (``None``: no bound); see :meth:`num_envs`.
 
     Examples:
         >>> task = get_task("mpe/navigation-4")
@@ -84,11 +152,63 @@ class TaskSpec:
     requires: tuple[str, ...] = ()
     d4rl_reference: tuple[float, float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    deployments: DeploymentHook = field(default_factory=StationaryDeployments)
+    max_envs: int | None = None
 
     @property
     def action_dim(self) -> int:
         """Size of the joint action."""
         return sum(len(p) for p in self.action_partition)
+
+    def deployment_env_kwargs(self, deployment: int, num_deployments: int) -> dict[str, Any]:
+        """Keyword arguments of :func:`make_env` for deployment ``deployment`` (0: the offline phase's evaluation).
+
+        Args:
+            deployment: ``k`` in ``0..num_deployments``.
+            num_deployments: ``K``.
+
+        Returns:
+            What the task's :class:`DeploymentHook` says (``{}`` for a stationary task).
+
+        Examples:
+            >>> get_task("nav/nonstationary").deployment_env_kwargs(1, 5)
+            {'beta': 0.1}
+            >>> get_task("mpe/navigation-3").deployment_env_kwargs(1, 5)
+            {}
+        """
+        return self.deployments.env_kwargs(deployment, num_deployments)
+
+    def right_dynamics(
+        self, rows: TensorDictBase, deployment: int, num_deployments: int
+    ) -> torch.Tensor | None:
+        """Which of ``rows`` have deployment ``deployment``'s dynamics, where the task labels its rows.
+
+        Args:
+            rows: transitions with batch size ``[N]``.
+            deployment: ``k`` in ``0..num_deployments`` (0: the offline phase, which takes deployment 1's).
+            num_deployments: ``K``.
+
+        Returns:
+            A boolean tensor of shape ``[N]``, or ``None`` when the task (or these rows) has no labels.
+
+        Examples:
+            >>> from tensordict import TensorDict
+            >>> rows = TensorDict({"beta": torch.tensor([[0.1], [-0.1]])}, [2])
+            >>> get_task("nav/nonstationary").right_dynamics(rows, 1, 5)
+            tensor([ True, False])
+            >>> get_task("mpe/navigation-3").right_dynamics(rows, 1, 5) is None
+            True
+        """
+        return self.deployments.right_dynamics(rows, deployment, num_deployments)
+
+    def num_envs(self, wanted: int) -> int:
+        """How many environments to run at once when ``wanted`` are asked for: ``wanted``, bounded by ``max_envs``.
+
+        Examples:
+            >>> get_task("mamujoco/hopper-3x1").num_envs(32), get_task("mpe/navigation-3").num_envs(32)
+            (1, 32)
+        """
+        return wanted if self.max_envs is None else min(wanted, self.max_envs)
 
     def available(self) -> bool:
         """Whether the Python packages this task needs are installed.
@@ -125,6 +245,7 @@ def _build_registry() -> dict[str, TaskSpec]:
             requires=("gymnasium_robotics", "mujoco"),
             d4rl_reference=_D4RL_REFERENCE[scenario],
             options={"scenario": scenario, "agent_conf": conf},
+            max_envs=1,  # several would be a SerialEnv, stepping its copies one after the other anyway
         )
     for n in range(3, 7):
         name = f"mpe/navigation-{n}"
@@ -164,6 +285,7 @@ def _build_registry() -> dict[str, TaskSpec]:
         action_high=1.0,
         max_steps=50,
         description="non-stationary single-agent navigation, velocity beta * a (section 4.5)",
+        deployments=BetaDeployments(),
     )
     tasks["smac/5m_vs_6m"] = TaskSpec(
         name="smac/5m_vs_6m",
@@ -177,6 +299,7 @@ def _build_registry() -> dict[str, TaskSpec]:
         description="SMAC 5m_vs_6m through TorchRL's SMACv2 wrapper; needs StarCraft II (section 4.6)",
         requires=("smacv2",),
         options={"map_name": "5m_vs_6m"},
+        max_envs=1,  # one environment per instance (make_env refuses more)
     )
     return tasks
 

@@ -10,8 +10,10 @@ parameters, optimisers, distance normalisers, random streams and gradient clippi
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -21,25 +23,26 @@ from torchrl.data.replay_buffers.samplers import Sampler
 
 from torchrl_otc._random import RandomStream
 from torchrl_otc.configs.algorithms import AlgorithmConfig
-from torchrl_otc.data.samplers import OTCSampler
+from torchrl_otc.data.samplers import MixSampler, OTCSampler
 from torchrl_otc.modules.trainable import Fittable, TrainablePart
-from torchrl_otc.trainers.algorithms import Algorithm, BatchedTD3BC, make_algorithm
+from torchrl_otc.trainers.algorithms import Algorithm, make_algorithm
 from torchrl_otc.trainers.parts import legacy_part_states, trainable_part
 
-__all__ = ["AgentLearner", "BatchedLearners"]
+__all__ = ["AgentLearner"]
 
 logger = logging.getLogger(__name__)
 
 SamplerFactory = Callable[[TensorDictReplayBuffer], Sampler]
+#: Labels a batch: a boolean ``[N]`` mask of the rows with the current dynamics, or ``None`` (no labels); e.g.
+#: :meth:`TaskSpec.right_dynamics <torchrl_otc.envs.TaskSpec.right_dynamics>` bound to a deployment.
+RowLabels = Callable[[TensorDictBase], "torch.Tensor | None"]
+#: The samplers' per-batch information that :meth:`AgentLearner.update` averages (``diagnostics=True``).
+_SAMPLER_INFO = ("otc_alpha", "otc_uniform", "otc_online_share", "otc_distance")
 
 
 def _prefixed(prefix: str, metrics: Any) -> dict[str, float]:
     """``{prefix/name: float}`` of a learned part's metrics (a mapping of floats or scalar tensors, or ``None``)."""
     return {f"{prefix}/{k}": float(v) for k, v in dict(metrics or {}).items()}
-
-
-def _otc_sampler(online: TensorDictReplayBuffer, **kwargs: Any) -> Sampler:
-    return OTCSampler(online, **kwargs)
 
 
 class AgentLearner:
@@ -106,12 +109,13 @@ class AgentLearner:
         ...                      merged_capacity=10_000, online_capacity=1_000,
         ...                      sampler_kwargs={"num_candidates": 64, "num_online": 50})
         >>> agent.add_offline(transitions(1000))
-        >>> sorted(agent.update())  # offline: uniform sampling, no actor step at update 1 (TD3's delay)
-        ['loss_qvalue', 'next_state_value', 'otc_alpha', 'otc_online_share', 'otc_uniform', 'pred_value', 'target_value']
-        >>> agent.add_deployment(transitions(50))  # D_i^1
-        >>> metrics = agent.update()
-        >>> metrics["otc_uniform"], "loss_actor" in metrics
-        (0.0, True)
+        >>> agent.update()  # offline: uniform sampling, no actor step at update 1 (TD3's delay)  # doctest: +ELLIPSIS
+        {'loss_qvalue': ..., 'online_share': 0.0}
+        >>> agent.add_deployment(transitions(50))  # D_i^1 (and eq. 4)
+        >>> list(agent.update(timings=True))
+        ['loss_qvalue', 'loss_actor', 'online_share', 'sample_ms', 'update_ms']
+        >>> agent.update(diagnostics=True)["otc_uniform"]  # the sampler's own information, on request
+        0.0
         >>> agent.act(TensorDict({"observation": torch.randn(3, 4)}, [3]))["action"].shape
         torch.Size([3, 2])
     """
@@ -161,8 +165,7 @@ class AgentLearner:
             generator=torch.Generator().manual_seed(seed + 1),
         )
         if sampler_factory is None:
-            kwargs = dict(sampler_kwargs or {})
-            sampler_factory = lambda online: _otc_sampler(online, **kwargs)  # noqa: E731
+            sampler_factory = functools.partial(OTCSampler, **dict(sampler_kwargs or {}))
         self.sampler = sampler_factory(self.online_buffer)
         self.merged_buffer = TensorDictReplayBuffer(
             storage=LazyTensorStorage(merged_capacity, device=storage_device),
@@ -173,6 +176,9 @@ class AgentLearner:
         self.stream = RandomStream(seed + 2, self.device)
         self.num_updates = 0
         self.deployments = 0
+        self.num_offline = (
+            0  # rows written by add_offline; the merged buffer's rows after them are online
+        )
         # The sampler's learned parts, each trained through the TrainablePart protocol by a trainer this learner
         # owns (optimiser, random stream, counters): d_e's CVAE, Balanced Replay's density-ratio network.
         self.trained_parts: dict[str, TrainablePart] = {}
@@ -226,6 +232,7 @@ class AgentLearner:
                 :class:`~torchrl_otc.BalancedReplaySampler`): fitted on this agent's own data only.
         """
         self.merged_buffer.extend(self._mark(data, online=False))
+        self.num_offline = len(self.merged_buffer)
         if fit_distance:
             for _, part in self._sampler_parts():
                 if isinstance(part, Fittable):
@@ -234,26 +241,67 @@ class AgentLearner:
     def add_deployment(self, data: TensorDictBase, *, adapt_alpha: bool = True) -> None:
         """Starts deployment ``k``: ``D_i^k`` replaces the online buffer's content and joins the merged buffer.
 
-        Then, if the sampler has ``adapt_alpha`` (OTC's eq. 4) and ``adapt_alpha`` is true, adapts alpha once.
+        Then, with ``adapt_alpha``, adapts alpha once (:meth:`adapt_alpha`).
 
         Args:
             data: this deployment's transitions of this agent.
-            adapt_alpha: call ``sampler.adapt_alpha(merged_buffer)``.
+            adapt_alpha: call :meth:`adapt_alpha` now. A loop that deploys agents one after the other (section
+                4.6) passes ``False`` and calls :meth:`adapt_alpha` once every agent's deployment is written.
         """
         marked = self._mark(data, online=True)
         self.online_buffer.empty()
         self.online_buffer.extend(marked)
         self.merged_buffer.extend(marked)
         self.deployments += 1
-        if adapt_alpha and callable(getattr(self.sampler, "adapt_alpha", None)):
-            self.sampler.adapt_alpha(self.merged_buffer)
+        if adapt_alpha:
+            self.adapt_alpha()
+
+    def adapt_alpha(self) -> float | None:
+        """OTC's eq. 4, once per deployment: ``sampler.adapt_alpha(merged_buffer)`` in this agent's random stream.
+
+        The one place alpha adapts (:meth:`add_deployment` calls it; so does the tuning loop). The first call only
+        records ``D_1``.
+
+        Returns:
+            The new alpha, or ``None`` when the sampler does not adapt alpha (not an
+            :class:`~torchrl_otc.OTCSampler`).
+        """
+        adapt = getattr(self.sampler, "adapt_alpha", None)
+        if not callable(adapt):
+            return None
+        with self.random_stream():
+            return adapt(self.merged_buffer)
+
+    def sampler_metrics(self) -> dict[str, float]:
+        r"""The sampler's settings now, as the tuning loop logs them with each evaluation.
+
+        Returns:
+            :class:`~torchrl_otc.OTCSampler`: ``alpha`` and, once eq. 4 has run, ``D`` (its last
+            :math:`\mathbb{D}_k`); :class:`~torchrl_otc.MixSampler`, after the first deployment:
+            ``mix_fraction``; else ``{}``.
+        """
+        metrics: dict[str, float] = {}
+        if isinstance(self.sampler, OTCSampler):
+            metrics["alpha"] = self.sampler.alpha
+            if self.sampler.alpha_history:
+                metrics["D"] = self.sampler.alpha_history[-1]["D"]
+        if isinstance(self.sampler, MixSampler) and self.deployments > 0:
+            metrics["mix_fraction"] = self.sampler.online_fraction
+        return metrics
 
     # ---------------------------------------------------------------------------------------- training
     def sample(self) -> TensorDictBase:
         """One batch from the merged buffer, on the learner's device."""
         return self.merged_buffer.sample(self.batch_size).to(self.device, non_blocking=True)
 
-    def update(self, *, train_sampler: bool = True) -> dict[str, float]:
+    def update(
+        self,
+        *,
+        train_sampler: bool = True,
+        right_dynamics: RowLabels | None = None,
+        timings: bool = False,
+        diagnostics: bool = False,
+    ) -> dict[str, float]:
         """One gradient step of every part of the algorithm on a batch from the sampler, then the targets.
 
         Then, with ``train_sampler``, one step of the sampler's learned parts on the same batch
@@ -263,26 +311,54 @@ class AgentLearner:
         Keyword Args:
             train_sampler: also train the sampler's learned parts. The tuning loop turns it off during offline
                 training so that the offline-trained agents do not depend on the sampling strategy.
+            right_dynamics: labels the batch's rows with whether they have the current dynamics (a task's
+                :meth:`~torchrl_otc.envs.TaskSpec.right_dynamics` bound to the deployment); adds
+                ``offline_right_dynamics_share`` when it labels them and the batch has offline rows.
+            timings: add ``sample_ms`` and ``update_ms``.
+            diagnostics: add the algorithm's other values (``pred_value``, ...) and the batch means of the
+                sampler's ``otc_alpha``, ``otc_uniform``, ``otc_online_share`` and ``otc_distance``.
 
         Returns:
-            the algorithm's metrics (see :meth:`Algorithm.update <torchrl_otc.trainers.algorithms.Algorithm.update>`), the batch means of the
-            sampler's scalar ``otc_*`` entries, and the learned parts' metrics prefixed ``distance/`` and
-            ``sampler/``.
+            The update's metrics under the names of ``docs/metrics.rst`` (the tuning loop prefixes them
+            ``agent{i}/``), in this order: the algorithm's losses (``loss*``, see :meth:`Algorithm.update
+            <torchrl_otc.trainers.algorithms.Algorithm.update>`); the learned parts' metrics prefixed
+            ``distance/`` and ``sampler/``; ``online_share`` (the sampler's ``otc_online_share``, else the mean of
+            the batch's ``online_key`` column); then ``offline_right_dynamics_share``, the diagnostics and the
+            timings where asked for: ``sample_ms`` (drawing the batch and moving it to the device) and
+            ``update_ms`` (this whole call), in milliseconds.
         """
+        start = time.perf_counter()
         with self.random_stream():
+            t0 = time.perf_counter()
             batch = self.sample()
-            metrics = self.algorithm.update(batch)
-            if train_sampler:
-                metrics.update(self.sampler_update(batch))
+            sample_ms = (time.perf_counter() - t0) * 1e3
+            values = self.algorithm.update(batch)
+            parts = self.sampler_update(batch) if train_sampler else {}
         self.num_updates += 1
-        info = {
-            k: batch.get(k)
-            for k in ("otc_alpha", "otc_uniform", "otc_online_share", "otc_distance")
-            if k in batch.keys()
-        }
+        info = {k: batch.get(k) for k in _SAMPLER_INFO if k in batch.keys()}
         if info:
-            values = torch.stack([v.float().mean() for v in info.values()]).tolist()
-            metrics.update(zip(info, values))
+            info = dict(zip(info, torch.stack([v.float().mean() for v in info.values()]).tolist()))
+        metrics = {k: v for k, v in values.items() if k.startswith("loss")}
+        metrics.update(parts)
+        has_flags = self.online_key is not None and self.online_key in batch.keys()
+        online = batch.get(self.online_key) if has_flags else None
+        if "otc_online_share" in info:
+            metrics["online_share"] = info["otc_online_share"]
+        elif online is not None:
+            metrics["online_share"] = float(online.float().mean())
+        right = None if right_dynamics is None else right_dynamics(batch)
+        if (
+            right is not None
+        ):  # among the offline rows (all rows when the batch has no online flags)
+            right = right.reshape(-1) if online is None else right.reshape(-1)[~online.reshape(-1)]
+            if right.numel():
+                metrics["offline_right_dynamics_share"] = float(right.float().mean())
+        if diagnostics:
+            metrics.update({k: v for k, v in values.items() if k not in metrics})
+            metrics.update(info)
+        if timings:
+            metrics["sample_ms"] = sample_ms
+            metrics["update_ms"] = (time.perf_counter() - start) * 1e3
         return metrics
 
     def sampler_update(self, batch: TensorDictBase) -> dict[str, float]:
@@ -356,7 +432,7 @@ class AgentLearner:
 
         ``"parts"`` holds the training state of the sampler's learned parts (:attr:`trained_parts`: optimisers,
         random streams, counters), by prefix; their parameters are in the sampler's state. The buffers' contents
-        are not included (save them with ``merged_buffer.dumps(path)``).
+        are not included (:mod:`~torchrl_otc.trainers.checkpointing` writes the online rows beside it).
         """
         stream = self.stream.state_dict()
         state: dict[str, Any] = {
@@ -398,70 +474,3 @@ class AgentLearner:
         for name, part in self.trained_parts.items():
             if name in parts:
                 part.load_state_dict(parts[name])
-
-
-class BatchedLearners:
-    """N TD3+BC :class:`AgentLearner` s updated by one batched call; the same numbers as N separate updates.
-
-    Each learner still samples its own batch with its own sampler and generator, and draws its target-policy
-    noise from its own random stream, exactly as :meth:`AgentLearner.update` would; the gradient steps of all
-    agents then run as one :class:`~torchrl_otc.trainers.algorithms.BatchedTD3BC` call on stacked copies of their
-    parameters. Call :meth:`write_back` before using the learners' own algorithms again (acting, checkpointing,
-    separate updates).
-
-    Args:
-        learners: TD3+BC learners with identical configs, at the same update count, on one device.
-
-    Examples:
-        >>> import torch
-        >>> from tensordict import TensorDict
-        >>> from torchrl.data import Bounded, RandomSampler, Unbounded
-        >>> from torchrl_otc.configs.algorithms import TD3BCConfig
-        >>> data = TensorDict({"observation": torch.randn(500, 3), "action": torch.rand(500, 1) * 2 - 1,
-        ...     ("next", "observation"): torch.randn(500, 3), ("next", "reward"): torch.randn(500, 1),
-        ...     ("next", "done"): torch.zeros(500, 1, dtype=torch.bool),
-        ...     ("next", "terminated"): torch.zeros(500, 1, dtype=torch.bool)}, [500])
-        >>> learners = [AgentLearner(TD3BCConfig(hidden_sizes=(16,)), Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
-        ...                          seed=i, merged_capacity=1000, sampler_factory=lambda online: RandomSampler())
-        ...             for i in range(2)]
-        >>> for learner in learners:
-        ...     learner.add_offline(data)
-        >>> group = BatchedLearners(learners)
-        >>> len(group.update()), group.num_agents
-        (2, 2)
-        >>> group.write_back()
-    """
-
-    def __init__(self, learners: Sequence[AgentLearner]) -> None:
-        self.learners = list(learners)
-        if len({learner.device for learner in self.learners}) != 1:
-            raise ValueError("BatchedLearners needs all learners on one device.")
-        self.batched = BatchedTD3BC([learner.algorithm for learner in self.learners])
-
-    @property
-    def num_agents(self) -> int:
-        """N."""
-        return len(self.learners)
-
-    def update(self) -> list[dict[str, float]]:
-        """One update of every agent; returns each agent's losses (and its ``distance/``, ``sampler/`` metrics)."""
-        batches, noise, extra = [], [], []
-        for learner in self.learners:
-            with learner.random_stream():
-                batch = learner.sample()
-                noise.append(torch.randn_like(batch.get("action")))
-            batches.append(batch.select("observation", "action", "next"))
-        stacked = torch.stack(batches)
-        out = self.batched.update(stacked, torch.stack(noise))
-        for learner, batch in zip(self.learners, batches):
-            with learner.random_stream():
-                extra.append(learner.sampler_update(batch))
-            learner.num_updates += 1
-        columns = {k: v.tolist() for k, v in out.items()}
-        return [
-            {**{k: v[i] for k, v in columns.items()}, **extra[i]} for i in range(self.num_agents)
-        ]
-
-    def write_back(self) -> None:
-        """Copies the batched parameters, targets and optimiser states into each learner's algorithm."""
-        self.batched.write_back()

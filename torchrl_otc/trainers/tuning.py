@@ -13,6 +13,14 @@
 Nothing of one agent reaches another: each has its own buffers, sampler (and distance statistics), algorithm,
 optimisers and random generator. The offline-trained agents are cached per (task, dataset, algorithm, seed, offline
 updates), so strategies compared on the same seed share the same starting point.
+
+The loop orders the work and logs; the pieces live beside it: each agent's
+:class:`~torchrl_otc.trainers.AgentLearner` updates and returns its metrics (the loop averages them, prefixes them
+``agent{i}/`` and writes them, see ``docs/metrics.rst``), :func:`~torchrl_otc.trainers.strategies.make_sampler`
+builds the samplers, :class:`~torchrl_otc.trainers.deployment.Deployer` collects and evaluates, the task's
+:class:`~torchrl_otc.envs.registry.DeploymentHook` says what changes between deployments,
+:mod:`~torchrl_otc.trainers.matched_mix` pairs a matched mix with its OTC run, and
+:mod:`~torchrl_otc.trainers.checkpointing` writes and restores checkpoints.
 """
 
 from __future__ import annotations
@@ -22,65 +30,31 @@ import itertools
 import json
 import logging
 import math
-import statistics
-import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Bounded, RandomSampler, TensorDictReplayBuffer, Unbounded
-from torchrl.data.replay_buffers.samplers import Sampler
+from tensordict import TensorDictBase
+from torchrl.data import Bounded, Unbounded
 from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from torchrl_otc.configs.tune import TuneConfig
 from torchrl_otc.data.datasets.storage import load_dataset
-from torchrl_otc.data.samplers import (
-    BalancedReplaySampler,
-    MixSampler,
-    OnlineOnlySampler,
-    OTCSampler,
-)
-from torchrl_otc.data.transforms import agent_transitions
-from torchrl_otc.envs.nonstationary_nav import beta_schedule
-from torchrl_otc.envs.registry import get_task, make_env
-from torchrl_otc.modules.distances import (
-    EmbeddingDistance,
-    FeatureDistance,
-    TransitionDistance,
-    ValueDistance,
-)
+from torchrl_otc.envs.registry import get_task
 from torchrl_otc.trainers.behaviour import build_dataset
+from torchrl_otc.trainers.checkpointing import read_state, restore_checkpoint, write_checkpoint
+from torchrl_otc.trainers.deployment import Deployer, agent_rows
 from torchrl_otc.trainers.learner import AgentLearner
+from torchrl_otc.trainers.matched_mix import check_pair, matched_fraction
 from torchrl_otc.trainers.run import RunFolder, atomic_checkpoint
+from torchrl_otc.trainers.strategies import DEPLOYMENT_KEY, ID_KEY, ONLINE_KEY, make_sampler
 
 __all__ = ["OnlineTuner", "DivergenceError", "resolve_device"]
 
 logger = logging.getLogger(__name__)
-
-ONLINE_KEY = "is_online"
-ID_KEY = "transition_id"
-DEPLOYMENT_KEY = "deployment"  # 0 for offline rows, k for the rows of deployment k
-#: Fields (flat names) a ``mix_fraction=matched`` run must share with its paired OTC run, besides every
-#: ``algorithm.<field>``.
-_PAIRED_FIELDS = (
-    "task",
-    "dataset",
-    "dataset_size",
-    "dataset_path",
-    "algo",
-    "seed",
-    "offline_updates",
-    "deployments",
-    "steps_per_deployment",
-    "updates_per_deployment",
-    "sequential_exploration",
-    "eval_episodes",
-    "threads",
-)
 
 
 class DivergenceError(RuntimeError):
@@ -106,34 +80,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class _RecordingLearner(AgentLearner):
-    """An :class:`AgentLearner` that keeps its last batch and sampling time, for the tuner's metrics."""
+class _Means:
+    """Running means of the scalars added since the last :meth:`pop` (one row of ``metrics.csv`` per name)."""
 
-    last_batch: TensorDictBase | None = None
-    last_sample_ms: float = 0.0
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
 
-    def sample(self) -> TensorDictBase:
-        t0 = time.perf_counter()
-        self.last_batch = super().sample()
-        self.last_sample_ms = (time.perf_counter() - t0) * 1e3
-        return self.last_batch
+    def add(self, prefix: str, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            self.sums[prefix + name] += value
+            self.counts[prefix + name] += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums.clear()
+        self.counts.clear()
+        return means
 
 
 @dataclass
 class _Agent:
-    """An agent's :class:`~torchrl_otc.trainers.learner.AgentLearner` and the online rows it has received."""
+    """Agent ``index``'s :class:`~torchrl_otc.trainers.learner.AgentLearner`."""
 
     index: int
-    learner: _RecordingLearner
-    online_rows: list[TensorDictBase] = field(default_factory=list)
-
-    @property
-    def sampler(self) -> Sampler:
-        return self.learner.sampler
-
-    @property
-    def merged(self) -> TensorDictReplayBuffer:
-        return self.learner.merged_buffer
+    learner: AgentLearner
 
 
 class OnlineTuner:
@@ -166,7 +137,7 @@ class OnlineTuner:
         self.device = resolve_device(config.run.device)
         self.task = get_task(config.task.name)
         if config.sampler.name == "mix" and config.sampler.mix_fraction == "matched":
-            self._check_pair()  # before the run folder exists: a bad pair leaves nothing behind
+            check_pair(config)  # before the run folder exists: a bad pair leaves nothing behind
         self.K = config.run.deployments
         self.M = config.resolved_steps_per_deployment
         self.L = config.resolved_updates_per_deployment
@@ -176,68 +147,20 @@ class OnlineTuner:
         self.folder = RunFolder(run_dir or Path(config.run.runs_root) / name)
         self.dataset = None
         self.agents: list[_Agent] = []
+        self.deployer: Deployer | None = None
         self.returns: dict[int, float] = {}
 
     # ------------------------------------------------------------------------------------------------ setup
-    def _check_pair(self) -> None:
-        """``mix_fraction=matched``: the paired OTC run exists, finished, and has this run's settings."""
-        cfg = self.config
-        pair = Path(str(cfg.sampler.mix_pair))
-        if not (pair / "config.yaml").exists():
-            raise ValueError(
-                f"mix_fraction=matched: the paired OTC run {pair} does not exist (no config.yaml there). Run the OTC "
-                f"run first (a sweep orders it before the matched mix), or point mix_pair= at its folder."
-            )
-        if not (pair / "DONE").exists():
-            raise ValueError(
-                f"mix_fraction=matched: the paired OTC run {pair} has not finished (no DONE marker). Finish it "
-                f"first: otc tune resume={pair}."
-            )
-        # flat views (shortcut names, algorithm.<field>), whichever form the pair's config.yaml has
-        held = TuneConfig.from_dict(RunFolder(pair).read_config(), validate=False).to_flat()
-        if held["strategy"] != "otc":
-            raise ValueError(
-                f"mix_fraction=matched: {pair} is a strategy={held['strategy']} run; the pair must be an OTC run."
-            )
-        mine = cfg.to_flat()
-        paired = [*_PAIRED_FIELDS, *(k for k in mine if k.startswith("algorithm."))]
-        differ = [k for k in paired if held.get(k) != mine[k]]
-        if differ:
-            raise ValueError(
-                f"mix_fraction=matched: the paired OTC run {pair} differs in {differ} (e.g. {differ[0]}="
-                f"{held.get(differ[0])!r} there, {mine[differ[0]]!r} here): a matched mix must share its pair's "
-                f"task, data, seed and sizes."
-            )
-
-    def _matched_fraction(self, rows: list[dict[str, str]], agent: int, deployment: int) -> float:
-        """The online share agent ``agent``'s batches had in deployment ``deployment`` of the paired OTC run.
-
-        The mean of the run's ``agent{i}/online_share`` rows (``rows``: its metrics.csv) of that deployment (one
-        row per ``checkpoint_every`` updates, each a mean over its updates), kept inside ``[1/512, 1 - 1/512]`` so
-        that a mix stays a mix.
-        """
-        shares = [
-            float(r["value"])
-            for r in rows
-            if r["name"] == f"agent{agent}/online_share"
-            and r["phase"] == "online"
-            and int(r["deployment"]) == deployment
-        ]
-        if not shares:
-            raise ValueError(
-                f"mix_fraction=matched: the paired OTC run {self.config.sampler.mix_pair} has no agent{agent}/online_share "
-                f"for deployment {deployment} in its metrics.csv; re-run it."
-            )
-        eps = 1.0 / 512
-        return min(max(statistics.fmean(shares), eps), 1.0 - eps)
-
     def _set_mix_fractions(self, deployment: int) -> None:
+        """``mix_fraction=matched``: each agent's mix takes its pair's online share of deployment ``deployment``."""
         if self.config.sampler.name != "mix" or self.config.sampler.mix_fraction != "matched":
             return
-        # read once for every agent
-        rows = RunFolder(str(self.config.sampler.mix_pair)).read_metrics()
+        pair = str(self.config.sampler.mix_pair)
+        rows = RunFolder(pair).read_metrics()  # read once for every agent
         for agent in self.agents:
-            agent.sampler.online_fraction = self._matched_fraction(rows, agent.index, deployment)
+            agent.learner.sampler.online_fraction = matched_fraction(
+                rows, agent.index, deployment, pair
+            )
 
     def _load_dataset(self):
         """The joint dataset ``B^0``: ``dataset_path``, else the cache, else built once and cached."""
@@ -279,67 +202,6 @@ class OnlineTuner:
         """Agent ``agent``'s seed: its learner uses it (and the next two), its sampler's learned parts ``+ 5``."""
         return self.config.run.seed * 1000 + 10 * agent
 
-    def _make_sampler(self, online: TensorDictReplayBuffer, agent: int, action_dim: int) -> Sampler:
-        """Agent ``agent``'s sampler for ``strategy`` (and its distance for ``strategy=otc``)."""
-        cfg = self.config
-        seed = (
-            self._agent_seed(agent) + 5
-        )  # the sampler's own parts: away from the learner's seed + 0..2
-        if cfg.sampler.name == "uniform":
-            return RandomSampler()
-        if cfg.sampler.name == "online-only":
-            return OnlineOnlySampler(online_key=ONLINE_KEY)
-        if cfg.sampler.name == "mix":
-            # matched: set per deployment from the paired OTC run (_set_mix_fractions); offline it is uniform
-            share = cfg.sampler.mix_fraction
-            fraction = 0.5 if share == "matched" else float(share)
-            return MixSampler(
-                fraction,
-                online_key=ONLINE_KEY,
-                source=cfg.sampler.mix_source,
-                deployment_key=DEPLOYMENT_KEY,
-            )
-        if cfg.sampler.name == "balanced-replay":
-            return BalancedReplaySampler(
-                online_key=ONLINE_KEY,
-                num_candidates=cfg.sampler.num_candidates,
-                seed=seed,
-                device=self.device,
-            )
-        distance: TransitionDistance
-        if cfg.sampler.distance.name == "feature":
-            # fitted by add_offline
-            distance = FeatureDistance(
-                next_state=cfg.sampler.distance.next_state, compile=cfg.sampler.distance.compile
-            )
-        elif cfg.sampler.distance.name == "embedding":
-            # d_e (sections 3.3, 3.5); pretrained after offline training
-            distance = EmbeddingDistance(
-                self.task.state_dim,
-                action_dim,
-                reconstruct=cfg.sampler.distance.reconstruct,
-                update_every=cfg.sampler.distance.update_every,
-                seed=seed,
-                device=self.device,
-                compile=cfg.sampler.distance.compile,
-            )
-        else:  # d_q (section 3.3): bound to the agent's own critic by AgentLearner
-            distance = ValueDistance(
-                value_actions=cfg.sampler.distance.value_actions,
-                compile=cfg.sampler.distance.compile,
-            )
-        return OTCSampler(
-            online,
-            alpha=cfg.sampler.alpha,
-            distance=distance,
-            num_candidates=cfg.sampler.num_candidates,
-            num_online=cfg.sampler.num_online,
-            adaptive_alpha=cfg.sampler.adaptive_alpha,
-            self_match=cfg.sampler.self_match,
-            online_key=ONLINE_KEY,
-            id_key=ID_KEY,
-        )
-
     def _build_agents(self) -> None:
         cfg = self.config
         self.dataset = self._load_dataset()
@@ -349,156 +211,74 @@ class OnlineTuner:
             view = view.to_tensordict() if hasattr(view, "to_tensordict") else view
             view.set(ID_KEY, torch.arange(len(view)))
             view.set(DEPLOYMENT_KEY, torch.zeros(len(view), dtype=torch.long))
-            learner = _RecordingLearner(
+            action_dim = view.get("action").shape[-1]
+            part_seed = (
+                self._agent_seed(i) + 5
+            )  # the sampler's own parts: away from the learner's + 0..2
+            learner = AgentLearner(
                 cfg.algorithm,  # the config itself: every algorithm.* setting reaches make_algorithm
                 Unbounded(shape=(view.get("observation").shape[-1],)),
-                Bounded(
-                    self.task.action_low,
-                    self.task.action_high,
-                    shape=(view.get("action").shape[-1],),
-                ),
+                Bounded(self.task.action_low, self.task.action_high, shape=(action_dim,)),
                 seed=self._agent_seed(i),
                 device=self.device,
                 storage_device=self.device,
                 merged_capacity=len(view) + self.K * self.M * collections,
                 online_capacity=self.M,
                 sampler_factory=functools.partial(
-                    self._make_sampler, agent=i, action_dim=view.get("action").shape[-1]
+                    make_sampler,
+                    cfg.sampler,
+                    state_dim=self.task.state_dim,
+                    action_dim=action_dim,
+                    seed=part_seed,
+                    device=self.device,
                 ),
                 online_key=ONLINE_KEY,
             )
             learner.add_offline(view.to(self.device))
             self.agents.append(_Agent(i, learner))
-
-    # ------------------------------------------------------------------------------------------------ acting
-    def _joint_policy(
-        self, explore_agent: int | None = None, generator: torch.Generator | None = None
-    ):
-        partition = self.task.action_partition
-        low, high = self.task.action_low, self.task.action_high
-        noise = self.config.task.exploration_noise * (high - low) / 2
-
-        def policy(td: TensorDictBase) -> TensorDictBase:
-            obs = td.get("observation")
-            joint = torch.empty(*obs.shape[:-1], self.task.action_dim, device=obs.device)
-            for agent, cols in zip(self.agents, partition):
-                action = agent.learner.act(
-                    TensorDict({"observation": obs}, batch_size=obs.shape[:-1])
-                )["action"]
-                if agent.index == explore_agent:
-                    action = action + noise * torch.randn(
-                        action.shape, generator=generator, device=action.device
-                    )
-                    action = action.clamp(low, high)
-                joint[..., list(cols)] = action
-            td.set("action", joint)
-            return td
-
-        return policy
-
-    def _env(self, num_envs: int, seed: int, deployment: int):
-        kwargs: dict[str, Any] = {}
-        if self.task.family == "nav":
-            kwargs["beta"] = beta_schedule(max(deployment, 1), self.K)
-        if self.task.family == "mamujoco":
-            num_envs = 1
-        return make_env(
-            self.config.task.name,
-            layout="joint",
-            num_envs=num_envs,
-            seed=seed,
+        self.deployer = Deployer(
+            self.task,
+            [agent.learner for agent in self.agents],
+            num_deployments=self.K,
             device=self.device,
-            **kwargs,
+            exploration_noise=cfg.task.exploration_noise,
+            progress=self.progress,
         )
 
-    def _online_beta(self, deployment: int) -> float | None:
-        if self.task.family != "nav":
-            return None
-        return beta_schedule(max(deployment, 1), self.K)
-
-    @torch.no_grad()
+    # ------------------------------------------------------------------------------------------------ acting
     def _collect(
         self, deployment: int, steps: int, explore_agent: int | None = None
     ) -> TensorDictBase:
         """``steps`` joint transitions with the agents' current policies (time-major, envs interleaved)."""
         seed = self.config.run.seed * 100_003 + deployment * 101 + (explore_agent or 0) + 7
-        num_envs = max(1, min(steps, 32))
-        env = self._env(num_envs, seed, deployment)
-        num_envs = env.batch_size[0] if env.batch_size else 1
-        horizon = math.ceil(steps / num_envs)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        who = "all agents" if explore_agent is None else f"agent {explore_agent} exploring"
-        with tqdm(
-            total=horizon * num_envs,
-            desc=f"collection (deployment {deployment}, {who})",
-            disable=not self.progress,
-            leave=False,
-            unit="step",
-        ) as bar:
-            data = env.rollout(
-                horizon,
-                policy=self._joint_policy(explore_agent, generator),
-                break_when_any_done=False,
-                callback=lambda *_: bar.update(num_envs),
-            )
-        env.close()
-        if data.batch_dims == 2:
-            data = data.transpose(0, 1)
-        return data.reshape(-1)[:steps].to_tensordict()
+        return self.deployer.collect(deployment, steps, seed=seed, explore_agent=explore_agent)
 
-    @torch.no_grad()
     def evaluate(self, deployment: int) -> tuple[float, float]:
         """Mean and std of the team return over ``eval_episodes`` episodes (deterministic policies)."""
-        episodes = self.config.run.eval_episodes
         seed = self.config.run.seed * 100_003 + deployment * 101 + 50_000
-        env = self._env(episodes, seed, deployment)
-        returns: list[float] = []
-        while len(returns) < episodes:
-            data = env.rollout(
-                self.task.max_steps, policy=self._joint_policy(), break_when_any_done=False
-            )
-            if data.batch_dims == 1:
-                data = data.unsqueeze(0)
-            reward = data.get(("next", "reward")).reshape(*data.shape[:2], -1)[..., 0]
-            done = data.get(("next", "done")).reshape(*data.shape[:2], -1)[..., 0]
-            # Count each environment's first episode only (auto-reset starts another one after it).
-            before_first_done = torch.cumsum(done.long(), 1) - done.long() == 0
-            returns += (reward * before_first_done).sum(1).tolist()
-        env.close()
-        returns = returns[:episodes]
-        return statistics.mean(returns), statistics.pstdev(returns)
+        return self.deployer.evaluate(deployment, self.config.run.eval_episodes, seed=seed)
 
-    # ------------------------------------------------------------------------------------------------ data
     def _add_online(
         self, deployment: int, joint: TensorDictBase, agents: list[_Agent] | None = None
     ) -> None:
+        """Each agent's rows of ``joint`` become its ``D_i^k`` (alpha adapts later, once every agent has its own)."""
         for agent in agents or self.agents:
-            rows = agent_transitions(joint, self.task.action_partition, agent.index)
-            n = len(rows)
-            start = len(agent.merged)
-            rows.set(ID_KEY, torch.arange(start, start + n, device=rows.device))
-            rows.set(ONLINE_KEY, torch.ones(n, dtype=torch.bool, device=rows.device))
-            rows.set(
-                DEPLOYMENT_KEY, torch.full((n,), deployment, dtype=torch.long, device=rows.device)
-            )
-            # Same columns as the merged storage: keys the environment does not produce are zero-filled.
-            stored = agent.merged.storage._storage
-            keys = [k for k in stored.keys(True, True) if k in rows.keys(True, True)]
-            rows = rows.select(*keys).to(self.device)
-            if n <= len(agent.merged):
-                template = stored[:n].clone().zero_()
-                template.update(rows)
-                rows = template
+            merged = agent.learner.merged_buffer
+            rows = agent_rows(joint, self.task.action_partition, agent.index, deployment, merged)
             agent.learner.add_deployment(rows, adapt_alpha=False)
-            agent.online_rows.append(rows.cpu())
 
     # ------------------------------------------------------------------------------------------------ training
     def _train(self, steps: int, *, phase: str, deployment: int, start: int = 0) -> None:
-        """``steps`` updates of every agent (round-robin), from update ``start`` (when resuming)."""
+        """``steps`` updates of every agent (round-robin), from update ``start`` (when resuming).
+
+        Each agent's :meth:`~torchrl_otc.trainers.AgentLearner.update` returns its metrics, labelled by the task's
+        hook for this deployment; they are checked, averaged over ``checkpoint_every`` updates and logged.
+        """
         cfg = self.config
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        beta = self._online_beta(deployment)
+        means = _Means()
+        labels = functools.partial(
+            self.task.right_dynamics, deployment=deployment, num_deployments=self.K
+        )
         bar = tqdm(
             range(start, steps),
             desc=f"{phase} updates (deployment {deployment})",
@@ -507,13 +287,10 @@ class OnlineTuner:
         )
         for t in bar:
             for agent in self.agents:
-                t0 = time.perf_counter()
-                metrics = agent.learner.update(train_sampler=phase != "offline")
-                update_ms = (time.perf_counter() - t0) * 1e3
-                batch = agent.learner.last_batch
-                prefix = f"agent{agent.index}"
+                metrics = agent.learner.update(
+                    train_sampler=phase != "offline", right_dynamics=labels, timings=True
+                )
                 for name, value in metrics.items():
-                    value = float(value)
                     if not math.isfinite(value):
                         raise DivergenceError(
                             f"Agent {agent.index} diverged: {name} = {value} at update {t} of the {phase} "
@@ -521,41 +298,14 @@ class OnlineTuner:
                             f"{self.folder.checkpoint_dir} (stage {self._stage}); metrics up to it are in "
                             f"{self.folder.metrics_file}."
                         )
-                    if (
-                        name.startswith(("loss", "distance/", "sampler/"))
-                        or name == "otc_online_share"
-                    ):
-                        key = f"{prefix}/{'online_share' if name == 'otc_online_share' else name}"
-                        sums[key] += value
-                        counts[key] += 1
-                for key, value in (
-                    ("sample_ms", agent.learner.last_sample_ms),
-                    ("update_ms", update_ms),
-                ):
-                    sums[f"{prefix}/{key}"] += value
-                    counts[f"{prefix}/{key}"] += 1
-                if "otc_online_share" not in metrics and ONLINE_KEY in batch.keys():
-                    sums[f"{prefix}/online_share"] += float(batch.get(ONLINE_KEY).float().mean())
-                    counts[f"{prefix}/online_share"] += 1
-                if beta is not None and "beta" in batch.keys():
-                    offline = ~batch.get(ONLINE_KEY).reshape(-1)
-                    if offline.any():
-                        right = torch.sign(batch.get("beta").reshape(-1)[offline]) == math.copysign(
-                            1, beta
-                        )
-                        sums[f"{prefix}/offline_right_dynamics_share"] += float(
-                            right.float().mean()
-                        )
-                        counts[f"{prefix}/offline_right_dynamics_share"] += 1
+                means.add(f"agent{agent.index}/", metrics)
             self.step += 1
             self._stage["update"] = t + 1
             if (t + 1) % cfg.run.checkpoint_every == 0 and t + 1 < steps:
-                self._log({k: sums[k] / counts[k] for k in sums}, phase, deployment)
-                sums.clear()
-                counts.clear()
+                self._log(means.pop(), phase, deployment)
                 self._checkpoint()
-        if sums:
-            self._log({k: sums[k] / counts[k] for k in sums}, phase, deployment)
+        if means.sums:
+            self._log(means.pop(), phase, deployment)
 
     def _log(self, scalars: dict[str, float], phase: str, deployment: int) -> None:
         self.folder.log(scalars, step=self.step, phase=phase, deployment=deployment)
@@ -565,61 +315,32 @@ class OnlineTuner:
         self.returns[deployment] = mean
         scalars = {"eval/return_mean": mean, "eval/return_std": std}
         for agent in self.agents:
-            if isinstance(agent.sampler, OTCSampler):
-                scalars[f"agent{agent.index}/alpha"] = agent.sampler.alpha
-                if agent.sampler.alpha_history:
-                    scalars[f"agent{agent.index}/D"] = agent.sampler.alpha_history[-1]["D"]
-            if isinstance(agent.sampler, MixSampler) and deployment > 0:
-                scalars[f"agent{agent.index}/mix_fraction"] = agent.sampler.online_fraction
+            for name, value in agent.learner.sampler_metrics().items():
+                scalars[f"agent{agent.index}/{name}"] = value
         self._log(scalars, phase, deployment)
         logger.info("deployment %d: return %.3f ± %.3f", deployment, mean, std)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
-        return {
+    def _checkpoint(self) -> None:
+        state = {
             "stage": dict(self._stage),
             "step": self.step,
             "returns": dict(self.returns),
             "metrics_rows": len(self.folder.read_metrics()),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "agents": [
-                {
-                    "learner": agent.learner.state_dict(),
-                    "online_rows": list(agent.online_rows),
-                    "current_online": agent.learner.online_buffer[:].cpu()
-                    if len(agent.learner.online_buffer)
-                    else None,
-                }
-                for agent in self.agents
-            ],
         }
-
-    def _checkpoint(self) -> None:
-        state = self._state()
-        self.folder.save_checkpoint(lambda path: torch.save(state, path / "state.pt"))
+        learners = [agent.learner for agent in self.agents]
+        self.folder.save_checkpoint(lambda path: write_checkpoint(path, state, learners))
 
     def _offline_cache(self) -> Path:
         return Path(self.config.data.cache_dir) / "offline" / self.config.offline_key()
 
     def _restore(self, state: dict[str, Any]) -> None:
+        restore_checkpoint(
+            self.folder.checkpoint_dir, state, [a.learner for a in self.agents], self.device
+        )
         self._stage = dict(state["stage"])
         self.step = int(state["step"])
         self.returns = {int(k): float(v) for k, v in state["returns"].items()}
-        for agent, saved in zip(self.agents, state["agents"]):
-            learner = agent.learner
-            for rows in saved["online_rows"]:
-                learner.merged_buffer.extend(rows.to(self.device))
-            agent.online_rows = list(saved["online_rows"])
-            learner.online_buffer.empty()
-            if saved["current_online"] is not None:
-                learner.online_buffer.extend(saved["current_online"].to(self.device))
-            learner.load_state_dict(
-                saved["learner"]
-            )  # last: writes above must not move its streams
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def _attach_logger(self) -> None:
         """``metrics.csv`` is always written; ``logger=tensorboard|wandb`` mirrors it to a TorchRL logger."""
@@ -659,7 +380,7 @@ class OnlineTuner:
         self._attach_logger()
         self._build_agents()
         if resuming and self.folder.has_checkpoint():
-            state = torch.load(self.folder.checkpoint_dir / "state.pt", weights_only=False)
+            state = read_state(self.folder.checkpoint_dir)
             self._restore(state)
             kept = iter(range(state["metrics_rows"]))
             self.folder.truncate_metrics(lambda r: next(kept, None) is not None)
@@ -758,18 +479,15 @@ class OnlineTuner:
             k = self._stage["deployment"]
             if self._stage["stage"] == "collect":
                 if cfg.task.sequential_exploration:
-                    for (
-                        agent
-                    ) in self.agents:  # section 4.6: one agent explores while the others exploit
+                    # section 4.6: one agent explores while the others exploit
+                    for agent in self.agents:
                         joint = self._collect(k, self.M, explore_agent=agent.index)
                         self._add_online(k, joint, [agent])
                 else:
                     joint = self._collect(k, self.M)
                     self._add_online(k, joint)
                 for agent in self.agents:
-                    if isinstance(agent.sampler, OTCSampler):
-                        with agent.learner.random_stream():
-                            agent.sampler.adapt_alpha(agent.merged)  # eq. 4; records D_1 at k = 1
+                    agent.learner.adapt_alpha()  # eq. 4 (OTC only); records D_1 at k = 1
                 self._stage = {"stage": "update", "deployment": k, "update": 0}
                 self._checkpoint()
             if self._stage["stage"] == "update":

@@ -33,6 +33,7 @@ EXPECTED = {
     "mpe/navigation-6",
     "mpe/predator-prey",
     "nav/nonstationary",
+    "coord/partner-modes",
     "smac/5m_vs_6m",
 }
 BUILDABLE = sorted(n for n in EXPECTED if not n.startswith("smac/"))
@@ -173,6 +174,9 @@ def test_deployment_hooks_and_env_bounds():
         if name == "nav/nonstationary":
             assert set(task.deployment_env_kwargs(1, 3)) == {"beta"}
             assert task.right_dynamics(rows, 1, 3).tolist() == [True, False]
+        elif name == "coord/partner-modes":
+            assert task.deployment_env_kwargs(1, 3) == {"mode": 1}
+            assert task.right_dynamics(rows, 1, 3) is None  # these rows carry no partner mode
         else:  # stationary, unlabelled
             assert task.deployments == StationaryDeployments()
             assert task.deployment_env_kwargs(1, 3) == {}

@@ -8,6 +8,7 @@ from torchrl_otc.envs.joint import JointEnv, agent_to_joint_actions, joint_to_ag
 from torchrl_otc.envs.mamujoco import MaMuJoCoEnv
 from torchrl_otc.envs.mpe import make_pettingzoo_env, make_vmas_env
 from torchrl_otc.envs.nonstationary_nav import NonStationaryNavEnv, beta_schedule
+from torchrl_otc.envs.partner_modes import PartnerDeployments, PartnerModesEnv
 from torchrl_otc.envs.registry import (
     TASKS,
     TaskSpec,
@@ -21,6 +22,8 @@ __all__ = [
     "JointEnv",
     "MaMuJoCoEnv",
     "NonStationaryNavEnv",
+    "PartnerDeployments",
+    "PartnerModesEnv",
     "TASKS",
     "TaskSpec",
     "UnknownTaskError",

@@ -9,6 +9,7 @@ name                            agents    what (paper section)
 ``mpe/navigation-3`` .. ``-6``  3..6      Cooperative Navigation, N agents / N landmarks (4.4, 4.7)
 ``mpe/predator-prey``           3         3 predators, a faster rule-based prey (4.4)
 ``nav/nonstationary``           1         non-stationary single-agent navigation (4.5)
+``coord/partner-modes``         2         a box pushed with a scripted partner of two modes, labelled (1, 3.1)
 ``smac/5m_vs_6m``               5         StarCraft II via TorchRL's SMACv2 wrapper; needs the game (4.6)
 ==============================  ========  ===============================================================
 
@@ -19,7 +20,8 @@ What the online-tuning loop (Algorithm 1) must know about a task's deployments s
 never names a task: each :class:`TaskSpec` has a :class:`DeploymentHook` (the environment's keyword arguments for
 deployment ``k``, and which rows have deployment ``k``'s dynamics where the task labels them) and a ``max_envs``
 bound. A new task with known ground truth (e.g. rows labelled with the behaviour mode that produced them)
-implements the hook's two methods and nothing else.
+implements the hook's two methods, and names its label columns in ``TaskSpec.label_keys`` so that datasets keep
+them; ``nav/nonstationary`` (``beta``) and ``coord/partner-modes`` (``partner_mode``) do.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torchrl_otc.envs import mpe
 from torchrl_otc.envs.joint import JointEnv
 from torchrl_otc.envs.mamujoco import ACTION_PARTITIONS, MAMUJOCO_TASKS, STATE_DIMS, MaMuJoCoEnv
 from torchrl_otc.envs.nonstationary_nav import BetaDeployments, NonStationaryNavEnv
+from torchrl_otc.envs.partner_modes import MODE_KEY, PartnerDeployments, PartnerModesEnv
 
 __all__ = [
     "DeploymentHook",
@@ -72,7 +75,8 @@ class DeploymentHook(Protocol):
     ``right_dynamics`` labels transitions with whether they have the deployment's dynamics, for tasks whose data
     carries the ground truth row by row; the loop logs the share of such rows among the offline rows of each
     training batch as ``agent{i}/offline_right_dynamics_share``. Implementations: :class:`StationaryDeployments`
-    (no change, no labels) and :class:`~torchrl_otc.envs.nonstationary_nav.BetaDeployments`.
+    (no change, no labels), :class:`~torchrl_otc.envs.nonstationary_nav.BetaDeployments` and
+    :class:`~torchrl_otc.envs.partner_modes.PartnerDeployments`.
 
     Examples:
         >>> isinstance(StationaryDeployments(), DeploymentHook)
@@ -119,7 +123,7 @@ class TaskSpec:
 
     Attributes:
         name: registered name, e.g. ``"mpe/navigation-4"``.
-        family: ``"mamujoco"``, ``"mpe"``, ``"nav"`` or ``"smac"``.
+        family: ``"mamujoco"``, ``"mpe"``, ``"nav"``, ``"coord"`` or ``"smac"``.
         n_agents: number of agents.
         action_partition: the joint action's columns held by each agent, in the agent's own order.
         state_dim: size of the global state (every agent's observation).
@@ -133,6 +137,8 @@ class TaskSpec:
         deployments: the task's :class:`DeploymentHook` (see :meth:`deployment_env_kwargs`,
             :meth:`right_dynamics`).
         max_envs: the most environments the tuning loop runs at once (``None``: no bound); see :meth:`num_envs`.
+        label_keys: columns of ground truth the environment writes into every transition (at the root and under
+            ``"next"``), which datasets keep and :attr:`deployments` reads, e.g. ``("beta",)``.
 
     Examples:
         >>> task = get_task("mpe/navigation-4")
@@ -154,6 +160,7 @@ class TaskSpec:
     options: dict[str, Any] = field(default_factory=dict)
     deployments: DeploymentHook = field(default_factory=StationaryDeployments)
     max_envs: int | None = None
+    label_keys: tuple[str, ...] = ()
 
     @property
     def action_dim(self) -> int:
@@ -175,6 +182,8 @@ class TaskSpec:
             {'beta': 0.1}
             >>> get_task("mpe/navigation-3").deployment_env_kwargs(1, 5)
             {}
+            >>> get_task("coord/partner-modes").deployment_env_kwargs(1, 5)
+            {'mode': 1}
         """
         return self.deployments.env_kwargs(deployment, num_deployments)
 
@@ -198,6 +207,9 @@ class TaskSpec:
             tensor([ True, False])
             >>> get_task("mpe/navigation-3").right_dynamics(rows, 1, 5) is None
             True
+            >>> rows = TensorDict({"partner_mode": torch.tensor([[1.0], [-1.0]])}, [2])
+            >>> get_task("coord/partner-modes").right_dynamics(rows, 1, 5)
+            tensor([ True, False])
         """
         return self.deployments.right_dynamics(rows, deployment, num_deployments)
 
@@ -286,6 +298,21 @@ def _build_registry() -> dict[str, TaskSpec]:
         max_steps=50,
         description="non-stationary single-agent navigation, velocity beta * a (section 4.5)",
         deployments=BetaDeployments(),
+        label_keys=("beta",),
+    )
+    tasks["coord/partner-modes"] = TaskSpec(
+        name="coord/partner-modes",
+        family="coord",
+        n_agents=2,
+        action_partition=((0, 1), (2, 3)),
+        state_dim=4,
+        action_low=-1.0,
+        action_high=1.0,
+        max_steps=50,
+        description="2 agents push a box that a scripted partner steers left or right per episode; the "
+        "deployed partner keeps one mode (sections 1, 3.1)",
+        deployments=PartnerDeployments(),
+        label_keys=(MODE_KEY,),
     )
     tasks["smac/5m_vs_6m"] = TaskSpec(
         name="smac/5m_vs_6m",
@@ -312,7 +339,7 @@ def list_tasks(family: str | None = None) -> list[str]:
     """Registered task names (the paper's tasks, sections 4.1, 4.4-4.7), optionally of one family.
 
     Args:
-        family: ``"mamujoco"``, ``"mpe"``, ``"nav"`` or ``"smac"``; ``None`` for all.
+        family: ``"mamujoco"``, ``"mpe"``, ``"nav"``, ``"coord"`` or ``"smac"``; ``None`` for all.
 
     Returns:
         The names, sorted.
@@ -377,7 +404,8 @@ def make_env(
     Multi-agent tasks use TorchRL's multi-agent layout (group ``"agents"``: per-agent ``observation`` = the
     global state, per-agent ``action``, the shared ``reward`` repeated per agent; root ``done``/``terminated``/
     ``truncated``). ``layout="joint"`` gives the single-agent view the datasets use (:class:`JointEnv`).
-    ``nav/nonstationary`` is single-agent and always flat.
+    ``nav/nonstationary`` is single-agent and always flat; ``coord/partner-modes`` builds either layout itself
+    (:class:`~torchrl_otc.envs.partner_modes.PartnerModesEnv`).
 
     Args:
         name: registered task name (see :func:`list_tasks`).
@@ -385,12 +413,13 @@ def make_env(
     Keyword Args:
         layout: ``"agents"`` (default) or ``"joint"``.
         backend: for ``mpe/*``: ``"vmas"`` (vectorised; default) or ``"pettingzoo"`` (mpe2, one env).
-        num_envs: environments at once: vectorised for VMAS and ``nav/nonstationary``, a TorchRL ``SerialEnv``
+        num_envs: environments at once: vectorised for VMAS, ``nav/*`` and ``coord/*``, a TorchRL ``SerialEnv``
             for MaMuJoCo, unsupported for PettingZoo and SMAC.
-        device: torch device (VMAS and ``nav/nonstationary`` simulate on it).
+        device: torch device (VMAS, ``nav/*`` and ``coord/*`` simulate on it).
         seed: seed of the environment.
         local_obs: also provide local observations (``("agents", "local_observation")``).
-        **kwargs: passed to the task's builder (e.g. ``beta=0.15`` for ``nav/nonstationary``,
+        **kwargs: passed to the task's builder (e.g. ``beta=0.15`` for ``nav/nonstationary``, ``mode=1`` for
+            ``coord/partner-modes``,
             ``prey_speed`` for predator-prey, ``max_steps``).
 
     Returns:
@@ -419,6 +448,14 @@ def make_env(
         if local_obs:
             raise ValueError("nav/nonstationary is single-agent: it has no local observations.")
         return NonStationaryNavEnv(num_envs, device=device, seed=seed, **kwargs)
+    if task.family == "coord":
+        if local_obs:
+            raise ValueError(
+                f"{task.name} has no local observations: every agent sees the global state."
+            )
+        return PartnerModesEnv(
+            num_envs, n_agents=task.n_agents, layout=layout, device=device, seed=seed, **kwargs
+        )
     if task.family == "mpe":
         opts = dict(task.options)
         if backend == "vmas":

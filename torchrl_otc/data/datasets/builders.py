@@ -1,7 +1,7 @@
 """Builders of joint offline datasets: ``random``, ``medium``, ``medium-replay`` (paper section 4.1, D4RL's kinds).
 
 * ``random``: uniformly random joint actions (the paper's MPE datasets, sections 4.4 and 4.7, and
-  ``nav/nonstationary``, section 4.5).
+  ``nav/nonstationary``, section 4.5; ``coord/partner-modes``, whose partner draws its mode per episode).
 * ``medium``: the task's behaviour policy (trained by this package and stopped at about a third of the expert's
   normalised return; see :mod:`torchrl_otc.data.datasets.behaviour`) with Gaussian action noise (``noise_std``
   of the half-range).
@@ -12,8 +12,9 @@
   :func:`torchrl_otc.trainers.behaviour.build_dataset`, which does.
 
 Collection runs on the task's joint view (:class:`~torchrl_otc.envs.JointEnv`), vectorised over ``num_envs``
-environments where the simulator allows it (VMAS, non-stationary navigation), with a tqdm bar. Every dataset is
-written in the one format of :mod:`.storage`.
+environments where the simulator allows it (VMAS, the pure-torch ``nav/*`` and ``coord/*`` tasks), with a tqdm bar.
+The columns of ground truth a task names in ``TaskSpec.label_keys`` (``beta``, ``partner_mode``) are kept, at the
+root and under ``"next"``. Every dataset is written in the one format of :mod:`.storage`.
 """
 
 from __future__ import annotations
@@ -53,14 +54,14 @@ _NEXT = ("observation", "reward", "done", "terminated", "truncated")
 
 
 def default_num_envs(task: str) -> int:
-    """Environments collected in parallel by default (section 4.1 datasets): 256 (navigation), 64 (VMAS), 1 (MuJoCo).
+    """Environments collected in parallel by default (section 4.1 datasets): 256 (pure-torch tasks), 64 (VMAS), 1.
 
     Examples:
-        >>> default_num_envs("mpe/predator-prey")
-        64
+        >>> default_num_envs("mpe/predator-prey"), default_num_envs("coord/partner-modes")
+        (64, 256)
     """
     family = get_task(task).family
-    return {"nav": 256, "mpe": 64}.get(family, 1)
+    return {"nav": 256, "coord": 256, "mpe": 64}.get(family, 1)
 
 
 def collect_transitions(
@@ -189,6 +190,9 @@ def build_dataset(
         >>> ds = build_dataset("nav/nonstationary", "random", 1000, seed=0, progress=False)
         >>> len(ds), ds.metadata["behaviour"]["policy"], ds.metadata["action_partition"]
         (1000, 'uniform random', [[0, 1]])
+        >>> ds = build_dataset("coord/partner-modes", "random", 1000, seed=0, progress=False)
+        >>> ds.data["partner_mode"].shape, ds.data["next", "partner_mode"].shape  # each row's partner mode
+        (torch.Size([1000, 1]), torch.Size([1000, 1]))
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown dataset kind {kind!r}; valid kinds: {', '.join(KINDS)}.")
@@ -200,10 +204,15 @@ def build_dataset(
             "SMAC datasets cannot be built here: the StarCraft II game is not installable on our machines. "
             "Collect them with TorchRL's SMACv2Env where the game is installed."
         )
+    if spec.family == "coord" and kind != "random":
+        raise ValueError(
+            f"{task} has only a random dataset: no behaviour policy is trained for it (its partner's mode, drawn "
+            "per episode, is the mismatch). Use --kind random."
+        )
     t0 = time.perf_counter()
     env_kwargs = dict(env_kwargs or {})
     num_envs = num_envs if num_envs is not None else default_num_envs(task)
-    extra: tuple = ("beta",) if spec.family == "nav" else ()
+    extra: tuple = tuple(spec.label_keys)
     if local_obs:
         extra = (*extra, "local_observation")
     g = torch.Generator().manual_seed(seed)

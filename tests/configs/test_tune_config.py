@@ -72,6 +72,47 @@ def test_bad_overrides_say_what_is_valid(override, message):
     "overrides, message",
     [
         (
+            ["online_fraction=1.5"],
+            r"online_fraction must be a number in \[0, 1\) or 'adaptive'; got 1.5",
+        ),
+        (["online_fraction=1"], r"online_fraction must be a number in \[0, 1\)"),
+        (["online_fraction=-0.1"], r"online_fraction must be a number in \[0, 1\)"),
+        (
+            ["online_fraction=lots"],
+            r"online_fraction must be a number in \[0, 1\) or 'adaptive'; got 'lots'",
+        ),
+        (
+            ["strategy=mix", "online_fraction=0.3"],
+            "strategy=mix has no offline selection. Use strategy=otc",
+        ),
+        (
+            ["strategy=uniform", "online_fraction=adaptive"],
+            "strategy=uniform has no offline selection",
+        ),
+    ],
+)
+def test_bad_online_fraction_is_one_line_saying_what_to_do(overrides, message):
+    with pytest.raises(ValueError, match=message) as err:
+        parse_overrides(overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_online_fraction_values_and_run_names():
+    assert parse_overrides([]).sampler.online_fraction is None  # the paper's coupled sampler
+    cfg = parse_overrides(["online_fraction=0.3", "mix_source=latest", "seed=2"])
+    assert cfg.sampler.online_fraction == 0.3 and cfg.online_fraction == 0.3
+    assert cfg.default_run_name().endswith("-otc-feature-of0.3-latest-seed2")
+    assert parse_overrides(["online_fraction=adaptive"]).sampler.online_fraction == "adaptive"
+    assert parse_overrides(["online_fraction=0"]).sampler.online_fraction == 0.0
+    assert parse_overrides(["online_fraction=none"]).sampler.online_fraction is None
+    assert "-of" not in parse_overrides([]).default_run_name()
+    assert TuneConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
             ["algorithm.actr_lr=1e-4"],
             "Unknown config field 'algorithm.actr_lr'; valid fields of algorithm: name, discount, batch_size",
         ),
@@ -151,6 +192,7 @@ SAMPLES = {
     "mix_fraction": "0.25",
     "mix_source": "latest",
     "mix_pair": "runs/otc",
+    "online_fraction": "0.3",
     "distance": "embedding",
     "alpha": "2",
     "adaptive_alpha": "false",

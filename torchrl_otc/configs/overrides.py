@@ -67,6 +67,7 @@ SHORTCUTS: dict[str, str] = {
     "mix_fraction": "sampler.mix_fraction",
     "mix_source": "sampler.mix_source",
     "mix_pair": "sampler.mix_pair",
+    "online_fraction": "sampler.online_fraction",
     "distance": "sampler.distance.name",
     "alpha": "sampler.alpha",
     "adaptive_alpha": "sampler.adaptive_alpha",
@@ -126,7 +127,7 @@ def to_dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         >>> to_dotted({"sampler.num_candidate": 1})
         Traceback (most recent call last):
         ...
-        ValueError: Unknown config field 'sampler.num_candidate'; valid fields of sampler: name, alpha, adaptive_alpha, num_candidates, num_online, self_match, mix_fraction, mix_source, mix_pair, distance.<field>.
+        ValueError: Unknown config field 'sampler.num_candidate'; valid fields of sampler: name, alpha, adaptive_alpha, num_candidates, num_online, self_match, mix_fraction, mix_source, mix_pair, online_fraction, distance.<field>.
     """
     out: dict[str, Any] = {}
     for raw_key, value in values.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = [
+    "ADAPTIVE_FRACTION",
     "ALGORITHMS",
     "DATASET_KINDS",
     "DISTANCES",
@@ -32,6 +33,8 @@ __all__ = [
 
 STRATEGIES = ("otc", "uniform", "online-only", "balanced-replay", "mix")
 MIX_SOURCES = ("all", "latest")
+#: ``sampler.online_fraction=adaptive``: decomposed OTC's online share set per deployment from eq. (4)'s ``D_k``.
+ADAPTIVE_FRACTION = "adaptive"
 DISTANCES = ("feature", "embedding", "value")
 ALGORITHMS = ("bcq", "awac", "cql", "td3bc")
 DATASET_KINDS = ("random", "medium", "medium-replay")
@@ -175,11 +178,16 @@ class SamplerConfig:
         mix_fraction: ``name=mix``: the share of online rows per batch, in (0, 1), or ``"matched"``: per agent and
             deployment, the online share that the paired OTC run (``mix_pair``) measured. Shortcut:
             ``mix_fraction=``.
-        mix_source: ``name=mix``: online rows from ``"all"`` deployments so far or the ``"latest"`` one only.
-            Shortcut: ``mix_source=``.
+        mix_source: ``name=mix`` and decomposed OTC (``online_fraction`` set): online rows from ``"all"``
+            deployments so far or the ``"latest"`` one only. Shortcut: ``mix_source=``.
         mix_pair: ``mix_fraction=matched``: the run folder of the paired OTC run (same task, data, algorithm, seed
             and sizes; finished). In a recipe, the *label* of the OTC variant (the sweep fills in its folder).
             Shortcut: ``mix_pair=``.
+        online_fraction: ``name=otc`` only: ``None`` (default) is the paper's coupled sampler; a number in
+            ``[0, 1)`` is *decomposed* OTC, that share of every batch drawn uniformly from the online rows and the
+            rest by eq. (3) among offline rows only; ``"adaptive"`` sets the share per deployment from eq. (4)'s
+            ``D_k`` (:func:`~torchrl_otc.data.samplers.decomposed.adaptive_online_fraction`). Shortcut:
+            ``online_fraction=``.
         distance: OTC's transition distance, a :class:`DistanceConfig`.
 
     Examples:
@@ -197,6 +205,7 @@ class SamplerConfig:
     mix_fraction: float | str = 0.5
     mix_source: str = "all"
     mix_pair: str | None = None
+    online_fraction: float | str | None = None
     distance: DistanceConfig = field(default_factory=DistanceConfig)
 
     def validate(self) -> SamplerConfig:
@@ -225,8 +234,32 @@ class SamplerConfig:
                 "mix_fraction=matched takes its online share from a paired OTC run: set mix_pair=<that run's "
                 "folder> (in a recipe: mix_pair=<label of the OTC variant>)."
             )
+        self._validate_online_fraction()
         self.distance.validate()
         return self
+
+    def _validate_online_fraction(self) -> None:
+        value = self.online_fraction
+        if value is None:
+            return
+        if self.name != "otc":
+            raise ValueError(
+                f"sampler.online_fraction={value} splits OTC's batch into online rows and an eq. (3) selection of "
+                f"offline rows; strategy={self.name} has no offline selection. Use strategy=otc, or unset "
+                f"online_fraction (strategy=mix takes mix_fraction)."
+            )
+        if value == ADAPTIVE_FRACTION:
+            return
+        try:
+            fraction = float(value)
+        except (TypeError, ValueError):
+            fraction = float("nan")
+        if isinstance(value, bool) or not 0.0 <= fraction < 1.0:
+            raise ValueError(
+                f"sampler.online_fraction must be a number in [0, 1) or 'adaptive'; got {value!r}. Use "
+                f"strategy=online-only for online rows only, or unset it for the paper's coupled sampler."
+            )
+        self.online_fraction = fraction
 
 
 @dataclass

@@ -373,9 +373,15 @@ class TuneConfig:
         Examples:
             >>> TuneConfig(strategy="mix", mix_fraction=0.25, seed=2).default_run_name()
             'mpe_navigation-3-random-td3bc-mix-0.25-seed2'
+            >>> TuneConfig(online_fraction=0.3, seed=2).default_run_name()  # decomposed OTC
+            'mpe_navigation-3-random-td3bc-otc-feature-of0.3-seed2'
         """
         sampler = self.sampler
         distance = f"-{sampler.distance.name}" if sampler.name == "otc" else ""
+        if sampler.name == "otc" and sampler.online_fraction is not None:  # decomposed OTC
+            distance += f"-of{sampler.online_fraction}" + (
+                "" if sampler.mix_source == "all" else "-latest"
+            )
         if sampler.name == "mix":
             distance = f"-{sampler.mix_fraction}" + (
                 "" if sampler.mix_source == "all" else "-latest"

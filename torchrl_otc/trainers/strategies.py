@@ -121,4 +121,7 @@ def make_sampler(
         self_match=config.self_match,
         online_key=ONLINE_KEY,
         id_key=ID_KEY,
+        online_fraction=config.online_fraction,  # decomposed OTC when set
+        source=config.mix_source,
+        deployment_key=DEPLOYMENT_KEY,
     )

@@ -6,6 +6,9 @@ One file per sampler, as in :mod:`torchrl.data.replay_buffers.samplers`:
   Decentralized Multi-Agent Reinforcement Learning" (AAAI 2023), section 3.2, eq. 1-4: rank-based prioritised
   sampling of the merged offline + online data by how well each transition agrees with its best-matched online
   transition; :func:`argmin_random_ties` (eq. 1) and :func:`rank_priorities` (eq. 3) are its math (``ranking.py``).
+  With ``online_fraction`` set it is *decomposed* OTC: a fixed online share per batch, eq. 3 choosing among
+  offline rows only; the share's check, its adaptive rule and the joining of the two parts are in
+  ``decomposed.py``.
 * :class:`OnlineOnlySampler` (``online_only.py``) samples uniformly from the online rows of the merged data.
 * :class:`MixSampler` (``mix.py``) draws a fixed share of every batch from the online rows and the rest from the
   offline rows (the matched-mix control of OTC: the same online share, without OTC's choice of offline rows).

@@ -27,6 +27,7 @@ __all__ = [
     "backing",
     "check_keys",
     "check_no_prefetch",
+    "check_online_columns",
     "check_tensor_storage",
     "flat_column",
     "gather",
@@ -113,6 +114,27 @@ def check_no_prefetch(storage: Storage, who: str) -> None:
                 f"is written and before alpha adapts, so they would follow stale priorities. Build the "
                 f"replay buffer with prefetch=None (the OTC step costs about a millisecond)."
             )
+
+
+def check_online_columns(
+    storage: TensorStorage, online_key: NestedKey, deployment_key: NestedKey | None, who: str
+) -> None:
+    """A :class:`KeyError` saying which columns to write when the storage lacks the boolean column ``online_key``
+    (or, when ``deployment_key`` is given, the integer column numbering the deployments)."""
+    keys = backing(storage).keys(include_nested=True)
+    needed = [online_key] + ([deployment_key] if deployment_key is not None else [])
+    missing = [key for key in needed if key not in keys]
+    if missing:
+        raise KeyError(
+            f"{who}: the storage has no column {missing[0]!r}; keys present: {keys_present(storage)}. "
+            f"Write a boolean column {online_key!r} (True for online rows)"
+            + (
+                f" and an integer column {deployment_key!r} (the deployment of each row)"
+                if deployment_key is not None
+                else ""
+            )
+            + " with every transition."
+        )
 
 
 class OnlineRowIndex:

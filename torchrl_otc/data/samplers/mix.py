@@ -17,9 +17,8 @@ from torchrl.data.replay_buffers.storages import Storage
 from torchrl_otc.data.samplers._storage import (
     OnlineRowIndex,
     OnlineRowsSampler,
-    backing,
+    check_online_columns,
     check_tensor_storage,
-    keys_present,
     storage_device,
     to_storage_index,
 )
@@ -109,21 +108,8 @@ class MixSampler(OnlineRowsSampler):
             raise RuntimeError(
                 "Cannot sample from an empty storage: extend the buffer with offline data first."
             )
-        keys = backing(storage).keys(include_nested=True)
-        needed = [self.online_key] + ([self.deployment_key] if self.source == "latest" else [])
-        missing = [key for key in needed if key not in keys]
-        if missing:
-            raise KeyError(
-                f"MixSampler: the storage has no column {missing[0]!r}; keys present: {keys_present(storage)}. "
-                f"Write a boolean column {self.online_key!r} (True for online rows)"
-                + (
-                    f" and an integer column {self.deployment_key!r} (the deployment of each row)"
-                    if self.source == "latest"
-                    else ""
-                )
-                + " with every transition."
-            )
         latest = self.deployment_key if self.source == "latest" else None
+        check_online_columns(storage, self.online_key, latest, "MixSampler")
         online, offline = self._rows.rows(storage, self.online_key, latest)
         device = storage_device(storage)
         if online.numel() == 0 or offline.numel() == 0:

@@ -22,19 +22,28 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.data import ReplayBuffer
-from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage, TensorStorage
 
 from torchrl_otc.data.samplers._storage import (
+    OnlineRowIndex,
+    OnlineRowsSampler,
     WriteTracker,
     backing,
     check_keys,
     check_no_prefetch,
+    check_online_columns,
     check_tensor_storage,
     flat_column,
     gather,
     storage_device,
     to_storage_index,
+)
+from torchrl_otc.data.samplers.decomposed import (
+    ADAPTIVE,
+    DEFAULT_FRACTION_RANGE,
+    adaptive_online_fraction,
+    check_online_fraction,
+    join_online_rows,
 )
 from torchrl_otc.data.samplers.ranking import break_ties, rank_priorities
 from torchrl_otc.modules.distances import FeatureDistance
@@ -56,7 +65,7 @@ def _positive_int(name: str, value: Any) -> int:
 # --------------------------------------------------------------------------------------------------------------
 # OTCSampler
 # --------------------------------------------------------------------------------------------------------------
-class OTCSampler(Sampler):
+class OTCSampler(OnlineRowsSampler):
     """Online Transition Correction: samples merged offline + online data by agreement with online dynamics.
 
     Paper: Jiang & Lu, "Online Tuning for Offline Decentralized Multi-Agent Reinforcement Learning", AAAI 2023,
@@ -95,6 +104,21 @@ class OTCSampler(Sampler):
     changes at every write to the online buffer: caching embeddings and compiling the pairwise step are the
     distance's business (see :class:`~torchrl_otc.L1EmbeddingDistance`).
 
+    **Decomposed OTC** (``online_fraction`` set; not in the paper). The coupled procedure above decides both
+    *how many* online rows a batch gets (online candidates self-match at distance 0 and rank first) and *which*
+    offline rows it keeps. With ``online_fraction=F`` the two are separated: each batch holds exactly
+    ``round(F * batch_size)`` rows drawn uniformly (with replacement) from the online rows of the merged storage
+    (the rows whose ``online_key`` column is true; with ``source="latest"`` only those of the latest deployment,
+    the largest ``deployment_key``, as :class:`~torchrl_otc.MixSampler` reads them), and the rest by steps 1-3
+    with the ``|B|`` candidates drawn uniformly from the *offline* rows only: no candidate can self-match, so alpha
+    controls only the offline selection. The two parts are shuffled together. In this mode eq. (4)'s
+    ``D_k`` is estimated over offline rows too (the gap between the offline and the online dynamics), and
+    ``online_fraction="adaptive"`` sets ``F`` at every :meth:`adapt_alpha` call from it by
+    :func:`~torchrl_otc.data.samplers.decomposed.adaptive_online_fraction` (``F_k = D_k / (D_k + D_1)``
+    clamped to ``online_fraction_range``; ``1/2`` before the first call). The online rows' per-row ``info``
+    holds distances 0, rank 0, match index -1 and ``otc_prob = 1 / number of online rows``; ``info`` adds
+    ``otc_online_fraction`` (the ``F`` used).
+
     ``info`` (copied into every :class:`~torchrl.data.TensorDictReplayBuffer` batch) holds, per row,
     ``otc_distance`` (next-state distance to the match), ``otc_match_distance`` (state-action distance),
     ``otc_rank``, ``otc_prob`` (probability of the candidate in one draw), ``otc_match_index`` (row of the
@@ -130,6 +154,13 @@ class OTCSampler(Sampler):
             ``"priority_weight"``. Defaults to ``False``.
         beta: exponent of the importance weights. Defaults to ``0.4``.
         alpha_samples: candidates used by :meth:`adapt_alpha` to estimate ``D_k``. Defaults to ``4096``.
+        online_fraction: ``None`` (default: the paper's coupled procedure), a share in ``[0, 1)`` of every
+            batch drawn from the online rows (decomposed OTC, see above), or ``"adaptive"``. Needs
+            ``online_key``. May be changed between calls.
+        online_fraction_range: ``(f_min, f_max)``, the clamp of the adaptive share. Defaults to
+            ``(0.05, 0.95)``.
+        source: decomposed OTC's online rows: ``"all"`` (every deployment so far, default) or ``"latest"``.
+        deployment_key: key of the integer column numbering the deployments (read with ``source="latest"``).
 
     Examples:
         >>> import torch
@@ -154,6 +185,17 @@ class OTCSampler(Sampler):
         >>> batch = merged.sample()
         >>> batch["otc_prob"].shape, bool(batch["otc_uniform"].any())
         (torch.Size([16]), False)
+
+        Decomposed OTC: a quarter of every batch from the online rows, the rest by eq. (3) among offline rows.
+
+        >>> flag = lambda td, on: td.set("is_online", torch.full((len(td),), on))
+        >>> online = TensorDictReplayBuffer(storage=LazyTensorStorage(1_000))
+        >>> sampler = OTCSampler(online, alpha=2.0, num_candidates=64, num_online=100, online_fraction=0.25)
+        >>> merged = TensorDictReplayBuffer(storage=LazyTensorStorage(10_000), sampler=sampler, batch_size=16)
+        >>> _ = merged.extend(flag(offline, False)); _ = sampler.distance.fit(offline)
+        >>> _ = online.extend(d1); _ = merged.extend(flag(d1.clone(), True))
+        >>> int(merged.sample()["is_online"].sum())  # round(0.25 * 16)
+        4
     """
 
     def __init__(
@@ -173,6 +215,10 @@ class OTCSampler(Sampler):
         importance_weights: bool = False,
         beta: float = 0.4,
         alpha_samples: int = 4096,
+        online_fraction: float | str | None = None,
+        online_fraction_range: tuple[float, float] = DEFAULT_FRACTION_RANGE,
+        source: str = "all",
+        deployment_key: NestedKey = "deployment",
     ) -> None:
         if not isinstance(online_buffer, ReplayBuffer):
             raise TypeError(
@@ -196,6 +242,13 @@ class OTCSampler(Sampler):
             _positive_int(name, value)
         if not (math.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0; got {beta}.")
+        f_lo, f_hi = (float(f) for f in online_fraction_range)
+        if not 0.0 <= f_lo <= f_hi < 1.0:
+            raise ValueError(
+                f"online_fraction_range must be (min, max) with 0 <= min <= max < 1; got {online_fraction_range}."
+            )
+        if source not in ("all", "latest"):
+            raise ValueError(f"OTCSampler: source must be 'all' or 'latest'; got {source!r}.")
         if distance is None:
             distance = FeatureDistance()
         if not isinstance(distance, TransitionDistance):
@@ -220,9 +273,53 @@ class OTCSampler(Sampler):
         self.beta = float(beta)
         self.alpha_samples = alpha_samples
         self.alpha_history: list[dict[str, float]] = []
+        self.online_fraction_range = (f_lo, f_hi)
+        self.source = source
+        self.deployment_key = deployment_key
+        self.online_fraction = online_fraction
+        # The online / offline rows of the merged storage (decomposed OTC), dropped at every write.
+        self._rows = OnlineRowIndex()
         # Counts the writes to the online buffer: the online set's version, which the distance caches on.
         self._online_tracker = WriteTracker()
         online_buffer._storage.attach(self._online_tracker)
+
+    # ---------------------------------------------------------------- decomposed OTC
+    @property
+    def online_fraction(self) -> float | str | None:
+        """``None`` (coupled, the paper's procedure), the fixed online share in ``[0, 1)``, or ``"adaptive"``."""
+        return self._online_fraction
+
+    @online_fraction.setter
+    def online_fraction(self, value: float | str | None) -> None:
+        value = check_online_fraction(value)
+        if value is not None and self.online_key is None:
+            raise ValueError(
+                "OTCSampler(online_fraction=...) draws its online share from the rows the column online_key marks; "
+                "set online_key (e.g. 'is_online')."
+            )
+        self._online_fraction = value
+
+    @property
+    def decomposed(self) -> bool:
+        """Whether the online share is fixed apart from the offline selection (``online_fraction`` set)."""
+        return self._online_fraction is not None
+
+    @property
+    def current_online_fraction(self) -> float | None:
+        """The share the next batch draws from online rows: ``online_fraction``, or with ``"adaptive"`` the last
+        share :meth:`adapt_alpha` set (``1/2`` clamped before the first call); ``None`` when coupled."""
+        if self._online_fraction != ADAPTIVE:
+            return self._online_fraction
+        for record in reversed(self.alpha_history):
+            if "online_fraction" in record:
+                return record["online_fraction"]
+        return adaptive_online_fraction(1.0, 1.0, self.online_fraction_range)
+
+    def _split_rows(self, storage: TensorStorage) -> tuple[Tensor, Tensor]:
+        """``(online rows, offline rows)`` of the merged storage, flat (``source`` applied to the online rows)."""
+        latest = self.deployment_key if self.source == "latest" else None
+        check_online_columns(storage, self.online_key, latest, "OTCSampler(online_fraction=...)")
+        return self._rows.rows(storage, self.online_key, latest)
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -431,8 +528,25 @@ class OTCSampler(Sampler):
             return self._uniform(storage, n, batch_size)
         keys = self._validate(storage)
         device = storage_device(storage)
+        if self.decomposed:
+            return self._sample_decomposed(storage, n, batch_size, keys, device)
+        cand = torch.randint(n, (self.num_candidates,), generator=self._rng, device=device)
+        flat, info = self._draw_ranked(storage, cand, batch_size, keys, device)
+        self._add_online_share(storage, flat, info)
+        return to_storage_index(storage, flat), info
+
+    def _draw_ranked(
+        self,
+        storage: TensorStorage,
+        cand: Tensor,
+        batch_size: int,
+        keys: list[NestedKey],
+        device: torch.device,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Algorithm 1, lines 11-14 on the candidates ``cand`` (flat rows of ``storage``): ``|D|`` online rows,
+        eq. (1)'s matches, eq. (3)'s draw of ``batch_size`` of them. Returns their flat rows and ``info``."""
         rng = self._rng
-        cand = torch.randint(n, (self.num_candidates,), generator=rng, device=device)
+        m = len(self._online_storage)
         online_device = storage_device(self._online_storage)
         multiplicity = None
         if m < self.num_online:
@@ -448,9 +562,12 @@ class OTCSampler(Sampler):
         )
         probs, rank = rank_priorities(ns, self.alpha)
         self._check_finite(ns, match_value, cand)
-        draw = torch.multinomial(
-            probs, batch_size, replacement=self.with_replacement, generator=rng
-        )
+        if batch_size:
+            draw = torch.multinomial(
+                probs, batch_size, replacement=self.with_replacement, generator=rng
+            )
+        else:  # decomposed OTC with an all-online batch
+            draw = cand.new_empty(0)
         flat = cand[draw]
         info: dict[str, Any] = {
             "otc_distance": ns[draw],
@@ -465,10 +582,35 @@ class OTCSampler(Sampler):
         }
         if isinstance(info["otc_match_index"], tuple):
             info["otc_match_index"] = torch.stack(info["otc_match_index"], -1)
-        self._add_online_share(storage, flat, info)
-        if self.importance_weights:
+        if self.importance_weights and batch_size:
             weights = (self.num_candidates * probs[draw]).pow(-self.beta)
             info["priority_weight"] = weights / weights.max()
+        return flat, info
+
+    def _sample_decomposed(
+        self,
+        storage: TensorStorage,
+        n: int,
+        batch_size: int,
+        keys: list[NestedKey],
+        device: torch.device,
+    ) -> tuple[Any, dict]:
+        """Decomposed OTC: ``round(F * batch_size)`` online rows uniformly, the rest by eq. (3) among
+        ``|B|`` offline candidates, shuffled together."""
+        online, offline = self._split_rows(storage)
+        if online.numel() == 0 or offline.numel() == 0:
+            return self._uniform(storage, n, batch_size)
+        fraction = self.current_online_fraction
+        n_online = round(fraction * batch_size)
+        rng = self._rng
+        pick = torch.randint(offline.numel(), (self.num_candidates,), generator=rng, device=device)
+        flat_off, info = self._draw_ranked(
+            storage, offline[pick], batch_size - n_online, keys, device
+        )
+        pick = torch.randint(online.numel(), (n_online,), generator=rng, device=device)
+        flat, info = join_online_rows(online[pick], flat_off, info, 1.0 / online.numel(), rng)
+        info["otc_online_fraction"] = torch.tensor(fraction)
+        self._add_online_share(storage, flat, info)
         return to_storage_index(storage, flat), info
 
     # ---------------------------------------------------------------- eq. (4)
@@ -478,8 +620,9 @@ class OTCSampler(Sampler):
     ) -> float:
         """Estimates ``D_k = E_{(s, a_i, s') ~ B^k} d(s', s'*)`` of eq. (4).
 
-        ``num_samples`` transitions are drawn uniformly from the merged ``storage``; each is matched (eq. 1)
-        against the *whole* online buffer and the mean next-state distance to the match is returned.
+        ``num_samples`` transitions are drawn uniformly from the merged ``storage`` (decomposed OTC: from its
+        offline rows, when it has any); each is matched (eq. 1) against the *whole* online buffer and the mean
+        next-state distance to the match is returned.
 
         Args:
             storage: the merged storage (or the merged replay buffer).
@@ -497,7 +640,13 @@ class OTCSampler(Sampler):
         keys = self._validate(storage)
         device = storage_device(storage)
         num_samples = num_samples or self.alpha_samples
-        cand = torch.randint(n, (num_samples,), generator=self._rng, device=device)
+        rows = self._split_rows(storage)[1] if self.decomposed else None
+        if rows is not None and rows.numel():  # decomposed OTC: the gap of the offline rows only
+            cand = rows[
+                torch.randint(rows.numel(), (num_samples,), generator=self._rng, device=device)
+            ]
+        else:
+            cand = torch.randint(n, (num_samples,), generator=self._rng, device=device)
         online = self.online_rows(device)  # every row: one comparison shared by the chunks below
         online_ids = self._online_ids(torch.arange(m), device)
         total, count = 0.0, 0
@@ -521,6 +670,8 @@ class OTCSampler(Sampler):
         Call it after the deployment's transitions have been written to the online buffer and the merged
         buffer. The first call only records ``D_1`` (Algorithm 1 adapts from ``k > 1``). The result is clamped to
         ``alpha_range``; with ``adaptive_alpha=False`` alpha stays fixed. If ``D_{k-1}`` is zero, alpha is kept.
+        With ``online_fraction="adaptive"`` it also sets the online share from ``D_k`` and ``D_1`` (recorded as
+        ``online_fraction`` in :attr:`alpha_history`).
 
         Args:
             storage: the merged storage or replay buffer.
@@ -548,9 +699,15 @@ class OTCSampler(Sampler):
             else:
                 logger.warning("adapt_alpha: D_{k-1} = %s; alpha kept at %s.", previous, alpha)
         self.alpha = float(alpha)
-        self.alpha_history.append(
-            {"deployment": float(len(self.alpha_history) + 1), "D": d_k, "alpha": self.alpha}
-        )
+        record = {"deployment": float(len(self.alpha_history) + 1), "D": d_k, "alpha": self.alpha}
+        if self._online_fraction == ADAPTIVE:
+            d_0 = self.alpha_history[0]["D"] if self.alpha_history else d_k
+            record["online_fraction"] = adaptive_online_fraction(
+                d_k, d_0, self.online_fraction_range
+            )
+        elif self.decomposed:
+            record["online_fraction"] = float(self._online_fraction)
+        self.alpha_history.append(record)
         logger.info("OTC adapt_alpha: D_k=%.6g alpha=%.6g", d_k, self.alpha)
         return self.alpha
 
@@ -593,6 +750,7 @@ class OTCSampler(Sampler):
 
     def _empty(self) -> None:
         # The merged data is gone: start over from alpha_0.
+        self._rows.invalidate()
         self.alpha = self.alpha0
         self.alpha_history = []
 
@@ -600,5 +758,11 @@ class OTCSampler(Sampler):
         return (
             f"{type(self).__name__}(alpha={self.alpha:.4g}, num_candidates={self.num_candidates}, "
             f"num_online={self.num_online}, adaptive_alpha={self.adaptive_alpha}, "
-            f"self_match={self.self_match}, distance={type(self.distance).__name__})"
+            f"self_match={self.self_match}, distance={type(self.distance).__name__}"
+            + (
+                ""
+                if self._online_fraction is None
+                else f", online_fraction={self._online_fraction!r}"
+            )
+            + ")"
         )

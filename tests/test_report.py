@@ -163,3 +163,22 @@ def test_intervals_do_not_depend_on_the_order_the_runs_were_read(tmp_path):
     _, runs = _decomposition_runs(tmp_path)
     for table in (decomposition_table, strategy_table):
         assert table(runs, "mean") == table(list(reversed(runs)), "mean")
+
+
+def test_decomposed_otc_runs_get_their_own_label(tmp_path):
+    """Decomposed OTC (``online_fraction``) must not be pooled with the paper's coupled OTC of the same distance."""
+    labels = {}
+    for name, overrides in {
+        "coupled": {},
+        "fixed": {"online_fraction": 0.3},
+        "adaptive": {"online_fraction": "adaptive", "mix_source": "latest"},
+    }.items():
+        run = RunFolder(tmp_path / name)
+        run.write_config(TuneConfig(strategy="otc", **overrides).to_dict())
+        run.log({"eval/return_mean": 0.0}, step=0, phase="offline", deployment=0)
+        labels[name] = load_run(run.path).label
+    assert labels == {
+        "coupled": "otc-feature + td3bc",
+        "fixed": "otc-feature-of0.3 + td3bc",
+        "adaptive": "otc-feature-ofadaptive-latest + td3bc",
+    }

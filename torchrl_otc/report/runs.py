@@ -120,6 +120,13 @@ class RunRecord:
                 parts.append(f"decode-{cfg['embedding_reconstruct']}")
             if not cfg.get("self_match", True):
                 parts.append("no-self-match")
+            if cfg.get("online_fraction") is not None:  # decomposed OTC (issue 15)
+                fraction = cfg["online_fraction"]
+                parts.append(
+                    f"of{fraction if fraction == 'adaptive' else format(float(fraction), 'g')}"
+                )
+                if cfg.get("mix_source", "all") != "all":
+                    parts.append(cfg["mix_source"])
             strategy = "-".join(parts)
         if strategy == "mix":
             if cfg.get("mix_fraction") == "matched":

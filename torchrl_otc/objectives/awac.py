@@ -101,7 +101,7 @@ class AWACLoss(TwinCriticLoss):
         ...     MLP(in_features=n_obs + n_act, out_features=1, num_cells=[32]), in_keys=["observation", "action"]
         ... )
         >>> loss = AWACLoss(actor, qvalue, temperature=1.0)
-        >>> loss.make_value_estimator(gamma=0.99)
+        >>> loss = loss.make_value_estimator(gamma=0.99)  # returns the loss, as in TorchRL
         >>> updater = SoftUpdate(loss, tau=0.005)
         >>> data = TensorDict({
         ...     "observation": torch.randn(batch, n_obs),

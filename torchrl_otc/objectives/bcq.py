@@ -184,7 +184,7 @@ class BCQLoss(TwinCriticLoss):
         ...     out_keys=["vae_reconstruction", "vae_loc", "vae_log_std"],
         ... )
         >>> loss = BCQLoss(actor, qvalue, vae)
-        >>> loss.make_value_estimator(gamma=0.99)
+        >>> loss = loss.make_value_estimator(gamma=0.99)  # returns the loss, as in TorchRL
         >>> updater = SoftUpdate(loss, tau=0.005)
         >>> data = TensorDict({
         ...     "observation": torch.randn(batch, n_obs),

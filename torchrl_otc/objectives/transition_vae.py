@@ -157,9 +157,9 @@ class TransitionVAELoss(LossModule):
         loss, metadata = self.vae_loss(tensordict)
         return TensorDict({"loss_vae": loss, **metadata}, batch_size=[])
 
-    def make_value_estimator(self, value_type=None, **hyperparams) -> None:
-        """The VAE has no value function: nothing to build."""
-        return None
+    def make_value_estimator(self, value_type=None, **hyperparams) -> TransitionVAELoss:
+        """The VAE has no value function: nothing to build. Returns the loss itself (TorchRL's chaining)."""
+        return self
 
     @torch.no_grad()
     def embed(self, tensordict: TensorDictBase) -> Tensor:

@@ -451,13 +451,17 @@ class TwinCriticLoss(LossModule):
 
     def make_value_estimator(
         self, value_type: ValueEstimators | None = None, **hyperparams
-    ) -> None:
+    ) -> TwinCriticLoss:
         """Builds the value estimator (TD(0) only: the critic target is a one-step backup on transitions).
 
         Args:
             value_type: ``ValueEstimators.TD0`` (default), or a :class:`~torchrl.objectives.value.ValueEstimatorBase`
                 instance or subclass.
             **hyperparams: e.g. ``gamma``.
+
+        Returns:
+            the loss itself, as TorchRL's losses do, so that calls chain
+            (``loss = BCQLoss(...).make_value_estimator(gamma=0.99)``).
         """
         if value_type is None:
             value_type = self.default_value_estimator
@@ -465,7 +469,7 @@ class TwinCriticLoss(LossModule):
             isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
         ):
             LossModule.make_value_estimator(self, value_type, **hyperparams)
-            return
+            return self
         dispatch_value_estimator(
             self,
             value_type,
@@ -479,3 +483,4 @@ class TwinCriticLoss(LossModule):
             value_network=None,
             **hyperparams,
         )
+        return self

@@ -49,6 +49,65 @@ def test_a_matched_mix_draws_its_pairs_online_share_per_deployment(otc_pair):
     assert run.returns[0] == pair.returns[0]
 
 
+def _pair_share(pair, agent, k):
+    rows = [
+        float(r["value"])
+        for r in pair.rows
+        if r["name"] == f"agent{agent}/online_share"
+        and r["phase"] == "online"
+        and int(r["deployment"]) == k
+    ]
+    return statistics.fmean(rows)
+
+
+def test_matched_decomposed_otc_draws_its_pairs_online_share_per_deployment(otc_pair):
+    root, pair = otc_pair
+    cfg = config(
+        root, "strategy=otc", "online_fraction=matched", f"mix_pair={pair.path}", "threads=1"
+    )
+    assert cfg.default_run_name().endswith("-otc-feature-ofmatched-seed0")
+    run = load_run(OnlineTuner(cfg, progress=False).run()["run_dir"])
+    assert run.label == "otc-feature-ofmatched + td3bc"
+    n_agents = len(
+        {r["name"].split("/")[0] for r in run.rows if r["name"].endswith("/online_share")}
+    )
+    for agent in range(n_agents):
+        for k in (1, 2):
+            target = _pair_share(pair, agent, k)
+            # every batch holds round(F * 128) online rows, so the measured share is that, exactly
+            assert run.series(f"agent{agent}/online_share")[k] == pytest.approx(
+                round(target * 128) / 128
+            )
+    # the same offline agents as the pair (the tuner's cache): the same offline return
+    assert run.returns[0] == pair.returns[0]
+
+
+def test_matched_decomposed_otc_needs_a_coupled_otc_pair(otc_pair, tmp_path):
+    root, pair = otc_pair
+    fixed = config(root, "strategy=otc", "online_fraction=0.25", "threads=1")
+    decomposed = OnlineTuner(fixed, progress=False).run()["run_dir"]
+    cfg = config(
+        tmp_path, "strategy=otc", "online_fraction=matched", f"mix_pair={decomposed}", "threads=1"
+    )
+    for strategy in (
+        "otc",
+        "mix",
+    ):  # neither a matched mix nor matched decomposed OTC pairs with one
+        if strategy == "mix":
+            cfg = _matched(tmp_path, pair)
+            cfg.sampler.mix_pair = decomposed
+        with pytest.raises(ValueError, match="must be a coupled OTC run"):
+            OnlineTuner(cfg, progress=False)
+    cfg = config(
+        tmp_path, "strategy=otc", "online_fraction=matched", f"mix_pair={pair.path}", "seed=3"
+    )
+    with pytest.raises(
+        ValueError, match="online_fraction=matched: the paired OTC run .* differs in"
+    ):
+        OnlineTuner(cfg, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_fixed_mix_and_the_latest_source(tmp_path):
     for source in ("all", "latest"):
         cfg = config(tmp_path, "strategy=mix", "mix_fraction=0.25", f"mix_source={source}")
@@ -97,6 +156,8 @@ def test_an_unfinished_or_non_otc_pair_is_refused(otc_pair, tmp_path):
         (["strategy=mix", "mix_fraction=0"], "strictly between 0 and 1"),
         (["strategy=mix", "mix_fraction=matched"], "set mix_pair="),
         (["strategy=mix", "mix_fraction=half"], "a number in \\(0, 1\\) or 'matched'"),
+        (["strategy=otc", "online_fraction=matched"], "online_fraction=matched .* set mix_pair="),
+        (["strategy=mix", "online_fraction=matched", "mix_pair=x"], "strategy=mix has no offline"),
         (["strategy=mix", "mix_source=newest"], "valid values: all, latest"),
         (["threads=0"], "threads must be an integer >= 1"),
         (["threads=1.5"], "expected int"),
@@ -183,6 +244,42 @@ def test_a_matched_mix_without_its_pair_in_the_preset_is_a_clear_error():
     recipe.variants[0]["mix_pair"] = "matched"
     with pytest.raises(ValueError, match="pair of a matched mix is an OTC variant"):
         expand_recipe(recipe, "smoke", runs_root="runs")
+
+
+def test_a_sweep_orders_matched_decomposed_otc_after_its_coupled_pair(tmp_path, monkeypatch):
+    recipe = _recipe()
+    recipe.variants.insert(
+        0,
+        {
+            "label": "dec",
+            "strategy": "otc",
+            "distance": "value",
+            "online_fraction": "matched",
+            "mix_pair": "otc",
+        },
+    )
+    configs = expand_recipe(recipe, "smoke", runs_root=tmp_path)
+    dec = [c for c in configs if c.sampler.online_fraction == "matched"]
+    assert [c.sampler.mix_pair for c in dec] == [
+        str(tmp_path / "mix-smoke" / f"nav_nonstationary-random-td3bc-otc-seed{s}") for s in (0, 1)
+    ]
+    from torchrl_otc.trainers import sweep
+    from torchrl_otc.trainers.sweep import _is_matched
+
+    payloads = [c.to_dict() for c in configs]
+    assert [_is_matched(p) for p in payloads] == [True, True, False] * 2
+    ran = []
+    monkeypatch.setattr(
+        sweep, "_run_one", lambda payload, progress: ran.append(payload["run"]["run_name"]) or {}
+    )
+    run_sweep(configs, progress=False)
+    assert [name.rsplit("-", 2)[1:] for name in ran] == [
+        [label, f"seed{s}"] for s in (0, 1) for label in ("otc", "dec", "matched")
+    ]
+    # a decomposed pair is refused: the pair must be the coupled procedure
+    recipe.variants[2]["online_fraction"] = 0.3
+    with pytest.raises(ValueError, match="a decomposed OTC .* variant; the pair of a matched mix"):
+        expand_recipe(recipe, "smoke", runs_root=tmp_path)
 
 
 def test_cells_give_each_sub_grid_its_own_sizes():

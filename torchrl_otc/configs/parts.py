@@ -22,6 +22,7 @@ __all__ = [
     "DATASET_KINDS",
     "DISTANCES",
     "LOGGERS",
+    "MATCHED_FRACTION",
     "MIX_SOURCES",
     "STRATEGIES",
     "DataConfig",
@@ -35,7 +36,10 @@ STRATEGIES = ("otc", "uniform", "online-only", "balanced-replay", "mix")
 MIX_SOURCES = ("all", "latest")
 #: ``sampler.online_fraction=adaptive``: decomposed OTC's online share set per deployment from eq. (4)'s ``D_k``.
 ADAPTIVE_FRACTION = "adaptive"
-DISTANCES = ("feature", "embedding", "value")
+#: ``sampler.mix_fraction=matched`` / ``sampler.online_fraction=matched``: per agent and deployment, the online
+#: share that the paired coupled-OTC run (``sampler.mix_pair``) measured.
+MATCHED_FRACTION = "matched"
+DISTANCES = ("feature", "embedding", "value", "likelihood")
 ALGORITHMS = ("bcq", "awac", "cql", "td3bc")
 DATASET_KINDS = ("random", "medium", "medium-replay")
 LOGGERS = ("csv", "tensorboard", "wandb")
@@ -120,10 +124,14 @@ class DistanceConfig:
     ``name`` picks the class; the other fields are its arguments: ``next_state`` of
     :class:`~torchrl_otc.FeatureDistance`, ``reconstruct`` and ``update_every`` of
     :class:`~torchrl_otc.EmbeddingDistance`, ``value_actions`` of :class:`~torchrl_otc.ValueDistance`, ``compile``
-    of the first two.
+    of the first two, ``ensemble_*`` and ``fit_*`` of :class:`~torchrl_otc.modules.likelihood.LikelihoodDistance`.
 
     Attributes:
-        name: ``"feature"`` (standardised L1), ``"embedding"`` (d_e) or ``"value"`` (d_q). Shortcut: ``distance=``.
+        name: ``"feature"`` (standardised L1), ``"embedding"`` (d_e), ``"value"`` (d_q) or ``"likelihood"`` (the
+            dynamics-likelihood selector: offline rows ranked by their likelihood under a Gaussian ensemble fitted
+            to the latest deployment; decomposed OTC only, i.e. with ``sampler.online_fraction`` a number or
+            ``"matched"``, not ``"adaptive"``).
+            Shortcut: ``distance=``.
         next_state: what ``d(s', s'*)`` compares for the feature distance: ``"displacement"`` (``s' - s``) or
             ``"next_state"``. Shortcut: ``next_state=``.
         reconstruct: what d_e's CVAE decodes: ``"action"`` (the paper's ``D(a_i | s, s', z)``) or ``"next_state"``
@@ -134,6 +142,10 @@ class DistanceConfig:
             ``"sample"`` (mean over sampled actions; not for TD3+BC). Shortcut: ``value_actions=``.
         compile: compile the distance's pairwise step (:func:`torch.compile`; feature and embedding distances).
             Shortcut: ``compile=``.
+        ensemble_size: ``distance=likelihood``: members of the ensemble (``sampler.distance.ensemble_size``).
+        ensemble_hidden_sizes: ``distance=likelihood``: hidden widths of each member.
+        fit_steps: ``distance=likelihood``: Adam steps of each refit on a deployment's data.
+        fit_batch_size: ``distance=likelihood``: rows per member and step of a refit.
 
     Examples:
         >>> DistanceConfig(name="embedding", reconstruct="next_state").validate().reconstruct
@@ -146,6 +158,10 @@ class DistanceConfig:
     update_every: int = 1
     value_actions: str = "policy"
     compile: bool = False
+    ensemble_size: int = 5
+    ensemble_hidden_sizes: tuple[int, ...] = (64, 64)
+    fit_steps: int = 200
+    fit_batch_size: int = 256
 
     def validate(self) -> DistanceConfig:
         """Checks the fields; raises :class:`ValueError` saying what was wrong."""
@@ -154,6 +170,12 @@ class DistanceConfig:
         _choice("sampler.distance.reconstruct", self.reconstruct, ("action", "next_state"))
         _choice("sampler.distance.value_actions", self.value_actions, ("policy", "sample"))
         _at_least("sampler.distance.update_every", self.update_every, 1)
+        for name in ("ensemble_size", "fit_steps", "fit_batch_size"):
+            _at_least(f"sampler.distance.{name}", getattr(self, name), 1)
+        if not self.ensemble_hidden_sizes or min(self.ensemble_hidden_sizes) < 1:
+            raise ValueError(
+                f"sampler.distance.ensemble_hidden_sizes must be positive widths; got {self.ensemble_hidden_sizes}."
+            )
         return self
 
 
@@ -180,13 +202,15 @@ class SamplerConfig:
             ``mix_fraction=``.
         mix_source: ``name=mix`` and decomposed OTC (``online_fraction`` set): online rows from ``"all"``
             deployments so far or the ``"latest"`` one only. Shortcut: ``mix_source=``.
-        mix_pair: ``mix_fraction=matched``: the run folder of the paired OTC run (same task, data, algorithm, seed
-            and sizes; finished). In a recipe, the *label* of the OTC variant (the sweep fills in its folder).
+        mix_pair: ``mix_fraction=matched`` or ``online_fraction=matched``: the run folder of the paired
+            (coupled) OTC run (same task, data, algorithm, seed and sizes; finished). In a recipe, the *label* of
+            the OTC variant (the sweep fills in its folder).
             Shortcut: ``mix_pair=``.
         online_fraction: ``name=otc`` only: ``None`` (default) is the paper's coupled sampler; a number in
             ``[0, 1)`` is *decomposed* OTC, that share of every batch drawn uniformly from the online rows and the
             rest by eq. (3) among offline rows only; ``"adaptive"`` sets the share per deployment from eq. (4)'s
-            ``D_k`` (:func:`~torchrl_otc.data.samplers.decomposed.adaptive_online_fraction`). Shortcut:
+            ``D_k`` (:func:`~torchrl_otc.data.samplers.decomposed.adaptive_online_fraction`); ``"matched"``, per
+            agent and deployment the share the paired coupled-OTC run (``mix_pair``) measured. Shortcut:
             ``online_fraction=``.
         distance: OTC's transition distance, a :class:`DistanceConfig`.
 
@@ -236,6 +260,13 @@ class SamplerConfig:
             )
         self._validate_online_fraction()
         self.distance.validate()
+        if self.name == "otc" and self.distance.name == "likelihood":
+            if self.online_fraction is None or self.online_fraction == ADAPTIVE_FRACTION:
+                raise ValueError(
+                    f"distance=likelihood ranks offline rows by a model fitted to the online rows; it needs "
+                    f"decomposed OTC with a fixed or matched share (online_fraction=0.3, say); got "
+                    f"online_fraction={self.online_fraction}."
+                )
         return self
 
     def _validate_online_fraction(self) -> None:
@@ -250,6 +281,14 @@ class SamplerConfig:
             )
         if value == ADAPTIVE_FRACTION:
             return
+        # the paired coupled-OTC run's share per deployment (trainers/matched_mix.py)
+        if value == MATCHED_FRACTION:
+            if not self.mix_pair:
+                raise ValueError(
+                    "online_fraction=matched takes its online share from a paired (coupled) OTC run: set "
+                    "mix_pair=<that run's folder> (in a recipe: mix_pair=<label of the OTC variant>)."
+                )
+            return
         try:
             fraction = float(value)
         except (TypeError, ValueError):
@@ -257,7 +296,8 @@ class SamplerConfig:
         if isinstance(value, bool) or not 0.0 <= fraction < 1.0:
             raise ValueError(
                 f"sampler.online_fraction must be a number in [0, 1) or 'adaptive'; got {value!r}. Use "
-                f"strategy=online-only for online rows only, or unset it for the paper's coupled sampler."
+                f"strategy=online-only for online rows only, 'matched' with mix_pair=, or unset it for the paper's "
+                f"coupled sampler."
             )
         self.online_fraction = fraction
 

@@ -7,6 +7,7 @@ from torchrl_otc.modules.distances import (
     ValueFunctions,
     feature_statistics,
 )
+from torchrl_otc.modules.likelihood import GaussianEnsemble, LikelihoodDistance
 from torchrl_otc.modules.trainable import Fittable, TrainablePart
 from torchrl_otc.modules.transition_distance import (
     Comparison,
@@ -21,7 +22,9 @@ __all__ = [
     "EmbeddingDistance",
     "FeatureDistance",
     "Fittable",
+    "GaussianEnsemble",
     "L1EmbeddingDistance",
+    "LikelihoodDistance",
     "OnlineRows",
     "TrainablePart",
     "TransitionDistance",

@@ -123,7 +123,7 @@ class RunRecord:
             if cfg.get("online_fraction") is not None:  # decomposed OTC (issue 15)
                 fraction = cfg["online_fraction"]
                 parts.append(
-                    f"of{fraction if fraction == 'adaptive' else format(float(fraction), 'g')}"
+                    f"of{fraction if fraction in ('adaptive', 'matched') else format(float(fraction), 'g')}"
                 )
                 if cfg.get("mix_source", "all") != "all":
                     parts.append(cfg["mix_source"])

@@ -176,6 +176,8 @@ class AgentLearner:
         self.stream = RandomStream(seed + 2, self.device)
         self.num_updates = 0
         self.deployments = 0
+        #: the metrics of the ``fit_online`` hooks at the last :meth:`add_deployment` (prefixed ``distance/``...)
+        self.deployment_metrics: dict[str, float] = {}
         self.num_offline = (
             0  # rows written by add_offline; the merged buffer's rows after them are online
         )
@@ -241,6 +243,10 @@ class AgentLearner:
     def add_deployment(self, data: TensorDictBase, *, adapt_alpha: bool = True) -> None:
         """Starts deployment ``k``: ``D_i^k`` replaces the online buffer's content and joins the merged buffer.
 
+        Then every learned part (:attr:`trained_parts`) that has the optional hook ``fit_online(data)`` is
+        refitted on ``data`` (the dynamics-likelihood selector's ensemble,
+        :class:`~torchrl_otc.trainers.parts.LikelihoodDistanceTrainer`); the hook draws from the part's own random
+        stream and returns metrics, kept, prefixed as in :meth:`sampler_update`, in :attr:`deployment_metrics`.
         Then, with ``adapt_alpha``, adapts alpha once (:meth:`adapt_alpha`).
 
         Args:
@@ -253,6 +259,13 @@ class AgentLearner:
         self.online_buffer.extend(marked)
         self.merged_buffer.extend(marked)
         self.deployments += 1
+        self.deployment_metrics = {}
+        for prefix, part in self.trained_parts.items():
+            fit_online = getattr(part, "fit_online", None)
+            if callable(
+                fit_online
+            ):  # optional hook: a part that is refitted on each deployment's data
+                self.deployment_metrics.update(_prefixed(prefix, fit_online(marked)))
         if adapt_alpha:
             self.adapt_alpha()
 

@@ -7,7 +7,10 @@ The parts are functions of their inputs and parameters; what trains them lives h
   :class:`~torchrl_otc.EmbeddingDistance`) with its loss :class:`~torchrl_otc.objectives.TransitionVAELoss`;
 * :class:`BalancedReplayTrainer`: Balanced Replay's density-ratio network (Lee et al., CoRL 2021, section 4.1,
   :class:`~torchrl_otc.BalancedReplaySampler`) with
-  :func:`~torchrl_otc.modules.models.density_ratio.js_density_ratio_loss`.
+  :func:`~torchrl_otc.modules.models.density_ratio.js_density_ratio_loss`;
+* :class:`LikelihoodDistanceTrainer`: the dynamics-likelihood selector's Gaussian ensemble
+  (:class:`~torchrl_otc.modules.likelihood.LikelihoodDistance`), refitted on each new deployment's data through
+  the learner's optional ``fit_online`` hook.
 
 Each owns an Adam optimiser, a random stream of its own (seeded from the part's ``seed``, never the agent's
 stream) and its counters, and checkpoints them. :func:`trainable_part` picks the trainer of a part, takes a
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 from torchrl_otc._random import RandomStream
 from torchrl_otc.data.samplers.balanced_replay import BalancedReplaySampler
 from torchrl_otc.modules.distances import EmbeddingDistance
+from torchrl_otc.modules.likelihood import LikelihoodDistance
 from torchrl_otc.modules.models.density_ratio import js_density_ratio_loss
 from torchrl_otc.modules.trainable import TrainablePart, flat_transitions, missing_methods
 from torchrl_otc.objectives.transition_vae import TransitionVAELoss
@@ -37,6 +41,7 @@ from torchrl_otc.objectives.transition_vae import TransitionVAELoss
 __all__ = [
     "BalancedReplayTrainer",
     "EmbeddingDistanceTrainer",
+    "LikelihoodDistanceTrainer",
     "legacy_part_states",
     "trainable_part",
 ]
@@ -299,8 +304,107 @@ class BalancedReplayTrainer:
         self.num_updates = int(state_dict["num_updates"])
 
 
+class LikelihoodDistanceTrainer:
+    r"""Fits the dynamics-likelihood selector's Gaussian ensemble to the agent's latest deployment.
+
+    The learner calls :meth:`fit_online` from :meth:`AgentLearner.add_deployment
+    <torchrl_otc.trainers.AgentLearner.add_deployment>` with the deployment's transitions ``D_i^k``: the ensemble
+    is refitted *from scratch* on them (fresh parameters drawn from this trainer's generator, a fresh Adam at the
+    distance's ``lr``, ``fit_steps`` steps, each member on its own ``fit_batch_size`` rows drawn with replacement
+    per step, loss the members' mean Gaussian negative log-likelihood of the standardised ``s' - s``), so the
+    model describes the latest dynamics only. :meth:`update` trains nothing (the agent's batches mix offline
+    rows of other dynamics); after the first fit it reports the fit's result so that it is logged with the
+    online updates. Nothing is pretrained: the model needs online data.
+
+    Args:
+        distance: the :class:`~torchrl_otc.modules.likelihood.LikelihoodDistance` whose ensemble is fitted (its
+            settings ``fit_steps``, ``fit_batch_size``, ``lr``, ``seed`` are read here).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> s, a = torch.randn(300, 2), torch.rand(300, 1)
+        >>> data = TensorDict({"observation": s, "action": a, ("next", "observation"): s + a}, [300])
+        >>> trainer = LikelihoodDistanceTrainer(LikelihoodDistance(2, 1, hidden_sizes=(16,), fit_steps=20))
+        >>> trainer.fit(data).update(data[:8])  # no deployment yet: nothing to report
+        {}
+        >>> sorted(trainer.fit_online(data)), sorted(trainer.update(data[:8]))
+        (['fit_nll', 'num_fits'], ['fit_nll', 'num_fits'])
+    """
+
+    def __init__(self, distance: LikelihoodDistance) -> None:
+        self.distance = distance
+        self.generator = torch.Generator().manual_seed(distance.seed + 1)
+        self.optimizer: torch.optim.Adam | None = None
+        self.num_fits = 0
+        self.fit_nll: float | None = None
+
+    def fit(self, data: TensorDictBase) -> LikelihoodDistanceTrainer:
+        """The distance's standardisation from offline data (:meth:`LikelihoodDistance.fit`)."""
+        self.distance.fit(data)
+        return self
+
+    def fit_online(self, data: TensorDictBase) -> dict[str, float]:
+        """Refits the ensemble from scratch on a deployment's transitions ``data`` (see the class).
+
+        Returns:
+            ``fit_nll`` (the members' mean Gaussian NLL per row of ``data`` after the fit, nats of the
+            standardised ``s' - s``) and ``num_fits``.
+        """
+        dist = self.distance
+        flat = flat_transitions(data, dist.in_keys, "LikelihoodDistance refit")
+        x, target = dist.features(flat)
+        ensemble = dist.ensemble
+        ensemble.reset_parameters(self.generator)
+        self.optimizer = torch.optim.Adam(ensemble.parameters(), lr=dist.lr)
+        n, size = x.shape[0], dist.fit_batch_size
+        with torch.enable_grad():
+            for _ in range(dist.fit_steps):
+                rows = torch.randint(n, (dist.ensemble_size, size), generator=self.generator)
+                rows = rows.to(x.device)
+                loss = -dist.member_log_likelihood(x[rows], target[rows]).mean()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        with torch.no_grad():
+            self.fit_nll = float(-dist.member_log_likelihood(x, target).mean())
+        dist.trained.fill_(True)
+        dist.version += 1
+        self.num_fits += 1
+        return {"fit_nll": self.fit_nll, "num_fits": float(self.num_fits)}
+
+    def update(self, batch: TensorDictBase | None = None) -> dict[str, float]:
+        """Trains nothing; after the first fit, the last fit's ``fit_nll`` and ``num_fits`` (else ``{}``)."""
+        if self.fit_nll is None:
+            return {}
+        return {"fit_nll": self.fit_nll, "num_fits": float(self.num_fits)}
+
+    def pretrain(
+        self, data: TensorDictBase, num_updates: int, *, progress: bool = False
+    ) -> dict[str, float]:
+        """Nothing: the model describes online data, which the offline data has not (returns ``{}``)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator, the fit counter and the last fit's NLL (the ensemble's parameters are the distance's;
+        each refit starts a fresh Adam, so none is kept)."""
+        return {
+            "generator": self.generator.get_state(),
+            "num_fits": self.num_fits,
+            "fit_nll": self.fit_nll,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restores :meth:`state_dict`."""
+        self.generator.set_state(state_dict["generator"].clone())
+        self.num_fits = int(state_dict["num_fits"])
+        fit_nll = state_dict["fit_nll"]
+        self.fit_nll = None if fit_nll is None else float(fit_nll)
+
+
 _TRAINERS: tuple[tuple[type, type], ...] = (
     (EmbeddingDistance, EmbeddingDistanceTrainer),
+    (LikelihoodDistance, LikelihoodDistanceTrainer),
     (BalancedReplaySampler, BalancedReplayTrainer),
 )
 """The package's learned parts and the trainers the learner trains them with."""
@@ -310,7 +414,7 @@ def trainable_part(part: Any, name: str = "part") -> TrainablePart | None:
     """The :class:`~torchrl_otc.modules.TrainablePart` that trains ``part``, or ``None`` if nothing is learned.
 
     The package's learned parts get their trainer (:class:`EmbeddingDistanceTrainer`,
-    :class:`BalancedReplayTrainer`); a part implementing the protocol itself is its own trainer; a part with
+    :class:`LikelihoodDistanceTrainer`, :class:`BalancedReplayTrainer`); a part implementing the protocol itself is its own trainer; a part with
     ``update`` or ``pretrain`` but not the whole protocol is refused (the learner would not know how to fit,
     checkpoint or resume it).
 

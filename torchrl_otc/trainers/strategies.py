@@ -27,6 +27,7 @@ from torchrl_otc.modules.distances import (
     TransitionDistance,
     ValueDistance,
 )
+from torchrl_otc.modules.likelihood import LikelihoodDistance
 
 __all__ = ["DEPLOYMENT_KEY", "ID_KEY", "ONLINE_KEY", "make_sampler"]
 
@@ -109,6 +110,18 @@ def make_sampler(
             device=device,
             compile=spec.compile,
         )
+    elif spec.name == "likelihood":
+        # the dynamics-likelihood selector: refitted on each deployment's data by the learner (fit_online hook)
+        distance = LikelihoodDistance(
+            state_dim,
+            action_dim,
+            ensemble_size=spec.ensemble_size,
+            hidden_sizes=spec.ensemble_hidden_sizes,
+            fit_steps=spec.fit_steps,
+            fit_batch_size=spec.fit_batch_size,
+            seed=seed,
+            device=device,
+        )
     else:  # d_q (section 3.3): bound to the agent's own critic by AgentLearner
         distance = ValueDistance(value_actions=spec.value_actions, compile=spec.compile)
     return OTCSampler(
@@ -117,11 +130,13 @@ def make_sampler(
         distance=distance,
         num_candidates=config.num_candidates,
         num_online=config.num_online,
-        adaptive_alpha=config.adaptive_alpha,
+        # eq. (4) is off for the likelihood: its NLL has no zero (a ratio of two models' mean NLLs means nothing)
+        adaptive_alpha=config.adaptive_alpha and spec.name != "likelihood",
         self_match=config.self_match,
         online_key=ONLINE_KEY,
         id_key=ID_KEY,
-        online_fraction=config.online_fraction,  # decomposed OTC when set
+        # decomposed OTC when set; "matched" starts at 0.5, the tuning loop sets the pair's share per deployment
+        online_fraction=0.5 if config.online_fraction == "matched" else config.online_fraction,
         source=config.mix_source,
         deployment_key=DEPLOYMENT_KEY,
     )

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from torchrl_otc.configs.overrides import to_dotted, unknown_keys
 from torchrl_otc.configs.tune import TuneConfig
+from torchrl_otc.trainers.matched_mix import matched_option
 from torchrl_otc.trainers.tuning import OnlineTuner
 
 __all__ = ["Recipe", "load_recipe", "expand_recipe", "run_sweep", "SWEEP_SIZES"]
@@ -275,7 +276,8 @@ def expand_recipe(
             by_label[variant["label"]] = cfg
         for label, cfg in by_label.items():
             sampler = cfg.sampler
-            if sampler.name == "mix" and sampler.mix_fraction == "matched":
+            # a matched mix or matched decomposed OTC: mix_pair names the label of its coupled-OTC variant
+            if matched_option(sampler) is not None:
                 pair = by_label.get(str(sampler.mix_pair))
                 if pair is None:
                     raise ValueError(
@@ -283,10 +285,15 @@ def expand_recipe(
                         f"variant {sampler.mix_pair!r}, which is not among the variants run (the preset's, or "
                         f"--variants): run it too (runs: {', '.join(by_label)})."
                     )
-                if pair.sampler.name != "otc":
+                if pair.sampler.name != "otc" or pair.sampler.online_fraction is not None:
+                    kind = (
+                        f"strategy={pair.sampler.name}"
+                        if pair.sampler.name != "otc"
+                        else f"decomposed OTC (online_fraction={pair.sampler.online_fraction})"
+                    )
                     raise ValueError(
-                        f"Recipe {recipe.name!r}: variant {label!r} has mix_pair={sampler.mix_pair!r}, a "
-                        f"strategy={pair.sampler.name} variant; the pair of a matched mix is an OTC variant."
+                        f"Recipe {recipe.name!r}: variant {label!r} has mix_pair={sampler.mix_pair!r}, a {kind} "
+                        f"variant; the pair of a matched mix is an OTC variant (coupled: online_fraction unset)."
                     )
                 sampler.mix_pair = str(Path(pair.run.runs_root) / str(pair.run.run_name))
             configs.append(cfg.validate())
@@ -294,9 +301,8 @@ def expand_recipe(
 
 
 def _is_matched(config: Mapping[str, Any]) -> bool:
-    """Whether a payload (a nested config dict) is a matched mix."""
-    sampler = config["sampler"]
-    return sampler["name"] == "mix" and sampler["mix_fraction"] == "matched"
+    """Whether a payload (a nested config dict) is a matched mix or matched decomposed OTC (it reads its pair)."""
+    return matched_option(config["sampler"]) is not None
 
 
 def _run_dir(config: Mapping[str, Any]) -> Path:
@@ -454,8 +460,8 @@ def run_sweep(
     payloads = [
         c.to_dict() for c in configs
     ]  # nested dicts: plain data for worker processes and Ray
-    # a matched mix reads its OTC pair's metrics: it runs right after its pair (a stable order otherwise, and
-    # the pair shares its dataset, so both are in one group of the parallel runner)
+    # a matched mix (or matched decomposed OTC) reads its OTC pair's metrics: it runs right after its pair (a
+    # stable order otherwise, and the pair shares its dataset, so both are in one group of the parallel runner)
     where = {_run_dir(p): i for i, p in enumerate(payloads)}
 
     def _position(i: int) -> tuple[int, int]:

@@ -19,7 +19,7 @@ The loop orders the work and logs; the pieces live beside it: each agent's
 ``agent{i}/`` and writes them, see ``docs/metrics.rst``), :func:`~torchrl_otc.trainers.strategies.make_sampler`
 builds the samplers, :class:`~torchrl_otc.trainers.deployment.Deployer` collects and evaluates, the task's
 :class:`~torchrl_otc.envs.registry.DeploymentHook` says what changes between deployments,
-:mod:`~torchrl_otc.trainers.matched_mix` pairs a matched mix with its OTC run, and
+:mod:`~torchrl_otc.trainers.matched_mix` pairs a matched mix (or matched decomposed OTC) with its OTC run, and
 :mod:`~torchrl_otc.trainers.checkpointing` writes and restores checkpoints.
 """
 
@@ -48,7 +48,7 @@ from torchrl_otc.trainers.behaviour import build_dataset
 from torchrl_otc.trainers.checkpointing import read_state, restore_checkpoint, write_checkpoint
 from torchrl_otc.trainers.deployment import Deployer, agent_rows
 from torchrl_otc.trainers.learner import AgentLearner
-from torchrl_otc.trainers.matched_mix import check_pair, matched_fraction
+from torchrl_otc.trainers.matched_mix import check_pair, matched_fraction, matched_option
 from torchrl_otc.trainers.run import RunFolder, atomic_checkpoint
 from torchrl_otc.trainers.strategies import DEPLOYMENT_KEY, ID_KEY, ONLINE_KEY, make_sampler
 
@@ -136,7 +136,7 @@ class OnlineTuner:
         self.progress = progress
         self.device = resolve_device(config.run.device)
         self.task = get_task(config.task.name)
-        if config.sampler.name == "mix" and config.sampler.mix_fraction == "matched":
+        if matched_option(config.sampler) is not None:  # a matched mix or matched decomposed OTC
             check_pair(config)  # before the run folder exists: a bad pair leaves nothing behind
         self.K = config.run.deployments
         self.M = config.resolved_steps_per_deployment
@@ -151,15 +151,17 @@ class OnlineTuner:
         self.returns: dict[int, float] = {}
 
     # ------------------------------------------------------------------------------------------------ setup
-    def _set_mix_fractions(self, deployment: int) -> None:
-        """``mix_fraction=matched``: each agent's mix takes its pair's online share of deployment ``deployment``."""
-        if self.config.sampler.name != "mix" or self.config.sampler.mix_fraction != "matched":
+    def _set_matched_fractions(self, deployment: int) -> None:
+        """``mix_fraction=matched`` / ``online_fraction=matched``: each agent's sampler (a mix, or decomposed OTC)
+        takes its pair's online share of deployment ``deployment``."""
+        option = matched_option(self.config.sampler)
+        if option is None:
             return
         pair = str(self.config.sampler.mix_pair)
         rows = RunFolder(pair).read_metrics()  # read once for every agent
         for agent in self.agents:
             agent.learner.sampler.online_fraction = matched_fraction(
-                rows, agent.index, deployment, pair
+                rows, agent.index, deployment, pair, option
             )
 
     def _load_dataset(self):
@@ -486,12 +488,13 @@ class OnlineTuner:
                 else:
                     joint = self._collect(k, self.M)
                     self._add_online(k, joint)
+                self._set_matched_fractions(k)  # before eq. 4, which records decomposed OTC's share
                 for agent in self.agents:
                     agent.learner.adapt_alpha()  # eq. 4 (OTC only); records D_1 at k = 1
                 self._stage = {"stage": "update", "deployment": k, "update": 0}
                 self._checkpoint()
             if self._stage["stage"] == "update":
-                self._set_mix_fractions(k)
+                self._set_matched_fractions(k)
                 self._train(self.L, phase="online", deployment=k, start=self._stage["update"])
                 self._evaluate_and_log(k, "online")
                 self._stage = {"stage": "collect", "deployment": k + 1, "update": 0}

@@ -182,3 +182,109 @@ def test_decomposed_otc_runs_get_their_own_label(tmp_path):
         "fixed": "otc-feature-of0.3 + td3bc",
         "adaptive": "otc-feature-ofadaptive-latest + td3bc",
     }
+
+
+def _selector_runs(tmp_path):
+    """uniform, coupled OTC, its matched mix and two decomposed selectors at the matched share, seeds 0-3, on one
+    cell (``dec-value`` also has seed 4, without partners); returns (runs folder, runs)."""
+    root = tmp_path / "selectors"
+    last = {
+        "uniform": ({"strategy": "uniform"}, [1.0, 2.0, 3.0, 4.0]),
+        "otc": ({"strategy": "otc"}, [3.0, 5.0, 4.0, 6.0]),
+        "mix": ({"strategy": "mix", "mix_fraction": "matched"}, [3.0, 4.0, 4.0, 7.0]),
+        "dec-feature": (
+            {"strategy": "otc", "online_fraction": "matched"},
+            [4.0, 5.0, 6.0, 7.0],
+        ),
+        "dec-value": (
+            {"strategy": "otc", "distance": "value", "online_fraction": "matched"},
+            [3.0, 4.0, 3.0, 7.0, 9.0],
+        ),
+    }
+    for name, (overrides, values) in last.items():
+        for seed, value in enumerate(values):
+            cfg = TuneConfig(seed=seed, task="nav/nonstationary", **overrides).to_dict()
+            if name in ("mix", "dec-feature", "dec-value"):
+                cfg["sampler"]["mix_pair"] = str(root / f"otc-{seed}")
+            run = RunFolder(root / f"{name}-{seed}")
+            run.write_config(cfg)
+            for k, r in enumerate([0.0, value / 2, value]):
+                phase = "online" if k else "offline"
+                run.log({"eval/return_mean": r}, step=k, phase=phase, deployment=k)
+                if (
+                    k and name == "dec-feature"
+                ):  # online share 0.3; right-dynamics share 0.5 + 0.1 seed
+                    shares = {"agent0/online_share": 0.2, "agent1/online_share": 0.4}
+                    shares["agent0/offline_right_dynamics_share"] = 0.5 + 0.1 * seed
+                    run.log(shares, step=k, phase=phase, deployment=k)
+    return root, [load_run(p) for p in sorted(root.iterdir())]
+
+
+def _rows(table):
+    return {
+        line.split(" | ")[2]: [c.strip(" |") for c in line.split(" | ")[3:]]
+        for line in table.splitlines()[2:]
+        if line.startswith("|")
+    }
+
+
+def test_selector_table_pairs_each_selector_with_the_matched_mix_and_uniform(tmp_path):
+    from torchrl_otc.report import selector_table
+    from torchrl_otc.stats import bootstrap_ci, format_ci
+
+    _, runs = _selector_runs(tmp_path)
+    table = selector_table(runs, "last")
+    assert table.splitlines()[0].startswith("| dataset | task | method | n | mean [95 % CI] |")
+    rows = _rows(table)
+    coupled, feature, value = (
+        "otc-feature + td3bc",
+        "otc-feature-ofmatched + td3bc",
+        "otc-value-ofmatched + td3bc",
+    )
+    assert list(rows) == [coupled, feature, value]  # the coupled OTC first, then the selectors
+    # dec-feature - mix = 1, 1, 2, 0; dec-feature - uniform = 3, 3, 3, 3
+    assert rows[feature][:5] == [
+        "4",
+        format_ci(*bootstrap_ci([4.0, 5.0, 6.0, 7.0]), signed=False),
+        format_ci(*bootstrap_ci([1.0, 1.0, 2.0, 0.0])),
+        "3/1/0",
+        "+3.00 [+3.00, +3.00]",
+    ]
+    assert rows[feature][4:] == ["+3.00 [+3.00, +3.00]", "4/0/0", "0.300", "0.650"]
+    assert rows[feature][2].startswith("+1.00 [")
+    # dec-value (seed 4 has no partner: left out) - mix = 0, 0, -1, 0; - uniform = 2, 2, 0, 3
+    assert rows[value][0] == "4"
+    assert rows[value][2:6] == [
+        format_ci(*bootstrap_ci([0.0, 0.0, -1.0, 0.0])),
+        "0/3/1",
+        format_ci(*bootstrap_ci([2.0, 2.0, 0.0, 3.0])),
+        "3/1/0",
+    ]
+    assert rows[value][6:] == ["-", "-"]  # shares not logged
+    # coupled otc - its matched mix = 0, 1, 0, -1
+    assert rows[coupled][2].startswith("+0.00 [") and rows[coupled][3] == "1/2/1"
+    note = table.splitlines()[-1]
+    assert note.startswith("Left out (no matched-mix or uniform run of the same seed): 1 run(s):")
+    assert f"{value} seed 4" in note
+    # without uniform's seed 3, every method's seed 3 is left out too
+    fewer = [r for r in runs if not (r.config["strategy"] == "uniform" and r.config["seed"] == 3)]
+    table = selector_table(fewer, "last")
+    assert all(row[0] == "3" for row in _rows(table).values())
+    assert ": 4 run(s):" in table.splitlines()[-1]
+    assert table == selector_table(list(reversed(fewer)), "last")
+
+
+def test_report_has_the_selector_section_only_with_decomposed_runs(tmp_path):
+    root, _ = _selector_runs(tmp_path)
+    text = write_report([root], tmp_path / "out").read_text()
+    assert (
+        "## Selectors: decomposed OTC against its matched mix (mean return over deployments 1..K)"
+        in text
+    )
+    assert (
+        "## Selectors: decomposed OTC against its matched mix (return at the last deployment)"
+        in text
+    )
+    assert "| otc-value-ofmatched + td3bc |" in text
+    root, _ = _decomposition_runs(tmp_path)
+    assert "## Selectors" not in write_report([root], tmp_path / "out2").read_text()

@@ -24,6 +24,7 @@ from torchrl_otc.report.tables import (
     paired_table,
     provenance,
     returns_table,
+    selector_table,
     strategy_table,
     versus_table,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "mechanism_table",
     "paired_table",
     "decomposition_table",
+    "selector_table",
     "strategy_table",
     "versus_table",
     "MEASURES",

@@ -63,7 +63,8 @@ class RunRecord:
     config: dict
     rows: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
-    pair: dict | None = None  # a matched mix: its paired OTC run's config
+    #: a matched mix or matched decomposed OTC: its paired coupled-OTC run's config
+    pair: dict | None = None
 
     def __post_init__(self) -> None:
         self.config = _flat(self.config)
@@ -210,7 +211,7 @@ def load_run(path: str | Path) -> RunRecord:
     meta_file = path / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     pair = None
-    if config.get("strategy") == "mix" and config.get("mix_pair"):
+    if config.get("mix_pair"):  # a matched mix, or decomposed OTC at its pair's online share
         # where the sweep wrote it, else beside this run (a copied or moved sweep folder)
         for where in (Path(config["mix_pair"]), path.parent / Path(config["mix_pair"]).name):
             if (where / "config.yaml").exists():

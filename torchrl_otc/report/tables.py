@@ -1,7 +1,8 @@
 """Markdown tables of run records: the paper's Table 1 layout, returns, mechanism metrics, paired comparisons.
 
 One row per (dataset, task), one column (or row) per method label (:attr:`RunRecord.label`). The statistical tables
-(:func:`strategy_table`, :func:`versus_table`, :func:`decomposition_table`) use :mod:`torchrl_otc.stats`.
+(:func:`strategy_table`, :func:`versus_table`, :func:`decomposition_table`,
+:func:`selector_table`) use :mod:`torchrl_otc.stats`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from torchrl_otc.report.runs import RunRecord
-from torchrl_otc.stats import bootstrap_ci, format_ci, paired_differences, paired_summary
+from torchrl_otc.stats import (
+    PairedSummary,
+    bootstrap_ci,
+    format_ci,
+    paired_differences,
+    paired_summary,
+    unmatched_seeds,
+)
 
 __all__ = [
     "decomposition_table",
@@ -24,6 +32,7 @@ __all__ = [
     "paired_table",
     "provenance",
     "returns_table",
+    "selector_table",
     "strategy_table",
     "versus_table",
 ]
@@ -289,17 +298,24 @@ def strategy_table(runs: Iterable[RunRecord], measure: str = "mean", *, digits: 
     return _lines((*header, "gain over offline [95 % CI]"), rows)
 
 
+def _paired(x: dict[Any, float], y: dict[Any, float]) -> PairedSummary | None:
+    """Scores of two methods (``{seed: score}``, from :func:`_scores`) paired by seed: the summary of ``x - y``
+    over the seeds both have (:func:`~torchrl_otc.stats.paired_summary`, with the probability of improvement),
+    ``None`` when they share no seed. The pairing of every comparison table (:func:`decomposition_table`,
+    :func:`versus_table`, :func:`selector_table`)."""
+    diffs = paired_differences(x, y)
+    if not diffs:
+        return None
+    return paired_summary(diffs, scores=({k: x[k] for k in diffs}, {k: y[k] for k in diffs}))
+
+
 def _compare(
     a: dict[Any, RunRecord], b: dict[Any, RunRecord], measure: str, digits: int
 ) -> tuple[str, ...] | None:
     """``n, mean difference [CI], W/T/L, P(a > b) [CI]`` of two methods' runs paired by seed."""
-    x, y = _scores(a, measure), _scores(b, measure)
-    diffs = paired_differences(x, y)
-    if not diffs:
+    summary = _paired(_scores(a, measure), _scores(b, measure))
+    if summary is None:
         return None
-    paired_x = {k: x[k] for k in diffs}
-    paired_y = {k: y[k] for k in diffs}
-    summary = paired_summary(diffs, scores=(paired_x, paired_y))
     return (
         str(summary.n),
         format_ci(summary.mean, summary.ci_low, summary.ci_high, digits=digits),
@@ -372,6 +388,164 @@ def decomposition_table(
     if not rows:
         return ""
     return _lines(("dataset", "task", "comparison", *_COMPARE_HEADER), rows)
+
+
+def _matched_mixes(
+    by_label: dict[str, dict[Any, RunRecord]],
+) -> dict[tuple[str | None, str], dict[Any, RunRecord]]:
+    """A cell's matched mixes (``strategy=mix mix_fraction=matched``) by the label of their paired OTC run
+    (``None`` when the pair's folder was not found) and their ``mix_source``."""
+    mixes: dict[tuple[str | None, str], dict[Any, RunRecord]] = {}
+    for runs in by_label.values():
+        first = next(iter(runs.values()))
+        if first.config.get("strategy") == "mix" and first.config.get("mix_fraction") == "matched":
+            pair = None if first.pair is None else RunRecord(first.path, first.pair).label
+            mixes.setdefault((pair, first.config.get("mix_source", "all")), {}).update(runs)
+    return mixes
+
+
+def _share(runs: Iterable[RunRecord], suffix: str) -> str:
+    """The mean over runs of the online-phase mean of ``agent{i}/<suffix>``; ``-`` where no run logs it."""
+    values = [v for v in (run.online_mean(suffix) for run in runs) if math.isfinite(v)]
+    return f"{statistics.fmean(values):.3f}" if values else "-"
+
+
+def selector_table(
+    runs: Iterable[RunRecord], measure: str = "mean", *, baseline: str = "uniform", digits: int = 2
+) -> str:
+    """Decomposed OTC, one selector per method, at the online share of its matched mix (issue 15, item 4).
+
+    Per (dataset, task), one row per OTC method: the coupled OTC runs (the paper's procedure) and every decomposed
+    OTC (``online_fraction`` set, e.g. ``otc-value-ofmatched + td3bc``). A decomposed run draws, per agent and
+    deployment, the online share its paired coupled-OTC run (``mix_pair``) measured and chooses the offline rows
+    with its selector; the matched mix of that pair draws the same share and its offline rows uniformly. So
+    ``selector − matched mix`` is what the selector's choice of offline rows adds. The columns, over the seeds
+    the method, its matched mix and ``baseline`` all have (a seed's runs share their offline-trained agents):
+
+    * ``n`` and the mean of ``measure`` with its 95 % bootstrap interval;
+    * the paired difference to the matched mix of the same seed (mean with its 95 % bootstrap interval,
+      wins/ties/losses over seeds), and the same against ``baseline`` (``-`` when the cell has no such run);
+    * the online share of the training batches and the share of the drawn offline rows with the deployment's
+      dynamics (``agent{i}/online_share``, ``agent{i}/offline_right_dynamics_share``: online-phase means over
+      agents, then over the seeds; ``-`` where not logged).
+
+    A method's run with no matched-mix (or ``baseline``) run of the same seed is left out and counted in a note
+    under the table. The matched mix of a coupled OTC method is the one paired with it; of a decomposed one, the
+    one paired with the same coupled run (else the cell's only matched mix whose pair was not found); both with
+    the method's ``mix_source``.
+
+    Args:
+        runs: run records (a sweep like ``examples/recipes/selectors.yaml``).
+        measure: ``"last"`` or ``"mean"`` (see :data:`MEASURES`).
+        baseline: the strategy of the reference runs. Defaults to ``"uniform"``.
+        digits: digits after the decimal point.
+
+    Returns:
+        The table (and its note line, if runs were left out), or ``""`` when no OTC method has a matched mix.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> def run(strategy, seed, last, pair=None, **extra):
+        ...     rows = [{"step": "0", "phase": "offline", "deployment": "0", "name": "eval/return_mean",
+        ...              "value": "0"}, {"step": "9", "phase": "online", "deployment": "1",
+        ...              "name": "eval/return_mean", "value": str(last)}]
+        ...     cfg = {"strategy": strategy, "distance": "feature", "algo": "td3bc", "dataset": "random",
+        ...            "task": "nav/nonstationary", "seed": seed, **extra}
+        ...     return RunRecord(Path(f"runs/{strategy}{seed}"), cfg, rows, pair=pair)
+        >>> otc_cfg = {"strategy": "otc", "distance": "feature", "algo": "td3bc"}
+        >>> runs = [run("uniform", s, 1.0) for s in range(3)] + [run("otc", s, 2.0) for s in range(3)]
+        >>> runs += [run("mix", s, 3.0, mix_fraction="matched", pair=otc_cfg) for s in range(3)]
+        >>> runs += [run("otc", s, 3.0 + s, pair=otc_cfg, distance="value", online_fraction="matched")
+        ...          for s in range(4)]  # seed 3 has no matched mix: left out
+        >>> for line in selector_table(runs, "last").splitlines()[2:]:
+        ...     print(line)
+        | random | nav/nonstationary | otc-feature + td3bc | 3 | 2.00 [2.00, 2.00] | -1.00 [-1.00, -1.00] | 0/0/3 | +1.00 [+1.00, +1.00] | 3/0/0 | - | - |
+        | random | nav/nonstationary | otc-value-ofmatched + td3bc | 3 | 4.00 [3.00, 5.00] | +1.00 [+0.00, +2.00] | 2/1/0 | +3.00 [+2.00, +4.00] | 3/0/0 | - | - |
+        Left out (no matched-mix or uniform run of the same seed): 1 run(s): random nav/nonstationary otc-value-ofmatched + td3bc seed 3.
+    """
+    rows, left_out = [], []
+    for (dataset, task, algo), by_label in sorted(_by_cell(runs).items()):
+        mixes = _matched_mixes(by_label)
+        base = by_label.get(f"{baseline} + {algo}")
+        methods = [
+            (label, seeds)
+            for label, seeds in by_label.items()
+            if next(iter(seeds.values())).config.get("strategy") == "otc"
+        ]
+        # the coupled OTC first, then the selectors
+        methods.sort(
+            key=lambda m: (
+                next(iter(m[1].values())).config.get("online_fraction") is not None,
+                m[0],
+            )
+        )
+        for label, seeds in methods:
+            first = next(iter(seeds.values()))
+            if first.config.get("online_fraction") is None:
+                pair: str | None = label
+            else:
+                paired = next((r.pair for r in seeds.values() if r.pair is not None), None)
+                pair = None if paired is None else RunRecord(first.path, paired).label
+            source = first.config.get("mix_source", "all")
+            mix = mixes.get((pair, source))
+            if mix is None and [k for k in mixes if k[1] == source] == [(None, source)]:
+                mix = mixes[(None, source)]
+            if mix is None:
+                continue
+            x, y = _scores(seeds, measure), _scores(mix, measure)
+            u = _scores(base, measure) if base else None
+            partners = {k: v for k, v in y.items() if u is None or k in u}
+            unpaired, _ = unmatched_seeds(x, partners)
+            left_out += [f"{dataset} {task} {label} seed {s}" for s in unpaired]
+            x = {k: v for k, v in x.items() if k in partners}
+            if not x:
+                continue
+            versus_mix = _paired(x, y)
+            versus_base = _paired(x, u) if u is not None else None
+            cells = []
+            for summary in (versus_mix, versus_base):
+                if summary is None:
+                    cells += ["-", "-"]
+                else:
+                    ci = format_ci(summary.mean, summary.ci_low, summary.ci_high, digits=digits)
+                    cells += [ci, f"{summary.wins}/{summary.ties}/{summary.losses}"]
+            mean = format_ci(*bootstrap_ci(x, "mean"), digits=digits, signed=False)
+            paired_runs = [seeds[k] for k in x]
+            rows.append(
+                (
+                    dataset,
+                    task,
+                    label,
+                    str(len(x)),
+                    mean,
+                    *cells,
+                    _share(paired_runs, "/online_share"),
+                    _share(paired_runs, "/offline_right_dynamics_share"),
+                )
+            )
+    if not rows:
+        return ""
+    header = (
+        "dataset",
+        "task",
+        "method",
+        "n",
+        "mean [95 % CI]",
+        "− matched mix [95 % CI]",
+        "W/T/L",
+        f"− {baseline} [95 % CI]",
+        "W/T/L",
+        "online share",
+        "offline right-dynamics share",
+    )
+    table = _lines(header, rows)
+    if left_out:
+        table += (
+            f"\nLeft out (no matched-mix or {baseline} run of the same seed): {len(left_out)} run(s): "
+            + "; ".join(left_out)
+            + "."
+        )
+    return table
 
 
 def versus_table(

@@ -14,6 +14,7 @@ from torchrl_otc.report.tables import (
     paired_table,
     provenance,
     returns_table,
+    selector_table,
     strategy_table,
     versus_table,
 )
@@ -75,6 +76,25 @@ def write_report(
                 table,
                 "",
             ]
+    if any(
+        run.config.get("strategy") == "otc" and run.config.get("online_fraction") is not None
+        for run in runs
+    ):  # decomposed OTC (issue 15): each selector at its matched mix's online share
+        for measure, what in MEASURES.items():
+            table = selector_table(runs, measure)
+            if table:
+                parts += [
+                    f"## Selectors: decomposed OTC against its matched mix ({what})",
+                    "",
+                    "Each decomposed OTC method draws the online share of its paired coupled-OTC run and chooses "
+                    "the offline rows with its selector; the matched mix draws the same share and the offline rows "
+                    f"uniformly. Measure: {what}. Paired by seed: mean difference with its 95 % bootstrap "
+                    "interval and wins/ties/losses over seeds; shares are online-phase means over agents and "
+                    "seeds ('-': not logged).",
+                    "",
+                    table,
+                    "",
+                ]
     for measure, what in MEASURES.items():
         parts += [
             f"## Per method: {what}, mean and IQM over seeds (95 % bootstrap intervals)",

@@ -30,8 +30,10 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase
+
+from torchrl_otc.envs._specs import done_spec
 
 __all__ = [
     "BetaDeployments",
@@ -232,13 +234,7 @@ class NonStationaryNavEnv(EnvBase):
         self.state_spec = Composite(shape=shape, device=device)
         self.action_spec = Bounded(-1.0, 1.0, (*shape, 2), device=device)
         self.reward_spec = Unbounded((*shape, 1), device=device)
-        self.done_spec = Composite(
-            done=Categorical(2, (*shape, 1), dtype=torch.bool, device=device),
-            terminated=Categorical(2, (*shape, 1), dtype=torch.bool, device=device),
-            truncated=Categorical(2, (*shape, 1), dtype=torch.bool, device=device),
-            shape=shape,
-            device=device,
-        )
+        self.done_spec = done_spec(shape, device)
         self._pos = torch.zeros(num_envs, 2, device=device)
         self._landmark = torch.zeros(num_envs, 2, device=device)
         self._beta = torch.zeros(num_envs, 1, device=device)

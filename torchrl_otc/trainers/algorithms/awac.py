@@ -10,15 +10,15 @@ from torchrl.data import Bounded
 
 from torchrl_otc.configs.algorithms import AWACConfig
 from torchrl_otc.objectives.awac import AWACLoss
-from torchrl_otc.objectives.utils import critic_values, policy_distribution
+from torchrl_otc.objectives.utils import critic_values
 from torchrl_otc.trainers.algorithms.base import Algorithm, Parts
 from torchrl_otc.trainers.algorithms.networks import (
     ACTION_KEY,
     OBSERVATION_KEY,
-    DeterministicPolicy,
+    actor_critic_parts,
+    deterministic_policy,
     make_critic,
     make_gaussian_actor,
-    trainable,
 )
 
 __all__ = ["AWAC"]
@@ -76,13 +76,8 @@ class AWAC(Algorithm):
             num_value_samples=cfg.num_value_samples,
             loss_function=cfg.loss_function,
         )
-        policy = TensorDictModule(
-            DeterministicPolicy(actor), in_keys=actor.in_keys, out_keys=[ACTION_KEY]
-        )
-        parts = {
-            "critic": (trainable(loss.qvalue_network_params), cfg.critic_lr),
-            "actor": (trainable(loss.actor_network_params), cfg.actor_lr),
-        }
+        policy = deterministic_policy(actor)
+        parts = actor_critic_parts(loss, cfg)
         return loss, policy, parts
 
     def _update(self, batch: TensorDictBase) -> dict[str, Tensor]:
@@ -99,12 +94,3 @@ class AWAC(Algorithm):
     def _critic_values(self, observation: Tensor, action: Tensor) -> Tensor:
         inputs = {OBSERVATION_KEY: observation, ACTION_KEY: action}
         return critic_values(self.loss, inputs, self.loss.qvalue_network_params)
-
-    def _sampled_actions(self, observation: Tensor, num_samples: int) -> Tensor:
-        dist = policy_distribution(
-            self.loss,
-            "actor_network",
-            self.loss.actor_network_params,
-            {OBSERVATION_KEY: observation},
-        )
-        return dist.sample((num_samples,))

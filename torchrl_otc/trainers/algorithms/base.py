@@ -25,7 +25,7 @@ from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.objectives.utils import ValueEstimators
 
 from torchrl_otc.configs.algorithms import ALGORITHM_CONFIGS, AlgorithmConfig, make_config
-from torchrl_otc.objectives.utils import ForeachSoftUpdate
+from torchrl_otc.objectives.utils import ForeachSoftUpdate, policy_distribution
 from torchrl_otc.trainers.algorithms.networks import ACTION_KEY, OBSERVATION_KEY
 
 __all__ = ["Algorithm", "Parts", "resolve_config"]
@@ -201,9 +201,16 @@ class Algorithm(abc.ABC):
     def _update(self, batch: TensorDictBase) -> dict[str, Tensor]:
         """One gradient step of every part and the target update; the losses and diagnostics as tensors."""
 
-    @abc.abstractmethod
     def _sampled_actions(self, observation: Tensor, num_samples: int) -> Tensor:
-        """``num_samples`` actions per state from the policy, ``[num_samples, N, act_dim]``."""
+        """``num_samples`` actions per state from the policy, ``[num_samples, N, act_dim]``: samples of the
+        loss's stochastic actor (AWAC, CQL); BCQ and TD3+BC override it."""
+        dist = policy_distribution(
+            self.loss,
+            "actor_network",
+            self.loss.actor_network_params,
+            {OBSERVATION_KEY: observation},
+        )
+        return dist.sample((num_samples,))
 
     # ---------------------------------------------------------------------------------------- update
     def update(self, batch: TensorDictBase) -> dict[str, float]:

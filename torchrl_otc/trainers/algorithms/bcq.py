@@ -16,6 +16,7 @@ from torchrl_otc.trainers.algorithms.base import Algorithm, Parts
 from torchrl_otc.trainers.algorithms.networks import (
     ACTION_KEY,
     OBSERVATION_KEY,
+    actor_critic_parts,
     make_critic,
     trainable,
 )
@@ -120,8 +121,7 @@ class BCQ(Algorithm):
         )
         parts = {
             "vae": (trainable(loss.vae_network_params), cfg.vae_lr),
-            "critic": (trainable(loss.qvalue_network_params), cfg.critic_lr),
-            "actor": (trainable(loss.actor_network_params), cfg.actor_lr),
+            **actor_critic_parts(loss, cfg),
         }
         return loss, policy, parts
 

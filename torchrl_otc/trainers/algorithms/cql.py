@@ -10,15 +10,12 @@ from torchrl.data import Bounded
 
 from torchrl_otc.configs.algorithms import CQLConfig
 from torchrl_otc.objectives.cql import BoundedCQLLoss
-from torchrl_otc.objectives.utils import policy_distribution
 from torchrl_otc.trainers.algorithms.base import Algorithm, Parts
 from torchrl_otc.trainers.algorithms.networks import (
-    ACTION_KEY,
-    OBSERVATION_KEY,
-    DeterministicPolicy,
+    actor_critic_parts,
+    deterministic_policy,
     make_critic,
     make_gaussian_actor,
-    trainable,
 )
 
 __all__ = ["CQL"]
@@ -85,13 +82,8 @@ class CQL(Algorithm):
             with_lagrange=cfg.with_lagrange,
             lagrange_thresh=cfg.lagrange_thresh,
         )
-        policy = TensorDictModule(
-            DeterministicPolicy(actor), in_keys=actor.in_keys, out_keys=[ACTION_KEY]
-        )
-        parts = {
-            "critic": (trainable(loss.qvalue_network_params), cfg.critic_lr),
-            "actor": (trainable(loss.actor_network_params), cfg.actor_lr),
-        }
+        policy = deterministic_policy(actor)
+        parts = actor_critic_parts(loss, cfg)
         if not cfg.fixed_alpha:
             parts["alpha"] = ([loss.log_alpha], cfg.alpha_lr)
         if cfg.with_lagrange:
@@ -131,12 +123,3 @@ class CQL(Algorithm):
         out.update(loss_actor=loss_actor, loss_alpha=loss_alpha, alpha=loss._alpha)
         out["entropy"] = -meta_actor[loss.tensor_keys.log_prob].mean()
         return out
-
-    def _sampled_actions(self, observation: Tensor, num_samples: int) -> Tensor:
-        dist = policy_distribution(
-            self.loss,
-            "actor_network",
-            self.loss.actor_network_params,
-            {OBSERVATION_KEY: observation},
-        )
-        return dist.sample((num_samples,))

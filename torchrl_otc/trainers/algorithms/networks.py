@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.objectives import LossModule
 
 from torchrl_otc.configs.algorithms import AlgorithmConfig
 
@@ -102,6 +103,32 @@ def trainable(params: TensorDictBase) -> list[Tensor]:
         2
     """
     return [p for p in params.values(True, True) if isinstance(p, nn.Parameter) and p.requires_grad]
+
+
+def actor_critic_parts(
+    loss: LossModule, cfg: AlgorithmConfig
+) -> dict[str, tuple[list[Tensor], float]]:
+    """The ``critic`` and ``actor`` parts of an actor-critic loss: trainable tensors and learning rate (Table 3).
+
+    Args:
+        loss: a loss with ``qvalue_network_params`` and ``actor_network_params``.
+        cfg: the algorithm's config (``critic_lr``, ``actor_lr``).
+
+    Returns:
+        ``{"critic": (params, critic_lr), "actor": (params, actor_lr)}``, in that order.
+    """
+    return {
+        "critic": (trainable(loss.qvalue_network_params), cfg.critic_lr),
+        "actor": (trainable(loss.actor_network_params), cfg.actor_lr),
+    }
+
+
+def deterministic_policy(actor: TensorDictModuleBase) -> TensorDictModule:
+    """The deployment policy of a stochastic actor: its deterministic action (:class:`DeterministicPolicy`),
+    reading the actor's inputs and writing ``"action"``."""
+    return TensorDictModule(
+        DeterministicPolicy(actor), in_keys=actor.in_keys, out_keys=[ACTION_KEY]
+    )
 
 
 def make_critic(cfg: AlgorithmConfig, obs_dim: int, act_dim: int) -> ValueOperator:

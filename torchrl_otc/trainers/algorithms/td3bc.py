@@ -34,8 +34,8 @@ from torchrl_otc.trainers.algorithms.networks import (
     ACTION_KEY,
     OBSERVATION_KEY,
     BoundedTanh,
+    actor_critic_parts,
     make_critic,
-    trainable,
 )
 
 __all__ = [
@@ -202,11 +202,7 @@ class TD3BC(Algorithm):
             alpha=cfg.alpha,
             loss_function=cfg.loss_function,
         )
-        parts = {
-            "critic": (trainable(loss.qvalue_network_params), cfg.critic_lr),
-            "actor": (trainable(loss.actor_network_params), cfg.actor_lr),
-        }
-        return loss, actor, parts
+        return loss, actor, actor_critic_parts(loss, cfg)
 
     # ------------------------------------------------------------------------------------------ update
     def fast_critics(self, batch: TensorDictBase) -> StackedMLP | None:

@@ -33,7 +33,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from torchrl_otc.envs._specs import done_spec
+from torchrl_otc.envs._common import done_spec, reset_indices, start_and_target
 
 __all__ = [
     "BetaDeployments",
@@ -278,22 +278,10 @@ class NonStationaryNavEnv(EnvBase):
         return torch.cat([self._pos, self._landmark - self._pos], dim=-1)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        mask = None
-        if tensordict is not None and "_reset" in tensordict.keys():
-            mask = tensordict.get("_reset").reshape(self.num_envs)
-        idx = (
-            torch.arange(self.num_envs, device=self.device)
-            if mask is None
-            else mask.nonzero().squeeze(-1)
-        )
+        idx = reset_indices(tensordict, self.num_envs, self.device)
         n = idx.numel()
         if n:
-            pos = self._uniform(n)
-            landmark = self._uniform(n)
-            too_close = (landmark - pos).norm(dim=-1) < 2 * self.reach_radius
-            while bool(too_close.any()):
-                landmark[too_close] = self._uniform(int(too_close.sum()))
-                too_close = (landmark - pos).norm(dim=-1) < 2 * self.reach_radius
+            pos, landmark = start_and_target(self._uniform, n, 2 * self.reach_radius)
             self._pos[idx] = pos
             self._landmark[idx] = landmark
             self._beta[idx] = self._draw_beta(n)

@@ -52,7 +52,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from torchrl_otc.envs._specs import done_spec
+from torchrl_otc.envs._common import done_spec, reset_indices, start_and_target
 
 __all__ = [
     "MODE_KEY",
@@ -373,21 +373,10 @@ class PartnerModesEnv(EnvBase):
         return TensorDict(out, batch_size=self.batch_size, device=self.device)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        mask = None
-        if tensordict is not None and "_reset" in tensordict.keys():
-            mask = tensordict.get("_reset").reshape(self.num_envs)
-        idx = (
-            torch.arange(self.num_envs, device=self.device)
-            if mask is None
-            else mask.nonzero().squeeze(-1)
-        )
+        idx = reset_indices(tensordict, self.num_envs, self.device)
         n = idx.numel()
         if n:
-            box, goal = self._uniform(n), self._uniform(n)
-            too_close = (goal - box).norm(dim=-1) < 2 * self.reach_radius
-            while bool(too_close.any()):
-                goal[too_close] = self._uniform(int(too_close.sum()))
-                too_close = (goal - box).norm(dim=-1) < 2 * self.reach_radius
+            box, goal = start_and_target(self._uniform, n, 2 * self.reach_radius)
             self._box[idx] = box
             self._goal[idx] = goal
             self._mode[idx] = self._draw_mode(n)

@@ -52,6 +52,7 @@ from torchrl_otc.modules.models.density_ratio import (
     DensityRatioNetwork,
     js_density_ratio_loss,
 )
+from torchrl_otc.modules.transition_distance import check_positive_int
 
 __all__ = [
     "BalancedReplaySampler",
@@ -118,12 +119,6 @@ def balanced_priorities(
 # --------------------------------------------------------------------------------------------------------------
 # The sampler
 # --------------------------------------------------------------------------------------------------------------
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    return value
-
-
 def _features(value: Tensor) -> Tensor:
     value = value.reshape(value.shape[0], -1)
     return value if value.is_floating_point() else value.float()
@@ -255,8 +250,8 @@ class BalancedReplaySampler(OnlineRowsSampler):
                 raise TypeError(
                     f"{name} must be a key of the storage (a string or a tuple of strings); got {key!r}."
                 )
-        self.num_candidates = _positive_int("num_candidates", num_candidates)
-        self.train_batch_size = _positive_int("train_batch_size", train_batch_size)
+        self.num_candidates = check_positive_int("num_candidates", num_candidates)
+        self.train_batch_size = check_positive_int("train_batch_size", train_batch_size)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise TypeError(f"temperature must be a number > 0; got {temperature!r}.")
         if not (math.isfinite(temperature) and temperature > 0):
@@ -273,7 +268,7 @@ class BalancedReplaySampler(OnlineRowsSampler):
                 f"hidden_sizes must be a sequence of positive integers such as (256, 256); got {hidden_sizes!r}."
             )
         for size in hidden_sizes:
-            _positive_int("every hidden size", size)
+            check_positive_int("every hidden size", size)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
         if output_activation not in _ACTIVATIONS:

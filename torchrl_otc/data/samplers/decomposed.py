@@ -128,7 +128,7 @@ def join_online_rows(
 
     The per-row entries of ``info`` (those with ``offline``'s length, from the offline draw) get values for the
     online rows (distances 0, rank 0, ``otc_prob = online_prob``, match index -1, importance weight 1), then rows
-    and entries are permuted together by one ``randperm`` (as :class:`~torchrl_otc.MixSampler` shuffles). Per-batch
+    and entries are permuted together by one ``randperm`` (:class:`~torchrl_otc.MixSampler` shuffles with it too). Per-batch
     entries (0-d tensors) are kept.
 
     Args:

@@ -22,6 +22,7 @@ from torchrl_otc.data.samplers._storage import (
     storage_device,
     to_storage_index,
 )
+from torchrl_otc.data.samplers.decomposed import join_online_rows
 
 __all__ = ["MixSampler"]
 
@@ -120,9 +121,8 @@ class MixSampler(OnlineRowsSampler):
         pick_off = torch.randint(
             offline.numel(), (batch_size - n_online,), generator=self._rng, device=device
         )
-        flat = torch.cat([online[pick_on], offline[pick_off]])
-        flat = flat[torch.randperm(batch_size, generator=self._rng, device=device)]
-        return to_storage_index(storage, flat), {}
+        flat, info = join_online_rows(online[pick_on], offline[pick_off], {}, 0.0, self._rng)
+        return to_storage_index(storage, flat), info
 
     def _empty(self) -> None:
         self._rows.invalidate()

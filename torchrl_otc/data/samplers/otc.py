@@ -47,19 +47,17 @@ from torchrl_otc.data.samplers.decomposed import (
 )
 from torchrl_otc.data.samplers.ranking import break_ties, rank_priorities
 from torchrl_otc.modules.distances import FeatureDistance
-from torchrl_otc.modules.transition_distance import OnlineRows, TransitionDistance
+from torchrl_otc.modules.transition_distance import (
+    OnlineRows,
+    TransitionDistance,
+    check_positive_int,
+)
 
 __all__ = ["OTCSampler"]
 
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    return value
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -239,7 +237,7 @@ class OTCSampler(OnlineRowsSampler):
             ("num_online", num_online),
             ("alpha_samples", alpha_samples),
         ):
-            _positive_int(name, value)
+            check_positive_int(name, value)
         if not (math.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0; got {beta}.")
         f_lo, f_hi = (float(f) for f in online_fraction_range)

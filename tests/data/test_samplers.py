@@ -578,6 +578,33 @@ class TestBadInput:
         with pytest.raises(ValueError, match="num_candidates"):
             merged.sample(128)
 
+    def test_torchrl_replacement_keyword(self):
+        # TorchRL's sampler metaclass would raise TypeError for replacement=False; here it sets with_replacement
+        # (no candidate twice within a batch): a batch of as many rows as candidates is a permutation of them, so
+        # every rank 1..16 appears once.
+        assert OTCSampler(
+            TensorDictReplayBuffer(storage=LazyTensorStorage(5)), replacement=True
+        ).with_replacement
+        merged, online, sampler = buffers(num_candidates=16, replacement=False)
+        assert sampler.with_replacement is False
+        torch.manual_seed(0)  # 16 candidates among 5,000 distinct rows: no two equal for this seed
+        merged.extend(transitions(torch.randn(5000, 3), torch.zeros(5000, 1), torch.randn(5000, 3)))
+        online.extend(transitions(torch.randn(5, 3), torch.zeros(5, 1), torch.randn(5, 3)))
+        _, info = merged.sample(16, return_info=True)
+        assert sorted(info["otc_rank"].tolist()) == list(range(1, 17))
+        with pytest.raises(TypeError, match="not both"):
+            buffers(replacement=False, with_replacement=True)
+
+    @pytest.mark.parametrize("cls", ["MixSampler", "OnlineOnlySampler", "BalancedReplaySampler"])
+    def test_replacement_false_refused_by_with_replacement_samplers(self, cls):
+        import torchrl_otc
+
+        sampler_cls = getattr(torchrl_otc, cls)
+        args = (0.5,) if cls == "MixSampler" else ()
+        assert isinstance(sampler_cls(*args, replacement=True), sampler_cls)
+        with pytest.raises(TypeError, match=f"{cls} draws every batch with replacement"):
+            sampler_cls(*args, replacement=False)
+
     def test_nan_distances_name_the_rows(self):
         merged, online, _ = buffers(num_candidates=64)
         obs = torch.zeros(5, 3)

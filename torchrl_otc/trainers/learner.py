@@ -36,8 +36,9 @@ SamplerFactory = Callable[[TensorDictReplayBuffer], Sampler]
 #: Labels a batch: a boolean ``[N]`` mask of the rows with the current dynamics, or ``None`` (no labels); e.g.
 #: :meth:`TaskSpec.right_dynamics <torchrl_otc.envs.TaskSpec.right_dynamics>` bound to a deployment.
 RowLabels = Callable[[TensorDictBase], "torch.Tensor | None"]
-#: The samplers' per-batch information that :meth:`AgentLearner.update` averages (``diagnostics=True``).
-_SAMPLER_INFO = ("otc_alpha", "otc_uniform", "otc_online_share", "otc_distance")
+#: The samplers' per-batch information that :meth:`AgentLearner.update` averages (``diagnostics=True``), under
+#: the sampler's ``info_prefix`` (``otc_alpha``, ``balanced_replay_uniform``, ...).
+_SAMPLER_INFO = ("alpha", "uniform", "online_share", "distance")
 
 
 def _prefixed(prefix: str, metrics: Any) -> dict[str, float]:
@@ -329,13 +330,14 @@ class AgentLearner:
                 ``offline_right_dynamics_share`` when it labels them and the batch has offline rows.
             timings: add ``sample_ms`` and ``update_ms``.
             diagnostics: add the algorithm's other values (``pred_value``, ...) and the batch means of the
-                sampler's ``otc_alpha``, ``otc_uniform``, ``otc_online_share`` and ``otc_distance``.
+                sampler's ``alpha``, ``uniform``, ``online_share`` and ``distance`` under its ``info_prefix``
+                (``otc_alpha``, ``balanced_replay_uniform``, ...).
 
         Returns:
             The update's metrics under the names of ``docs/metrics.rst`` (the tuning loop prefixes them
             ``agent{i}/``), in this order: the algorithm's losses (``loss*``, see :meth:`Algorithm.update
             <torchrl_otc.trainers.algorithms.Algorithm.update>`); the learned parts' metrics prefixed
-            ``distance/`` and ``sampler/``; ``online_share`` (the sampler's ``otc_online_share``, else the mean of
+            ``distance/`` and ``sampler/``; ``online_share`` (the sampler's ``<info_prefix>online_share``, else the mean of
             the batch's ``online_key`` column); then ``offline_right_dynamics_share``, the diagnostics and the
             timings where asked for: ``sample_ms`` (drawing the batch and moving it to the device) and
             ``update_ms`` (this whole call), in milliseconds.
@@ -348,15 +350,17 @@ class AgentLearner:
             values = self.algorithm.update(batch)
             parts = self.sampler_update(batch) if train_sampler else {}
         self.num_updates += 1
-        info = {k: batch.get(k) for k in _SAMPLER_INFO if k in batch.keys()}
+        prefix = getattr(self.sampler, "info_prefix", "otc_")
+        names = [prefix + name for name in _SAMPLER_INFO]
+        info = {k: batch.get(k) for k in names if k in batch.keys()}
         if info:
             info = dict(zip(info, torch.stack([v.float().mean() for v in info.values()]).tolist()))
         metrics = {k: v for k, v in values.items() if k.startswith("loss")}
         metrics.update(parts)
         has_flags = self.online_key is not None and self.online_key in batch.keys()
         online = batch.get(self.online_key) if has_flags else None
-        if "otc_online_share" in info:
-            metrics["online_share"] = info["otc_online_share"]
+        if prefix + "online_share" in info:
+            metrics["online_share"] = info[prefix + "online_share"]
         elif online is not None:
             metrics["online_share"] = float(online.float().mean())
         right = None if right_dynamics is None else right_dynamics(batch)

@@ -105,14 +105,20 @@ def storage_device(storage: TensorStorage) -> torch.device:
     return backing(storage).device or torch.device("cpu")
 
 
-def check_no_prefetch(storage: Storage, who: str) -> None:
-    """Refuses buffers with ``prefetch > 0``: their batches would be drawn before new data and new priorities."""
+def check_no_prefetch(storage: Storage, who: str, stale: str) -> None:
+    """Refuses buffers with ``prefetch > 0``: their batches would be drawn before new data and new priorities.
+
+    Args:
+        storage: the sampled storage.
+        who: the sampler's name, for the message.
+        stale: what a prefetched batch would miss, for the message (e.g. ``"before alpha adapts"``).
+    """
     for buffer in getattr(storage, "_attached_entities", []):
         if getattr(buffer, "_prefetch", False):
             raise RuntimeError(
                 f"{who} cannot be used with prefetch > 0: prefetched batches are drawn before new online data "
-                f"is written and before alpha adapts, so they would follow stale priorities. Build the "
-                f"replay buffer with prefetch=None (the OTC step costs about a millisecond)."
+                f"is written and {stale}, so they would follow stale priorities. Build the replay buffer with "
+                f"prefetch=None."
             )
 
 
@@ -171,10 +177,48 @@ class OnlineRowIndex:
         return self._cache[1], self._cache[2]
 
 
-class OnlineRowsSampler(Sampler):
-    """A sampler keeping an :class:`OnlineRowIndex` of its storage (``self._rows``), dropped at every write."""
+class _ReplacementKeyword(type(Sampler)):
+    """TorchRL's ``replacement=`` constructor keyword, with its meaning for the samplers of this package.
+
+    TorchRL's sampler metaclass pops ``replacement`` before the constructor runs and, for ``replacement=False``,
+    swaps in a registered without-replacement class or raises a :class:`TypeError`. The samplers here redraw their
+    batch from fresh candidates at every call, so "without replacement" can only mean *within a batch* (no
+    candidate twice in one batch), not TorchRL's *within an epoch*. A class whose constructor has such an option names it in
+    ``_replacement_argument`` and receives ``replacement`` under that name; the others draw with replacement only
+    (as TorchRL's :class:`~torchrl.data.PrioritizedSampler`) and refuse ``replacement=False`` with a line that
+    says so. ``replacement=True`` is always accepted.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if "replacement" in kwargs:
+            replacement = bool(kwargs.pop("replacement"))
+            argument = getattr(cls, "_replacement_argument", None)
+            if argument is not None:
+                if argument in kwargs:
+                    raise TypeError(
+                        f"{cls.__name__}: give replacement= or {argument}=, not both (they are the same option)."
+                    )
+                kwargs[argument] = replacement
+            elif not replacement:
+                raise TypeError(
+                    f"{cls.__name__} draws every batch with replacement (like TorchRL's PrioritizedSampler it has no "
+                    f"without-replacement variant); drop replacement=False."
+                )
+        return super().__call__(*args, **kwargs)
+
+
+class OnlineRowsSampler(Sampler, metaclass=_ReplacementKeyword):
+    """A sampler keeping an :class:`OnlineRowIndex` of its storage (``self._rows``), dropped at every write.
+
+    Accepts TorchRL's ``replacement=`` keyword (see :class:`_ReplacementKeyword`).
+    """
 
     _rows: OnlineRowIndex
+    #: The constructor argument that ``replacement=`` sets (``None``: with replacement only).
+    _replacement_argument: str | None = None
+    #: The prefix of the keys this sampler writes into ``info`` (and so into sampled batches), e.g. ``"otc_"``
+    #: for ``otc_uniform``; one per sampler, so two samplers' keys never mean different things under one name.
+    info_prefix: str = ""
 
     def extend(self, index: Any) -> None:
         self._rows.invalidate()

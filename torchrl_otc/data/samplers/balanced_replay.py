@@ -157,8 +157,8 @@ class BalancedReplaySampler(OnlineRowsSampler):
     While the storage holds no online row (offline training) it samples uniformly and says so in ``info``.
     ``info`` (copied into every :class:`~torchrl.data.TensorDictReplayBuffer` batch) holds, per row,
     ``br_weight`` (the density ratio ``w``; ``1`` while uniform) and ``br_prob`` (the probability of that
-    candidate in one draw; ``1 / len(storage)`` while uniform), and per batch ``otc_uniform`` and
-    ``otc_online_share`` (the share of online rows in the batch). No key is named ``priority_weight``: TorchRL's
+    candidate in one draw; ``1 / len(storage)`` while uniform), and per batch ``balanced_replay_uniform`` and
+    ``balanced_replay_online_share`` (the share of online rows in the batch). No key is named ``priority_weight``: TorchRL's
     losses would weight by it.
 
     **Where this departs from Lee et al.'s implementation** (candidates instead of a sum tree, standardised
@@ -206,7 +206,7 @@ class BalancedReplaySampler(OnlineRowsSampler):
         >>> train = torch.Generator().manual_seed(1)  # the owner's stream (AgentLearner keeps one per agent)
         >>> sampler.training_weights(train) is None  # no online row yet: nothing to learn
         True
-        >>> bool(rb.sample()["otc_uniform"].all())
+        >>> bool(rb.sample()["balanced_replay_uniform"].all())
         True
         >>> _ = rb.extend(transitions(200, 2.0, True))
         >>> optimizer = torch.optim.Adam(sampler.network.parameters(), lr=sampler.lr)
@@ -219,9 +219,11 @@ class BalancedReplaySampler(OnlineRowsSampler):
         >>> float(w_online.detach().mean()) > 1.0 > float(w_offline.detach().mean())
         True
         >>> batch = rb.sample()
-        >>> bool(batch["otc_uniform"].any()), bool(batch["otc_online_share"][0] > 200 / 2_200)
+        >>> bool(batch["balanced_replay_uniform"].any()), bool(batch["balanced_replay_online_share"][0] > 200 / 2_200)
         (False, True)
     """
+
+    info_prefix = "balanced_replay_"
 
     def __init__(
         self,
@@ -462,7 +464,9 @@ class BalancedReplaySampler(OnlineRowsSampler):
             raise RuntimeError(
                 "Cannot sample from an empty storage: extend the buffer with offline data first."
             )
-        check_no_prefetch(storage, "BalancedReplaySampler")
+        check_no_prefetch(
+            storage, "BalancedReplaySampler", "before the density-ratio network's latest step"
+        )
         self._validate(storage)
         self._storage = storage
         device = storage_device(storage)
@@ -474,8 +478,8 @@ class BalancedReplaySampler(OnlineRowsSampler):
             info: dict[str, Any] = {
                 "br_weight": torch.ones(batch_size, device=device),
                 "br_prob": torch.full((batch_size,), 1.0 / n, device=device),
-                "otc_uniform": torch.tensor(True),
-                "otc_online_share": torch.tensor(0.0),
+                "balanced_replay_uniform": torch.tensor(True),
+                "balanced_replay_online_share": torch.tensor(0.0),
             }
             return to_storage_index(storage, flat), info
         cand = self._randint(n, self.num_candidates, rng, device)
@@ -498,8 +502,8 @@ class BalancedReplaySampler(OnlineRowsSampler):
         info = {
             "br_weight": weight.to(device)[draw],
             "br_prob": probs.to(device)[draw],
-            "otc_uniform": torch.tensor(False),
-            "otc_online_share": cand_online[draw].float().mean().cpu(),
+            "balanced_replay_uniform": torch.tensor(False),
+            "balanced_replay_online_share": cand_online[draw].float().mean().cpu(),
         }
         return to_storage_index(storage, flat), info
 

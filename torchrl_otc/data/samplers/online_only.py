@@ -28,7 +28,7 @@ class OnlineOnlySampler(OnlineRowsSampler):
     The "online only" baseline of the paper (section 4.3, Figure 5): the agent is tuned on the online
     transitions collected so far and ignores the offline data. Online rows are those whose boolean column
     ``online_key`` is true (the tuning loop writes it). While no online row exists (offline training) it falls
-    back to uniform sampling of the whole storage and says so in ``info["otc_uniform"]``.
+    back to uniform sampling of the whole storage and says so in ``info["online_only_uniform"]``.
 
     Keyword Args:
         online_key: key of the boolean column marking online rows. Defaults to ``"is_online"``.
@@ -44,6 +44,8 @@ class OnlineOnlySampler(OnlineRowsSampler):
         >>> bool((rb.sample()["x"] >= 7).all())
         True
     """
+
+    info_prefix = "online_only_"
 
     def __init__(self, *, online_key: NestedKey = "is_online") -> None:
         self.online_key = online_key
@@ -65,9 +67,9 @@ class OnlineOnlySampler(OnlineRowsSampler):
         device = storage_device(storage)
         if rows.numel() == 0:
             flat = torch.randint(n, (batch_size,), generator=self._rng, device=device)
-            return to_storage_index(storage, flat), {"otc_uniform": torch.tensor(True)}
+            return to_storage_index(storage, flat), {"online_only_uniform": torch.tensor(True)}
         flat = rows[torch.randint(rows.numel(), (batch_size,), generator=self._rng, device=device)]
-        return to_storage_index(storage, flat), {"otc_uniform": torch.tensor(False)}
+        return to_storage_index(storage, flat), {"online_only_uniform": torch.tensor(False)}
 
     def _empty(self) -> None:
         self._rows.invalidate()

@@ -147,7 +147,10 @@ class OTCSampler(OnlineRowsSampler):
         id_key: key of an integer id written with every transition into both buffers, used when
             ``self_match=False``. Defaults to ``"transition_id"``.
         with_replacement: draw the batch from the candidates with replacement (default, as in PER). Without
-            replacement needs ``num_candidates >= batch_size``.
+            replacement needs ``num_candidates >= batch_size``. TorchRL's ``replacement=`` keyword sets it:
+            ``OTCSampler(online, replacement=False)`` draws no candidate twice *within a batch*. The candidates
+            themselves are drawn uniformly with replacement and every call ranks fresh ones, so a row can still
+            appear twice and there is no epoch over the storage as in TorchRL's ``SamplerWithoutReplacement``.
         importance_weights: add PER-style importance weights ``(|B| P(j))^{-beta} / max`` under
             ``"priority_weight"``. Defaults to ``False``.
         beta: exponent of the importance weights. Defaults to ``0.4``.
@@ -195,6 +198,9 @@ class OTCSampler(OnlineRowsSampler):
         >>> int(merged.sample()["is_online"].sum())  # round(0.25 * 16)
         4
     """
+
+    _replacement_argument = "with_replacement"
+    info_prefix = "otc_"
 
     def __init__(
         self,
@@ -515,7 +521,9 @@ class OTCSampler(OnlineRowsSampler):
             raise RuntimeError(
                 "Cannot sample from an empty storage: extend the buffer with offline data first."
             )
-        check_no_prefetch(storage, "OTCSampler")
+        check_no_prefetch(
+            storage, "OTCSampler", "before alpha adapts (the OTC step costs about a millisecond)"
+        )
         if not self.with_replacement and self.num_candidates < batch_size:
             raise ValueError(
                 f"OTCSampler(with_replacement=False) draws the batch from {self.num_candidates} candidates, fewer "

@@ -34,7 +34,7 @@ class AWACLoss(TwinCriticLoss):
 
     Two parts, one public method each, each returning ``(loss, metadata)``:
 
-    1. :meth:`qvalue_loss`: twin critics regressed on a TD(0) target built with the target critics and an
+    1. :meth:`qvalue_loss`: twin critics regressed on a TD(0) target (by default) built with the target critics and an
        action drawn from the current policy (Algorithm 1, eq. (7)):
 
        .. math::
@@ -234,7 +234,9 @@ class AWACLoss(TwinCriticLoss):
 
     # ---------------------------------------------------------------------------------------------- parts
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """Part 1: twin-critic TD(0) regression with the target critics (gradient to the critics only).
+        """Part 1: twin-critic regression on the target critics' TD target (gradient to the critics only).
+
+        The target is TD(0) by default; ``make_value_estimator`` can make it TD(1) or TD(lambda) on trajectories.
 
         Args:
             tensordict: a batch with the observation, action and ``next`` keys.

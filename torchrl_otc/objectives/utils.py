@@ -387,14 +387,18 @@ def policy_distribution(
 
 class TwinCriticLoss(LossModule):
     """What :class:`~torchrl_otc.objectives.BCQLoss` and :class:`~torchrl_otc.objectives.AWACLoss` share: stacked
-    twin critics with target copies (``qvalue_network``), TD(0) value estimation on transitions, and in-keys built
+    twin critics with target copies (``qvalue_network``), TD(0), TD(1) or TD(lambda) value estimation, and in-keys built
     from :attr:`observation_keys` (defined by each loss).
 
     Subclasses call ``convert_to_functional(qvalue_network, "qvalue_network", n, create_target_params=True)`` and
     then :meth:`_make_vmap` in their ``__init__``.
     """
 
-    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+    )
     _in_keys: list[NestedKey] | None = None
 
     @property
@@ -452,12 +456,19 @@ class TwinCriticLoss(LossModule):
     def make_value_estimator(
         self, value_type: ValueEstimators | None = None, **hyperparams
     ) -> TwinCriticLoss:
-        """Builds the value estimator (TD(0) only: the critic target is a one-step backup on transitions).
+        r"""Builds the value estimator of the critics' target, as TorchRL's ``TD3BCLoss`` does.
+
+        ``TD0`` (default) is the one-step backup :math:`r + \gamma (1 - \mathrm{terminated}) V(s')` of the
+        papers, for batches of single transitions (what a replay buffer samples). ``TD1`` and ``TDLambda`` build
+        the (lambda-)return backwards along the last batch dimension from the loss's own next-state values
+        :math:`V(s'_t)`, bootstrapping where ``done`` and stopping where ``terminated``: they need batches of
+        trajectories (``[*, T]``, time last, e.g. from a ``SliceSampler``) and are wrong on shuffled transitions.
 
         Args:
-            value_type: ``ValueEstimators.TD0`` (default), or a :class:`~torchrl.objectives.value.ValueEstimatorBase`
-                instance or subclass.
-            **hyperparams: e.g. ``gamma``.
+            value_type: ``ValueEstimators.TD0`` (default), ``TD1`` or ``TDLambda``, or a
+                :class:`~torchrl.objectives.value.ValueEstimatorBase` instance or subclass. Others (``GAE``, ...)
+                raise :class:`NotImplementedError`.
+            **hyperparams: e.g. ``gamma``, ``lmbda`` (``TDLambda``).
 
         Returns:
             the loss itself, as TorchRL's losses do, so that calls chain

@@ -828,7 +828,7 @@ class TestOnlineOnly:
                 {"x": torch.arange(500), "is_online": torch.zeros(500, dtype=torch.bool)}, [500]
             )
         )
-        assert rb.sample()["otc_uniform"].all()  # no online rows yet
+        assert rb.sample()["online_only_uniform"].all()  # no online rows yet
         rb.extend(
             TensorDict(
                 {"x": torch.arange(500, 510), "is_online": torch.ones(10, dtype=torch.bool)}, [10]

@@ -545,3 +545,14 @@ def test_learned_distances_beat_uniform_on_the_discrete_mdp(mdp):
     assert n_min > 500
     assert kl_e < kl_uniform - margin, (kl_e, kl_uniform, margin)
     assert kl_q < kl_uniform - margin, (kl_q, kl_uniform, margin)
+
+
+@pytest.mark.parametrize("cls", ["EmbeddingDistance", "LikelihoodDistance"])
+def test_device_follows_the_module(cls):
+    # a module's device is where its tensors are, not an attribute fixed at construction (nn.Module.to moves it)
+    import torchrl_otc.modules as modules
+
+    dist = getattr(modules, cls)(3, 2, hidden_sizes=(8,))
+    assert dist.device == torch.device("cpu")
+    dist.to("meta")
+    assert dist.device == torch.device("meta")

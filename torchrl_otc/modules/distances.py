@@ -352,7 +352,7 @@ class EmbeddingDistance(L1EmbeddingDistance):
             raise ValueError(f"lr must be a positive finite number; got {lr}.")
         if not (kl_weight >= 0 and math.isfinite(kl_weight)):
             raise ValueError(f"kl_weight must be a finite number >= 0; got {kl_weight}.")
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        device = torch.device(device) if device is not None else torch.device("cpu")
         self.state_key, self.action_key, self.next_state_key = state_key, action_key, next_state_key
         self.in_keys = [state_key, action_key, next_state_key]
         self.embedding_dim = embedding_dim
@@ -372,7 +372,12 @@ class EmbeddingDistance(L1EmbeddingDistance):
                 activation=activation,
                 reconstruct=reconstruct,
             )
-        self.vae = vae.to(self.device)
+        self.vae = vae.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the CVAE lives (follows ``.to(...)``, as a module's device should)."""
+        return next(self.vae.parameters()).device
 
     def _inputs(self, td: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
         return tuple(flat_features(td, key).to(self.device) for key in self.in_keys)  # type: ignore[return-value]

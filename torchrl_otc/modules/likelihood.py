@@ -220,7 +220,7 @@ class LikelihoodDistance(nn.Module, TransitionDistance):
             raise ValueError(f"lr must be positive; got {lr}.")
         self.lr = float(lr)
         self.seed = int(seed)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        device = torch.device(device) if device is not None else torch.device("cpu")
         self.state_key = state_key
         self.action_key = action_key
         self.next_state_key = next_state_key
@@ -235,7 +235,12 @@ class LikelihoodDistance(nn.Module, TransitionDistance):
         self.register_buffer("target_std", torch.ones(state_dim))
         self.register_buffer("trained", torch.tensor(False))
         self.version = 0
-        self.to(self.device)
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the ensemble lives (follows ``.to(...)``, as a module's device should)."""
+        return self.input_mean.device
 
     # ------------------------------------------------------------------------------------------ features
     def features(self, transitions: TensorDictBase) -> tuple[Tensor, Tensor]:

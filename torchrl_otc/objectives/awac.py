@@ -21,6 +21,8 @@ from torchrl.objectives.utils import (
 )
 
 from torchrl_otc.objectives.utils import (
+    LossFunction,
+    Reduction,
     TwinCriticLoss,
     critic_values,
     policy_distribution,
@@ -171,8 +173,8 @@ class AWACLoss(TwinCriticLoss):
         temperature: float = 1.0,
         max_weight: float = 100.0,
         num_value_samples: int = 1,
-        loss_function: str = "l2",
-        reduction: str | None = None,
+        loss_function: LossFunction = "l2",
+        reduction: Reduction | None = None,
         deactivate_vmap: bool = False,
         use_prioritized_weights: str | bool = "auto",
     ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -20,7 +21,13 @@ from torchrl.objectives.utils import (
 )
 
 from torchrl_otc.modules.models.vae import gaussian_kl, mlp
-from torchrl_otc.objectives.utils import TwinCriticLoss, call_net, critic_values
+from torchrl_otc.objectives.utils import (
+    LossFunction,
+    Reduction,
+    TwinCriticLoss,
+    call_net,
+    critic_values,
+)
 
 __all__ = ["BCQLoss", "BCQActor", "BCQPerturbation"]
 
@@ -263,9 +270,9 @@ class BCQLoss(TwinCriticLoss):
         lmbda: float = 0.75,
         num_samples: int = 10,
         kl_weight: float = 0.5,
-        target_selection: str = "mixed",
-        loss_function: str = "l2",
-        reduction: str | None = None,
+        target_selection: Literal["mixed", "q1"] = "mixed",
+        loss_function: LossFunction = "l2",
+        reduction: Reduction | None = None,
         deactivate_vmap: bool = False,
         use_prioritized_weights: str | bool = "auto",
     ) -> None:

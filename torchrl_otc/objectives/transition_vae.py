@@ -12,7 +12,7 @@ from torch import Tensor
 from torchrl.objectives import LossModule
 
 from torchrl_otc.modules.models.vae import gaussian_kl
-from torchrl_otc.objectives.utils import call_net
+from torchrl_otc.objectives.utils import Reduction, call_net
 
 __all__ = ["TransitionVAELoss"]
 
@@ -96,7 +96,7 @@ class TransitionVAELoss(LossModule):
         vae_network: TensorDictModule,
         *,
         kl_weight: float = 0.5,
-        reduction: str | None = None,
+        reduction: Reduction | None = None,
         use_prioritized_weights: str | bool = "auto",
     ) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ interface (keys, functional parameters, targets) and skip that overhead where th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -32,6 +33,8 @@ from torchrl.objectives.utils import (
 from torchrl.objectives.value import ValueEstimatorBase
 
 __all__ = [
+    "LossFunction",
+    "Reduction",
     "ForeachSoftUpdate",
     "StackedMLP",
     "call_net",
@@ -39,6 +42,11 @@ __all__ = [
     "owns_parameters",
     "policy_distribution",
 ]
+
+#: A critic's regression loss, as :func:`torchrl.objectives.utils.distance_loss` names it.
+LossFunction = Literal["l2", "l1", "smooth_l1"]
+#: How a loss reduces over the batch (TorchRL's ``reduction``).
+Reduction = Literal["mean", "sum", "none"]
 
 #: Parameter-free elementwise modules an MLP fast path may apply as they are.
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Identity)

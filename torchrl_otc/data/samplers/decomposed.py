@@ -15,18 +15,22 @@ This module holds the pieces of that draw that are not OTC's scoring (which stay
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "OnlineSource",
     "ADAPTIVE",
     "DEFAULT_FRACTION_RANGE",
     "adaptive_online_fraction",
     "check_online_fraction",
     "join_online_rows",
 ]
+
+#: Where the online part of a batch comes from: every deployment so far (``"all"``) or the latest (``"latest"``).
+OnlineSource = Literal["all", "latest"]
 
 #: The value of ``online_fraction`` that lets eq. (4)'s :math:`\mathbb{D}_k` set the share per deployment.
 ADAPTIVE = "adaptive"

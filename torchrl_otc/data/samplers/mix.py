@@ -22,7 +22,7 @@ from torchrl_otc.data.samplers._storage import (
     storage_device,
     to_storage_index,
 )
-from torchrl_otc.data.samplers.decomposed import join_online_rows
+from torchrl_otc.data.samplers.decomposed import OnlineSource, join_online_rows
 
 __all__ = ["MixSampler"]
 
@@ -75,7 +75,7 @@ class MixSampler(OnlineRowsSampler):
         online_fraction: float,
         *,
         online_key: NestedKey = "is_online",
-        source: str = "all",
+        source: OnlineSource = "all",
         deployment_key: NestedKey = "deployment",
     ) -> None:
         if source not in ("all", "latest"):

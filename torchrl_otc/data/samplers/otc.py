@@ -41,6 +41,7 @@ from torchrl_otc.data.samplers._storage import (
 from torchrl_otc.data.samplers.decomposed import (
     ADAPTIVE,
     DEFAULT_FRACTION_RANGE,
+    OnlineSource,
     adaptive_online_fraction,
     check_online_fraction,
     join_online_rows,
@@ -221,7 +222,7 @@ class OTCSampler(OnlineRowsSampler):
         alpha_samples: int = 4096,
         online_fraction: float | str | None = None,
         online_fraction_range: tuple[float, float] = DEFAULT_FRACTION_RANGE,
-        source: str = "all",
+        source: OnlineSource = "all",
         deployment_key: NestedKey = "deployment",
     ) -> None:
         if not isinstance(online_buffer, ReplayBuffer):

@@ -15,6 +15,7 @@ The file holds one base class and its specialisations:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -286,7 +287,7 @@ class TransitionVAE(ConditionalVAE):
         hidden_sizes: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.ReLU,
         next_state_dim: int | None = None,
-        reconstruct: str = "action",
+        reconstruct: Literal["action", "next_state"] = "action",
     ) -> None:
         next_state_dim = state_dim if next_state_dim is None else next_state_dim
         if reconstruct not in ("action", "next_state"):

@@ -3,14 +3,19 @@
 Each :class:`Algorithm` builds one agent's networks and loss, owns its optimisers (one per part) and target
 updater, takes one update step in its reference's order and computes the values ``Q(s, a)`` and ``V(s)`` that
 the value distance ``d_q`` (section 3.3) reads (it follows
-:class:`~torchrl_otc.modules.distances.ValueFunctions`). :class:`BatchedTD3BC` updates N TD3+BC agents in one
-batched call.
+:class:`~torchrl_otc.modules.distances.ValueFunctions`). :class:`BatchedBCQ`, :class:`BatchedAWAC`,
+:class:`BatchedCQL` and :class:`BatchedTD3BC` update N learners of one algorithm (agents x seeds) in one batched call
+with the numbers of N separate updates.
 """
 
 from torchrl_otc.trainers.algorithms.awac import AWAC
+from torchrl_otc.trainers.algorithms.awac_batched import BatchedAWAC
 from torchrl_otc.trainers.algorithms.base import Algorithm
+from torchrl_otc.trainers.algorithms.batched_common import BatchedAlgorithm
 from torchrl_otc.trainers.algorithms.bcq import BCQ
+from torchrl_otc.trainers.algorithms.bcq_batched import BatchedBCQ
 from torchrl_otc.trainers.algorithms.cql import CQL
+from torchrl_otc.trainers.algorithms.cql_batched import BatchedCQL
 from torchrl_otc.trainers.algorithms.networks import BoundedTanh, DeterministicPolicy
 from torchrl_otc.trainers.algorithms.registry import ALGORITHMS, make_algorithm
 from torchrl_otc.trainers.algorithms.td3bc import TD3BC
@@ -21,6 +26,10 @@ __all__ = [
     "AWAC",
     "Algorithm",
     "BCQ",
+    "BatchedAWAC",
+    "BatchedAlgorithm",
+    "BatchedBCQ",
+    "BatchedCQL",
     "BatchedTD3BC",
     "BoundedTanh",
     "CQL",

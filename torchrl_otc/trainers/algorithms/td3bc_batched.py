@@ -12,13 +12,19 @@ rules are those of :mod:`~torchrl_otc.trainers.algorithms.td3bc`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from tensordict import TensorDictBase
 from torch import Tensor, nn
 from torchrl.objectives.utils import distance_loss
 
+from torchrl_otc.trainers.algorithms.batched_common import (
+    StackedSequential,
+    check_group,
+    clip_per_learner,
+    standard_normal,
+)
 from torchrl_otc.trainers.algorithms.td3bc import (
     TD3BC,
     clipped_double_q_target,
@@ -89,20 +95,8 @@ class BatchedTD3BC:
     """
 
     def __init__(self, algorithms: Sequence[TD3BC]) -> None:
-        if not algorithms:
-            raise ValueError("BatchedTD3BC needs at least one algorithm.")
-        if not all(isinstance(a, TD3BC) for a in algorithms):
-            names = {a.name for a in algorithms}
-            raise ValueError(f"BatchedTD3BC batches TD3+BC agents only; got {sorted(names)}.")
+        check_group(algorithms, TD3BC, "TD3+BC", "BatchedTD3BC")
         cfg = algorithms[0].config
-        if any(a.config != cfg for a in algorithms):
-            raise ValueError(
-                "BatchedTD3BC needs agents with identical configs (sizes, rates, schedule)."
-            )
-        if len({a.num_updates for a in algorithms}) != 1:
-            raise ValueError(
-                "BatchedTD3BC needs agents at the same update count (TD3's delay schedule)."
-            )
         self.algorithms = list(algorithms)
         self.config = cfg
         self.num_agents = len(algorithms)
@@ -120,6 +114,13 @@ class BatchedTD3BC:
         self._critic_layers = _linear_keys(loss0.qvalue_network_params, ("module",))
         self._head_keys = (("module", "1", "center"), ("module", "1", "half_range"))
         self._check_structure(loss0)
+        # the layers of the MLPs with their own activations (one baddbmm per Linear, ReLU in place)
+        self._actor_plan = StackedSequential.from_module(
+            loss0.actor_network, loss0.actor_network.module[0], "TD3+BC actor"
+        )
+        self._critic_plan = StackedSequential.from_module(
+            loss0.qvalue_network, loss0.qvalue_network.module, "critic"
+        )
 
         def stack(name: str, keys: list, trainable: bool) -> list[Tensor]:
             out = []
@@ -180,21 +181,11 @@ class BatchedTD3BC:
                 }
 
     # --------------------------------------------------------------------------------------- networks
-    @staticmethod
-    def _mlp(layers: list[Tensor], x: Tensor) -> Tensor:
-        """Stacked MLP: ``x [E, B, in]``, ``layers`` = (weight [E, out, in], bias [E, out]) * L, ReLU between."""
-        h = x
-        n = len(layers) // 2
-        for i in range(n):
-            w, b = layers[2 * i], layers[2 * i + 1]
-            h = torch.baddbmm(b.unsqueeze(-2), h, w.transpose(-1, -2))
-            if i < n - 1:
-                h = torch.relu(h)
-        return h
-
     def _actor(self, layers: list[Tensor], obs: Tensor) -> Tensor:
         center, half_range = self.head
-        return center.unsqueeze(1) + half_range.unsqueeze(1) * torch.tanh(self._mlp(layers, obs))
+        return center.unsqueeze(1) + half_range.unsqueeze(1) * torch.tanh(
+            self._actor_plan(layers, obs)
+        )
 
     def _critics(
         self, layers: list[Tensor], obs: Tensor, action: Tensor, first_only: bool = False
@@ -203,36 +194,37 @@ class BatchedTD3BC:
         n, b = obs.shape[:2]
         x = torch.cat([obs, action], -1)
         if first_only:
-            return self._mlp([t[:, 0] for t in layers], x).squeeze(-1)
+            return self._critic_plan([t[:, 0] for t in layers], x).squeeze(-1)
         flat = [t.reshape(n * 2, *t.shape[2:]) for t in layers]
         x = x.unsqueeze(1).expand(n, 2, b, x.shape[-1]).reshape(n * 2, b, x.shape[-1])
-        return self._mlp(flat, x).reshape(n, 2, b)
-
-    def _clip_per_agent(self, params: list[Tensor]) -> None:
-        max_norm = self.config.max_grad_norm
-        if max_norm is None:
-            return
-        norms = torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in params]).sum(0).sqrt()  # [N]
-        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        for p in params:
-            p.grad.mul_(coef.view(-1, *([1] * (p.grad.dim() - 1))))
+        return self._critic_plan(flat, x).reshape(n, 2, b)
 
     def _step(self, part: str, loss: Tensor) -> None:
+        """Backward of the agents' summed losses ``[N]`` into ``part``, clipped per agent, then Adam."""
         opt = self.optimizers[part]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self._clip_per_agent(opt.param_groups[0]["params"])
+        loss.sum().backward()
+        clip_per_learner(opt.param_groups[0]["params"], self.config.max_grad_norm)
         opt.step()
 
     # ------------------------------------------------------------------------------------------ update
-    def update(self, batches: TensorDictBase, noise: Tensor | None = None) -> dict[str, Tensor]:
+    def draw_noise(self, batch: TensorDictBase) -> dict[str, Tensor]:
+        """One agent's draws for one update on ``batch`` (``[B]``): the target-policy noise ``[B, action_dim]``,
+        standard normal, as :meth:`TD3BC.update <torchrl_otc.trainers.algorithms.TD3BC.update>` draws it. Call it
+        in the agent's random stream to reproduce its separate update."""
+        action = batch.get("action")
+        return {"noise": standard_normal(action.shape, action)}
+
+    def update(
+        self, batches: TensorDictBase, noise: Tensor | Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """One TD3+BC step of every agent on its own batch.
 
         Args:
             batches: ``[N, B]`` transitions, row ``i`` agent ``i``'s batch.
             noise: ``[N, B, action_dim]`` standard normal draws of the target-policy noise, one slice per
-                agent (draw each from that agent's random stream to reproduce separate learners exactly);
-                ``None`` draws them here.
+                agent (draw each from that agent's random stream, :meth:`draw_noise`, to reproduce separate
+                learners exactly), or the stacked :meth:`draw_noise` mapping; ``None`` draws them here.
 
         Returns:
             per-agent losses ``[N]``: ``loss_qvalue`` always, ``loss_actor`` and ``lmbd`` on actor steps.
@@ -241,6 +233,8 @@ class BatchedTD3BC:
         next_obs = batches.get(("next", "observation"))
         reward = batches.get(("next", "reward")).squeeze(-1)
         not_terminated = (~batches.get(("next", "terminated"))).squeeze(-1).to(reward.dtype)
+        if isinstance(noise, Mapping):
+            noise = noise["noise"]
         if noise is None:
             noise = torch.randn_like(action)
         with torch.no_grad():
@@ -260,7 +254,7 @@ class BatchedTD3BC:
             pred, target.unsqueeze(1).expand_as(pred), loss_function=self.loss_function
         ).sum(1)
         loss_q = per_agent_q.mean(-1)  # [N]
-        self._step("critic", loss_q.sum())
+        self._step("critic", loss_q)
         out = {"loss_qvalue": loss_q.detach()}
         self.num_updates += 1
         if is_policy_step(self.num_updates, self.config.policy_delay):
@@ -271,7 +265,7 @@ class BatchedTD3BC:
             lmbd = self.alpha / q1.abs().mean(-1).detach()  # per agent
             bc = (pi - action).pow(2).flatten(1).mean(-1)  # [N]
             loss_actor = (-lmbd.unsqueeze(-1) * q1).mean(-1) + bc
-            self._step("actor", loss_actor.sum())
+            self._step("actor", loss_actor)
             with torch.no_grad():
                 tau = self.config.tau
                 torch._foreach_lerp_(self.target_actor, [p.detach() for p in self.actor], tau)

@@ -22,7 +22,14 @@ import torch
 import yaml
 
 from torchrl_otc.configs.tune import coerce_field
-from torchrl_otc.data.datasets import KINDS, load_d4rl_hdf5, load_dataset, load_minari, save_dataset
+from torchrl_otc.data.datasets import (
+    KINDS,
+    load_d4rl_hdf5,
+    load_dataset,
+    load_minari,
+    prepare_dataset_folder,
+    save_dataset,
+)
 from torchrl_otc.data.datasets.behaviour import BehaviourConfig, save_behaviour_policy
 from torchrl_otc.envs.registry import TASKS
 from torchrl_otc.trainers.behaviour import build_dataset, train_behaviour_policy
@@ -120,7 +127,7 @@ def _run_data_info(args: argparse.Namespace) -> int:
         f"task         {info['task']}  ({info['n_agents']} agents, action partition {info['action_partition']})",
         f"kind         {info['kind']}  behaviour: {json.dumps(info['behaviour'])}",
         f"size         {info['size']} transitions  seed {info['seed']}",
-        f"checksum     {info['checksum']}  ({'verified' if info['checksum_verified'] else 'not verified'})",
+        f"checksum     {info['checksum']}  ({'verified' if info['checksum_verified'] else 'not verified; file sizes checked'})",
         f"written by   torchrl-otc {info['package_version']} on {info['created']}",
         f"reward       mean {info['reward']['mean']:.4g}  std {info['reward']['std']:.4g}  "
         f"min {info['reward']['min']:.4g}  max {info['reward']['max']:.4g}",
@@ -141,6 +148,9 @@ def _run_data_info(args: argparse.Namespace) -> int:
 
 
 def _run_data_import(args: argparse.Namespace) -> int:
+    prepare_dataset_folder(
+        args.out, overwrite=args.overwrite
+    )  # a refused --out before reading the source
     loader = load_d4rl_hdf5 if args.format == "d4rl" else load_minari
     ds = loader(args.source, task=args.task)
     meta = dict(ds.metadata)
@@ -255,7 +265,11 @@ def add_data_command(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="environment argument (repeatable)",
     )
-    build.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    build.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out folder (kept until the new one is complete)",
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(func=_run_data_build)
 
@@ -265,7 +279,11 @@ def add_data_command(sub: Any) -> None:
         description="Verify and summarise a dataset.",
     )
     info.add_argument("path", type=Path, metavar="PATH", help="dataset folder")
-    info.add_argument("--no-verify", action="store_true", help="skip the checksum verification")
+    info.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the checksum verification (file sizes, dtypes and shapes are still checked)",
+    )
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=_run_data_info)
 

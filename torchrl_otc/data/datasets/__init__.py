@@ -1,7 +1,8 @@
 """Offline datasets: one on-disk format, builders (random / medium / medium-replay) and foreign-format loaders.
 
 * :mod:`.storage`: the format (memory-mapped TorchRL transitions + ``metadata.json`` with a checksum),
-  :func:`save_dataset`, :func:`load_dataset`, :class:`OfflineDataset`.
+  :func:`save_dataset` (atomic), :func:`load_dataset` (read-only), :func:`check_dataset_for_task`,
+  :class:`OfflineDataset`.
 * :mod:`.builders`: :func:`build_dataset` (``otc data build``).
 * :mod:`torchrl_otc.data.datasets.behaviour`: the behaviour policies of ``medium`` / ``medium-replay`` and their
   checkpoints; they are trained by :mod:`torchrl_otc.trainers.behaviour`, which also builds those kinds.
@@ -17,8 +18,10 @@ from torchrl_otc.data.datasets.storage import (
     REQUIRED_KEYS,
     DatasetError,
     OfflineDataset,
+    check_dataset_for_task,
     content_checksum,
     load_dataset,
+    prepare_dataset_folder,
     read_metadata,
     save_dataset,
     validate_transitions,
@@ -30,11 +33,13 @@ __all__ = [
     "DatasetError",
     "OfflineDataset",
     "build_dataset",
+    "check_dataset_for_task",
     "collect_transitions",
     "content_checksum",
     "load_d4rl_hdf5",
     "load_dataset",
     "load_minari",
+    "prepare_dataset_folder",
     "read_metadata",
     "save_dataset",
     "validate_transitions",

@@ -41,7 +41,12 @@ from torchrl_otc.data.datasets.behaviour import (
     load_behaviour_policy,
     uniform_policy,
 )
-from torchrl_otc.data.datasets.storage import OfflineDataset, save_dataset, validate_transitions
+from torchrl_otc.data.datasets.storage import (
+    OfflineDataset,
+    prepare_dataset_folder,
+    save_dataset,
+    validate_transitions,
+)
 from torchrl_otc.envs.registry import get_task, make_env
 
 __all__ = ["KINDS", "collect_transitions", "build_dataset", "default_num_envs"]
@@ -176,7 +181,8 @@ def build_dataset(
         checkpoint: behaviour-policy checkpoint (``medium``/``medium-replay``); the shipped one by default.
         noise_std: Gaussian action noise of the ``medium`` behaviour policy, in half-ranges. Defaults to 0.1.
         progress: show tqdm bars.
-        overwrite: replace an existing ``out`` folder.
+        overwrite: replace an existing ``out`` folder (kept until the new one is complete). A folder left by an
+            interrupted build is replaced without it (see :func:`~.storage.save_dataset`).
         env_kwargs: more arguments of the environment (e.g. ``beta`` for ``nav/nonstationary``).
         train_behaviour: the behaviour-policy trainer that ``medium-replay`` re-runs,
             ``train_behaviour(task, config, progress=..., reference=...) -> BehaviourResult``
@@ -209,6 +215,10 @@ def build_dataset(
             f"{task} has only a random dataset: no behaviour policy is trained for it (its partner's mode, drawn "
             "per episode, is the mismatch). Use --kind random."
         )
+    if (
+        out is not None
+    ):  # before any collection: a refused --out costs nothing and leaves nothing behind
+        prepare_dataset_folder(out, overwrite=overwrite)
     t0 = time.perf_counter()
     env_kwargs = dict(env_kwargs or {})
     num_envs = num_envs if num_envs is not None else default_num_envs(task)
@@ -281,15 +291,23 @@ def build_dataset(
             "checkpoint_sha256": _file_sha256(path),
         }
     else:
-        env = make_env(
-            task,
-            layout="joint",
-            num_envs=num_envs,
-            seed=seed,
-            device=device,
-            local_obs=local_obs,
-            **env_kwargs,
-        )
+        try:
+            env = make_env(
+                task,
+                layout="joint",
+                num_envs=num_envs,
+                seed=seed,
+                device=device,
+                local_obs=local_obs,
+                **env_kwargs,
+            )
+        except TypeError as err:
+            if not env_kwargs or "unexpected keyword argument" not in str(err):
+                raise
+            raise ValueError(
+                f"{task}'s environment does not take the argument(s) {', '.join(sorted(env_kwargs))} "
+                f"(--env-kwarg / env_kwargs): {err}."
+            ) from err
         if kind == "random":
             policy = uniform_policy(env, g)
             behaviour = {"policy": "uniform random"}

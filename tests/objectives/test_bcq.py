@@ -402,3 +402,34 @@ def test_cast_loss_recomputes_its_caches():
         getattr(loss64, part)(batch64)[0].backward()
         grads = [p.grad for p in param_groups(loss64)[trained]]
         assert all(g is not None and g.dtype == torch.float64 for g in grads), part
+
+
+def test_torchrl_actor_and_action_spec_are_accepted():
+    # TorchRL's Actor (a TensorDictModule subclass) as the perturbation model, and bounds from a Bounded spec
+    from tensordict.nn import TensorDictModule
+    from torchrl.data import Bounded
+    from torchrl.modules import MLP, Actor, ValueOperator
+
+    from torchrl_otc.modules.models.vae import ActionVAE
+    from torchrl_otc.objectives.bcq import BCQLoss, BCQPerturbation
+
+    spec = Bounded(-0.5, 0.5, (2,))
+    xi = BCQPerturbation(3, 2, action_spec=spec, max_perturbation=1.0)
+    assert xi.low.tolist() == [-0.5, -0.5] and xi.high.tolist() == [0.5, 0.5]
+    actor = Actor(xi, in_keys=["observation", "action"], out_keys=["action"], spec=spec)
+    qvalue = ValueOperator(
+        MLP(in_features=5, out_features=1, num_cells=[8]), in_keys=["observation", "action"]
+    )
+    vae = TensorDictModule(
+        ActionVAE(3, 2, action_spec=spec, hidden_sizes=(8,)),
+        in_keys=["observation", "action"],
+        out_keys=["vae_reconstruction", "vae_loc", "vae_log_std"],
+    )
+    loss = BCQLoss(actor, qvalue, vae).make_value_estimator(gamma=0.99)
+    out = loss(make_batch(8))
+    assert all(out[k].isfinite() for k in ("loss_actor", "loss_qvalue", "loss_vae"))
+    assert loss.vae_network.module.decode(torch.randn(16, 3)).abs().max() <= 0.5
+    with pytest.raises(ValueError, match="action spec has shape"):
+        BCQPerturbation(3, 4, action_spec=spec)
+    with pytest.raises(ValueError, match="finite action bounds"):
+        ActionVAE(3, 2, low=-float("inf"), high=1.0)

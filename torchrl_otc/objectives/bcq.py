@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -20,7 +20,7 @@ from torchrl.objectives.utils import (
     distance_loss,
 )
 
-from torchrl_otc.modules.models.vae import gaussian_kl, mlp
+from torchrl_otc.modules.models.vae import action_bounds, gaussian_kl, mlp
 from torchrl_otc.objectives.utils import (
     LossFunction,
     Reduction,
@@ -57,6 +57,8 @@ class BCQPerturbation(nn.Module):
             (section 6 and its supplementary material).
         hidden_sizes: hidden widths (OTC Table 3: ``(64, 64)``).
         activation: activation class (Table 3: ReLU).
+        action_spec: a bounded TorchRL action spec (:class:`~torchrl.data.Bounded`, e.g. an env's
+            ``action_spec``) giving ``low`` and ``high`` instead.
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -76,14 +78,12 @@ class BCQPerturbation(nn.Module):
         max_perturbation: float = 0.05,
         hidden_sizes: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.ReLU,
+        action_spec: Any = None,
     ) -> None:
         super().__init__()
         if max_perturbation < 0:
             raise ValueError(f"max_perturbation must be >= 0; got {max_perturbation}.")
-        low_t = torch.as_tensor(low, dtype=torch.get_default_dtype()).expand(action_dim).clone()
-        high_t = torch.as_tensor(high, dtype=torch.get_default_dtype()).expand(action_dim).clone()
-        if not bool((high_t > low_t).all()):
-            raise ValueError(f"BCQPerturbation needs high > low; got low={low_t}, high={high_t}.")
+        low_t, high_t = action_bounds(action_dim, low, high, action_spec, "BCQPerturbation")
         self.net = mlp(observation_dim + action_dim, action_dim, hidden_sizes, activation)
         self.max_perturbation = max_perturbation
         self.register_buffer("low", low_t)
@@ -296,7 +296,7 @@ class BCQLoss(TwinCriticLoss):
                 "vae_network must be a TensorDictModule wrapping an ActionVAE (a module with a decode method); "
                 f"got {type(vae_network).__name__}."
             )
-        if type(actor_network) is not TensorDictModule or len(actor_network.out_keys) != 1:
+        if not isinstance(actor_network, TensorDictModule) or len(actor_network.out_keys) != 1:
             raise TypeError(
                 "actor_network must be a TensorDictModule whose module maps (observation, action) to the "
                 f"perturbed action (one out_key); got {type(actor_network).__name__} with out_keys "

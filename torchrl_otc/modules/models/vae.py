@@ -15,12 +15,12 @@ The file holds one base class and its specialisations:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConditionalVAE", "ActionVAE", "TransitionVAE", "gaussian_kl", "mlp"]
+__all__ = ["ConditionalVAE", "ActionVAE", "TransitionVAE", "action_bounds", "gaussian_kl", "mlp"]
 
 # BCQ clamps the encoder's log-std to this range (authors' implementation) to keep exp() finite.
 LOG_STD_MIN: float = -4.0
@@ -53,6 +53,54 @@ def mlp(
         width = size
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
+
+
+def action_bounds(
+    action_dim: int,
+    low: float | Tensor,
+    high: float | Tensor,
+    action_spec: Any = None,
+    who: str = "the module",
+) -> tuple[Tensor, Tensor]:
+    """``(low, high)`` as ``[action_dim]`` tensors, from the numbers or from a bounded TorchRL action spec.
+
+    Args:
+        action_dim: width of the action.
+        low: lower bound (float or ``[action_dim]`` tensor); ignored with ``action_spec``.
+        high: upper bound; ignored with ``action_spec``.
+        action_spec: a :class:`~torchrl.data.Bounded` spec of shape ``[action_dim]`` (what an env's
+            ``action_spec`` or an agent's slice of it is); its ``space.low`` / ``space.high`` are the bounds.
+        who: the caller, for the messages.
+
+    Returns:
+        The bounds, in the default dtype.
+
+    Raises:
+        ValueError: a spec of another width or without finite bounds, or ``high <= low``.
+
+    Examples:
+        >>> from torchrl.data import Bounded
+        >>> action_bounds(2, -1.0, 1.0, Bounded(-0.5, 2.0, (2,)))
+        (tensor([-0.5000, -0.5000]), tensor([2., 2.]))
+    """
+    if action_spec is not None:
+        space = getattr(action_spec, "space", None)
+        if space is None or not hasattr(space, "low") or not hasattr(space, "high"):
+            raise ValueError(
+                f"{who} needs a bounded action spec (torchrl.data.Bounded); got {type(action_spec).__name__}."
+            )
+        if tuple(action_spec.shape)[-1:] != (action_dim,):
+            raise ValueError(
+                f"{who}: the action spec has shape {tuple(action_spec.shape)} but the action is {action_dim} wide."
+            )
+        low, high = space.low.reshape(-1, action_dim)[0], space.high.reshape(-1, action_dim)[0]
+    low_t = torch.as_tensor(low, dtype=torch.get_default_dtype()).expand(action_dim).clone()
+    high_t = torch.as_tensor(high, dtype=torch.get_default_dtype()).expand(action_dim).clone()
+    if not bool(torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):
+        raise ValueError(f"{who} needs finite action bounds; got low={low_t}, high={high_t}.")
+    if not bool((high_t > low_t).all()):
+        raise ValueError(f"{who} needs high > low; got low={low_t}, high={high_t}.")
+    return low_t, high_t
 
 
 def gaussian_kl(loc: Tensor, log_std: Tensor) -> Tensor:
@@ -182,6 +230,8 @@ class ActionVAE(ConditionalVAE):
             original BCQ ``(750, 750)``.
         activation: activation class (Table 3: ReLU).
         latent_clip: clip of the prior samples at decoding. Defaults to ``0.5``.
+        action_spec: a bounded TorchRL action spec (:class:`~torchrl.data.Bounded`) giving ``low`` and ``high``
+            instead (see :func:`action_bounds`).
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -207,6 +257,7 @@ class ActionVAE(ConditionalVAE):
         hidden_sizes: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.ReLU,
         latent_clip: float = 0.5,
+        action_spec: Any = None,
     ) -> None:
         if latent_dim is None:
             latent_dim = 2 * action_dim
@@ -217,10 +268,7 @@ class ActionVAE(ConditionalVAE):
             hidden_sizes=hidden_sizes,
             activation=activation,
         )
-        low_t = torch.as_tensor(low, dtype=torch.get_default_dtype()).expand(action_dim).clone()
-        high_t = torch.as_tensor(high, dtype=torch.get_default_dtype()).expand(action_dim).clone()
-        if not bool((high_t > low_t).all()):
-            raise ValueError(f"ActionVAE needs high > low; got low={low_t}, high={high_t}.")
+        low_t, high_t = action_bounds(action_dim, low, high, action_spec, "ActionVAE")
         if latent_clip <= 0:
             raise ValueError(f"latent_clip must be > 0; got {latent_clip}.")
         self.register_buffer("action_center", (high_t + low_t) / 2)

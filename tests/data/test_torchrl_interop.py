@@ -63,7 +63,9 @@ def test_torchrl_buffer_fixes_the_share_and_otc_chooses_the_offline_rows():
     SD <= 0.092; the margin 0.2 is about 2.2 SD of a worst case whose rows would all move together, and far more
     for the real, nearly independent rows (the uniform mean over 5,760 rows has SD <= 0.007)."""
     otc = otc_in_torchrl_buffer(
-        lambda online: OTCSampler(online, alpha=2.0, num_candidates=128, num_online=200, online_key=None)
+        lambda online: OTCSampler(
+            online, alpha=2.0, num_candidates=128, num_online=200, online_key=None
+        )
     )
     uniform = otc_in_torchrl_buffer(lambda online: RandomSampler())
     share_otc, right_otc = right_dynamics_share(otc)
@@ -81,7 +83,9 @@ def test_before_online_data_the_otc_offline_buffer_is_uniform():
     sampler = OTCSampler(ReplayBuffer(storage=online_storage), online_key=None)
     offline_rb = ReplayBuffer(storage=LazyTensorStorage(200), sampler=sampler)
     offline_rb.extend(point_mass_transitions(200, (-0.2, 0.2), generator=g))
-    rb = OfflineToOnlineReplayBuffer(offline_rb, online_storage=online_storage, offline_fraction=0.5)
+    rb = OfflineToOnlineReplayBuffer(
+        offline_rb, online_storage=online_storage, offline_fraction=0.5
+    )
     batch, info = offline_rb.sample(16, return_info=True)
     assert bool(info["otc_uniform"])
     assert rb.sample(16).batch_size == torch.Size([16])

@@ -467,3 +467,51 @@ def test_paper_preset_and_unknown_config_file():
     assert cfg.resolved_updates_per_deployment == 2000  # Table 3's L for AWAC
     with pytest.raises(FileNotFoundError, match="shipped: paper"):
         parse_overrides(["config=papr"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["dataset_size=3"], r"data.size \(dataset_size\) is 3, fewer rows than one batch"),
+        (["dataset_size=100", "algorithm.batch_size=128"], "use dataset_size >= 128"),
+        (["dataset_size=200"], r"fewer rows than the 512 candidates \|B\| that strategy=otc"),
+        (["dataset_size=200", "strategy=balanced-replay"], "strategy=balanced-replay"),
+        (["alpha=nan"], "sampler.alpha must be a finite number"),
+        (["exploration_noise=inf"], "task.exploration_noise must be a finite number"),
+        (["algorithm.alpha=inf"], "algorithm.alpha must be a finite number"),
+        (["algorithm.max_grad_norm=nan"], "max_grad_norm"),
+        (["device=cuda:one"], "a GPU is named cuda:N"),
+        (["run_name=../elsewhere"], "run.run_name must be a folder name"),
+        (["runs_root="], "run.runs_root must name a folder"),
+        (["cache_dir= "], "data.cache_dir must name a folder"),
+    ],
+)
+def test_sizes_and_numbers_without_meaning_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        parse_overrides(overrides)
+
+
+def test_sizes_that_fit_are_accepted():
+    # no |B| for the samplers that draw no candidates; a loaded dataset has its own size
+    assert parse_overrides(["dataset_size=200", "strategy=uniform"]).data.size == 200
+    assert parse_overrides(["dataset_size=600", "num_candidates=64"]).data.size == 600
+    assert (
+        parse_overrides(["dataset_size=3", "dataset_path=some/folder"]).data.path == "some/folder"
+    )
+    assert parse_overrides(["device=cuda:1"]).run.device == "cuda:1"
+
+
+def test_config_file_values_are_checked_with_the_file_name(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("run:\n  deployments: abc\n")
+    with pytest.raises(
+        ValueError, match=r"config=.*mine.yaml: run.deployments='abc': expected int"
+    ):
+        parse_overrides([f"config={bad}"])
+    bad.write_text("seed: [1\n")
+    with pytest.raises(ValueError, match=r"mine.yaml is not valid YAML \(line 2, column 1"):
+        parse_overrides([f"config={bad}"])
+    # algorithm fields of the file apply to the algorithm the command line picks
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("algorithm.vae_lr: 0.001\n")
+    assert parse_overrides([f"config={ok}", "algo=bcq"]).algorithm.vae_lr == 0.001

@@ -313,8 +313,13 @@ def test_cells_give_each_sub_grid_its_own_sizes():
         ValueError, match="unknown config fields \\['bogus'\\] in size 'cpu', cell 0"
     ):
         Recipe("bad", sizes={"cpu": {"cells": [{"bogus": 1}]}})
-    with pytest.raises(ValueError, match="grid must map fields to lists"):
-        Recipe("bad", sizes={"cpu": {"cells": [{"grid": {"seed": 0}}]}})
+    # a scalar axis is one value (as a single value in a Hydra multirun); a mapping is refused
+    one = Recipe(
+        "one", base={"task": "nav/nonstationary"}, sizes={"cpu": {"cells": [{"grid": {"seed": 3}}]}}
+    )
+    assert [c.run.seed for c in expand_recipe(one, "cpu")] == [3]
+    with pytest.raises(ValueError, match="grid axis 'seed' is a mapping"):
+        Recipe("bad", sizes={"cpu": {"cells": [{"grid": {"seed": {"a": 1}}}]}})
 
 
 def test_ray_runs_matched_mixes_in_a_second_wave_and_returns_results_in_config_order(

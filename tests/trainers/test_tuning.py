@@ -287,7 +287,7 @@ def test_learned_distances_do_not_change_the_offline_agents(tmp_path):
 def test_existing_run_folder_is_not_overwritten(tmp_path):
     cfg = config(tmp_path)
     OnlineTuner(cfg, progress=False).run()
-    with pytest.raises(FileExistsError, match="resume="):
+    with pytest.raises(FileExistsError, match="resume="):  # also a ValueError: one line at the CLI
         OnlineTuner(cfg, progress=False).run()
 
 
@@ -482,7 +482,10 @@ def test_dataset_with_other_shapes_is_refused(tmp_path):
     cfg = config(tmp_path, f"dataset_path={tmp_path / 'nav'}")
     tuner = OnlineTuner(cfg, progress=False)
     tuner.task = dataclasses.replace(tuner.task, state_dim=tuner.task.state_dim + 1)
-    with pytest.raises(ValueError, match=r"observation \(4,\), action \(2,\)\) do not match"):
+    with pytest.raises(
+        ValueError,
+        match=r"observation shape \(4,\) and action shape \(2,\) but task 'nav/nonstationary' has \(5,\)",
+    ):
         tuner.run()
     assert registry  # the registry's task itself is untouched
     assert OnlineTuner(cfg, progress=False).task.state_dim == 4

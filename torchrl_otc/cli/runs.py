@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from torchrl_otc.configs.tune import parse_overrides
+from torchrl_otc.configs.tune import ConfigError, parse_overrides
 from torchrl_otc.report import improvement_table, load_run, write_report
+from torchrl_otc.report.writer import check_report_folder
 from torchrl_otc.trainers.sweep import expand_recipe, load_recipe, run_sweep
 from torchrl_otc.trainers.tuning import OnlineTuner
 
@@ -72,6 +73,7 @@ def add_tune_command(sub: Any) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    check_report_folder(args.out)
     report = write_report(args.runs, args.out, title=args.title)
     sys.stdout.write(report.read_text() + f"\n\nreport written to {report}\n")
     return 0
@@ -103,10 +105,14 @@ def add_report_command(sub: Any) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise ConfigError(
+            f"--workers must be >= 1 (processes running side by side); got {args.workers}."
+        )
     recipe = load_recipe(args.recipe)
     bad = [item for item in args.overrides if "=" not in item]
     if bad:
-        raise ValueError(f"Overrides look like key=value; got {bad[0]!r}.")
+        raise ConfigError(f"Overrides look like key=value; got {bad[0]!r}.")
     # the values stay text: expand_recipe hands them to parse_overrides, which checks and converts them
     extra = dict(item.split("=", 1) for item in args.overrides)
     only = [label.strip() for label in args.variants.split(",")] if args.variants else None
@@ -115,6 +121,20 @@ def _run_sweep(args: argparse.Namespace) -> int:
         for cfg in configs:
             sys.stdout.write(f"{cfg.run.runs_root}/{cfg.run.run_name}\n")
         return 0
+    # the folders are checked before any run starts: a report folder under a file would fail after the whole grid
+    folder = Path(configs[0].run.runs_root)
+    for path, what in (
+        (folder, "--runs-root"),
+        *((Path(c.data.cache_dir), "cache_dir") for c in configs),
+    ):
+        for parent in (path, *path.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(
+                        f"{what} {path} cannot be created: {parent} is a file, not a folder; choose another {what}."
+                    )
+                break
+    check_report_folder(args.report or folder / "report")
     results = run_sweep(
         configs,
         backend=args.backend,
@@ -122,7 +142,6 @@ def _run_sweep(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         ray_address=args.ray_address,
     )
-    folder = Path(configs[0].run.runs_root)
     report = write_report([folder], args.report or folder / "report")
     ran = sum(not r["skipped"] for r in results)
     sys.stdout.write(

@@ -5,7 +5,9 @@ a flat *shortcut* (:data:`SHORTCUTS`: ``algo``, ``strategy``, ``seed``, ...), th
 earlier versions; both work on the command line, in ``config=`` YAML files, in recipes and in ``config.yaml``.
 :func:`to_dotted` turns any mix of flat, nested and dotted keys into dotted paths, refusing unknown ones with the
 valid fields of their part; :func:`coerce_field` converts the text of a command-line value to the field's type and
-:func:`convert_value` checks a value that YAML has already typed.
+:func:`convert_value` checks a value that YAML has already typed. :func:`read_yaml` reads the YAML files a user
+writes (``config=`` files, recipes, a run's ``config.yaml``), turning a syntax error into one :class:`ConfigError`
+line that names the file, the line and the problem.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 
 from torchrl_otc.configs.algorithms import ALGORITHM_CONFIGS, AlgorithmConfig
 from torchrl_otc.configs.parts import (
+    ConfigError,
     DataConfig,
     DistanceConfig,
     RunConfig,
@@ -31,12 +34,15 @@ from torchrl_otc.configs.parts import (
 __all__ = [
     "PARTS",
     "SHORTCUTS",
+    "ConfigError",
     "coerce_field",
     "config_file",
     "convert_value",
     "field_owner",
+    "read_yaml",
     "to_dotted",
     "unknown_keys",
+    "yaml_problem",
 ]
 
 #: The parts of a TuneConfig (and the sub-part ``sampler.distance``) with their dataclass; ``algorithm``'s class
@@ -127,7 +133,7 @@ def to_dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         >>> to_dotted({"sampler.num_candidate": 1})
         Traceback (most recent call last):
         ...
-        ValueError: Unknown config field 'sampler.num_candidate'; valid fields of sampler: name, alpha, adaptive_alpha, num_candidates, num_online, self_match, mix_fraction, mix_source, mix_pair, online_fraction, distance.<field>.
+        torchrl_otc.configs.parts.ConfigError: Unknown config field 'sampler.num_candidate'; valid fields of sampler: name, alpha, adaptive_alpha, num_candidates, num_online, self_match, mix_fraction, mix_source, mix_pair, online_fraction, distance.<field>.
     """
     out: dict[str, Any] = {}
     for raw_key, value in values.items():
@@ -142,7 +148,7 @@ def to_dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             if path in _NAMED and isinstance(value, str):
                 out[f"{path}.name"] = value
                 continue
-            raise ValueError(
+            raise ConfigError(
                 f"{path} takes a mapping of its fields ({', '.join(_field_names(path))}) or dotted keys such as "
                 f"{path}.<field>=...; got {value!r}."
             )
@@ -150,13 +156,13 @@ def to_dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         if owner == "algorithm" and name == "algo":
             path, name = "algorithm.name", "name"
         if owner not in PARTS:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown config field {path!r}; valid: the parts {', '.join(p for p in PARTS if '.' not in p)} "
                 f"as dotted paths (e.g. sampler.num_candidates=256) or the shortcuts {', '.join(SHORTCUTS)}."
             )
         valid = _field_names(owner)
         if name not in valid:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown config field {path!r}; valid fields of {owner}: {', '.join(valid)}."
             )
         out[path] = value
@@ -223,13 +229,13 @@ def _scalar(label: str, value: Any, tp: Any) -> Any:
         return str(value)
     elif tp not in (bool, int, float, str):
         return value
-    raise ValueError(f"{label}={value!r}: expected {_type_name(tp)}.")
+    raise ConfigError(f"{label}={value!r}: expected {_type_name(tp)}.")
 
 
 def _hint(cls: type, name: str) -> Any:
     hints = typing.get_type_hints(cls)
     if name not in hints:
-        raise ValueError(f"{cls.__name__} has no field {name!r}.")
+        raise ConfigError(f"{cls.__name__} has no field {name!r}.")
     return hints[name]
 
 
@@ -243,16 +249,22 @@ def _coerce(label: str, raw: str, tp: Any) -> Any:
     if origin in (tuple, list):
         if text.startswith("(") and text.endswith(")"):
             text = f"[{text[1:-1]}]"
-        value = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+        try:
+            value = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+        except yaml.YAMLError:
+            value = None
         if not isinstance(value, list):
-            raise ValueError(
+            raise ConfigError(
                 f"{label}={raw!r}: expected a list like {label}=[1, 2] or {label}=1,2."
             )
         return convert_value(label, value, tp)
     if origin is dict:
-        value = yaml.safe_load(text)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = None
         if not isinstance(value, dict):
-            raise ValueError(f"{label}={raw!r}: expected YAML like {label}={{a: 1}}.")
+            raise ConfigError(f"{label}={raw!r}: expected YAML like {label}={{a: 1}}.")
         return value
     try:
         if base is bool:
@@ -271,7 +283,7 @@ def _coerce(label: str, raw: str, tp: Any) -> Any:
     except ValueError:
         if str in options:  # a number or a word (mix_fraction=0.3 or mix_fraction=matched)
             return raw
-        raise ValueError(f"{label}={raw!r}: expected {_type_name(base)}.") from None
+        raise ConfigError(f"{label}={raw!r}: expected {_type_name(base)}.") from None
     return raw
 
 
@@ -316,7 +328,7 @@ def convert_value(name: str, value: Any, cls: type | Any) -> Any:
         >>> convert_value("run.threads", 1.5, RunConfig)
         Traceback (most recent call last):
         ...
-        ValueError: run.threads=1.5: expected int.
+        torchrl_otc.configs.parts.ConfigError: run.threads=1.5: expected int.
     """
     field = name.rpartition(".")[2]
     tp = _hint(cls, field) if dataclasses.is_dataclass(cls) else cls
@@ -326,25 +338,25 @@ def convert_value(name: str, value: Any, cls: type | Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ValueError(f"{name}=None: expected {_type_name(options[0])}.")
+        raise ConfigError(f"{name}=None: expected {_type_name(options[0])}.")
     base = options[0]
     origin = typing.get_origin(base) or base
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name}={value!r}: expected a list like {name}=[1, 2].")
+            raise ConfigError(f"{name}={value!r}: expected a list like {name}=[1, 2].")
         args = [a for a in typing.get_args(base) if a is not Ellipsis]
         items = [_scalar(name, v, args[0]) if args else v for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{name}={value!r}: expected a mapping.")
+            raise ConfigError(f"{name}={value!r}: expected a mapping.")
         return value
     for option in options:  # float | str: the first type that takes the value
         try:
             return _scalar(name, value, option)
         except ValueError:
             continue
-    raise ValueError(f"{name}={value!r}: expected {_type_name(base)}.")
+    raise ConfigError(f"{name}={value!r}: expected {_type_name(base)}.")
 
 
 PRESETS_DIR = Path(__file__).resolve().parent
@@ -367,3 +379,61 @@ def config_file(name: str) -> Path:
     raise FileNotFoundError(
         f"config={name}: no such file, and no shipped preset of that name (shipped: {', '.join(shipped)})."
     )
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line saying where and what a YAML syntax error is (PyYAML's own message spans several lines).
+
+    Examples:
+        >>> try:
+        ...     yaml.safe_load("seed: [1")
+        ... except yaml.YAMLError as err:
+        ...     print(yaml_problem(err))
+        line 1, column 9: expected ',' or ']', but got '<stream end>'
+    """
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    r"""Reads a YAML file a user wrote; every way it can be unreadable is one :class:`ConfigError` line.
+
+    Args:
+        path: the file.
+        what: what the file is, for the messages (``"config file"``, ``"recipe"``, ``"run config"``).
+
+    Returns:
+        The parsed YAML (``None`` for an empty file).
+
+    Raises:
+        ConfigError: the file is missing, a folder, not text, or not valid YAML (naming the line and the problem).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "mine.yaml"
+        >>> _ = path.write_text("seed: [1")
+        >>> try:
+        ...     read_yaml(path, "config file")
+        ... except ConfigError as err:
+        ...     print(str(err).replace(str(path), "mine.yaml"))
+        config file mine.yaml is not valid YAML (line 1, column 9: expected ',' or ']', but got '<stream end>'); fix its syntax.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a YAML file.")
+    if not path.exists():
+        raise ConfigError(f"{what} {path} does not exist; check the path.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a text (YAML) file; give a YAML file.") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path} cannot be read (permission denied).") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"{what} {path} is not valid YAML ({yaml_problem(err)}); fix its syntax."
+        ) from err

@@ -9,11 +9,13 @@ online tuning (:class:`~torchrl_otc.OTCSampler`, :class:`~torchrl_otc.MixSampler
 algorithm's part is one of :mod:`torchrl_otc.configs.algorithms`.
 
 Every part checks its own fields in ``validate()``; the messages name the field by its dotted path
-(``sampler.alpha``), as typed on the command line.
+(``sampler.alpha``), as typed on the command line, the value and what to do. They raise :class:`ConfigError`, a
+:class:`ValueError` that the ``otc`` command answers with that one line (exit code 2).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "MATCHED_FRACTION",
     "MIX_SOURCES",
     "STRATEGIES",
+    "ConfigError",
     "DataConfig",
     "DistanceConfig",
     "RunConfig",
@@ -45,17 +48,39 @@ DATASET_KINDS = ("random", "medium", "medium-replay")
 LOGGERS = ("csv", "tensorboard", "wandb")
 
 
+class ConfigError(ValueError):
+    """A meaningless or malformed setting: in a config, a ``config=`` file, a recipe or a run's ``config.yaml``.
+
+    The message is one line that names the field or file, the value and what to do; the ``otc`` command logs it
+    and exits with code 2 (the traceback only with ``otc -v``). A :class:`ValueError`, so code that catches
+    those keeps working.
+
+    Examples:
+        >>> try:
+        ...     DataConfig(size=0).validate()
+        ... except ConfigError as err:
+        ...     print(err)
+        data.size must be >= 1; got 0.
+    """
+
+
 def _choice(path: str, value: object, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise ValueError(f"Unknown {path} {value!r}; valid values: {', '.join(valid)}.")
+        raise ConfigError(f"Unknown {path} {value!r}; valid values: {', '.join(valid)}.")
 
 
 def _at_least(path: str, value: int | float | None, low: int, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if value is None or value < low:
+    if value is None or isinstance(value, bool) or value < low:
         tail = " or None" if optional else ""
-        raise ValueError(f"{path} must be >= {low}{tail}; got {value}.")
+        raise ConfigError(f"{path} must be >= {low}{tail}; got {value}.")
+
+
+def _finite(path: str, value: float) -> None:
+    """Refuses NaN and infinities, which pass every ``<`` check unnoticed."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{path} must be a finite number; got {value}.")
 
 
 @dataclass
@@ -82,9 +107,12 @@ class TaskConfig:
     def validate(self) -> TaskConfig:
         """Checks the fields; raises :class:`ValueError` saying what was wrong."""
         if not self.name:
-            raise ValueError("task.name must name a registered task, e.g. task=mpe/navigation-3.")
+            raise ConfigError("task.name must name a registered task, e.g. task=mpe/navigation-3.")
+        _finite("task.exploration_noise", self.exploration_noise)
         if self.exploration_noise < 0:
-            raise ValueError(f"task.exploration_noise must be >= 0; got {self.exploration_noise}.")
+            raise ConfigError(
+                f"task.exploration_noise must be >= 0 (a std in action half-ranges); got {self.exploration_noise}."
+            )
         return self
 
 
@@ -114,6 +142,10 @@ class DataConfig:
         """Checks the fields; raises :class:`ValueError` saying what was wrong."""
         _choice("data.kind", self.kind, DATASET_KINDS)
         _at_least("data.size", self.size, 1)
+        if not str(self.cache_dir).strip():
+            raise ConfigError(
+                "data.cache_dir must name a folder; got ''. Use cache_dir=.otc_cache (the default)."
+            )
         return self
 
 
@@ -173,7 +205,7 @@ class DistanceConfig:
         for name in ("ensemble_size", "fit_steps", "fit_batch_size"):
             _at_least(f"sampler.distance.{name}", getattr(self, name), 1)
         if not self.ensemble_hidden_sizes or min(self.ensemble_hidden_sizes) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.distance.ensemble_hidden_sizes must be positive widths; got {self.ensemble_hidden_sizes}."
             )
         return self
@@ -238,23 +270,24 @@ class SamplerConfig:
         _choice("sampler.mix_source", self.mix_source, MIX_SOURCES)
         _at_least("sampler.num_candidates", self.num_candidates, 1)
         _at_least("sampler.num_online", self.num_online, 1)
+        _finite("sampler.alpha", self.alpha)
         if self.alpha < 0:
-            raise ValueError(f"sampler.alpha must be >= 0; got {self.alpha}.")
+            raise ConfigError(f"sampler.alpha must be >= 0; got {self.alpha}.")
         if self.mix_fraction != "matched":
             try:
                 fraction = float(self.mix_fraction)
             except (TypeError, ValueError):
-                raise ValueError(
+                raise ConfigError(
                     f"sampler.mix_fraction must be a number in (0, 1) or 'matched'; got {self.mix_fraction!r}."
                 ) from None
             if not 0.0 < fraction < 1.0:
-                raise ValueError(
+                raise ConfigError(
                     f"sampler.mix_fraction must lie strictly between 0 and 1 (or be 'matched'); got {fraction}. "
                     f"Use strategy=online-only for 1 and strategy=uniform for the merged data as it comes."
                 )
             self.mix_fraction = fraction
         elif self.name == "mix" and not self.mix_pair:
-            raise ValueError(
+            raise ConfigError(
                 "mix_fraction=matched takes its online share from a paired OTC run: set mix_pair=<that run's "
                 "folder> (in a recipe: mix_pair=<label of the OTC variant>)."
             )
@@ -262,7 +295,7 @@ class SamplerConfig:
         self.distance.validate()
         if self.name == "otc" and self.distance.name == "likelihood":
             if self.online_fraction is None or self.online_fraction == ADAPTIVE_FRACTION:
-                raise ValueError(
+                raise ConfigError(
                     f"distance=likelihood ranks offline rows by a model fitted to the online rows; it needs "
                     f"decomposed OTC with a fixed or matched share (online_fraction=0.3, say); got "
                     f"online_fraction={self.online_fraction}."
@@ -274,7 +307,7 @@ class SamplerConfig:
         if value is None:
             return
         if self.name != "otc":
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.online_fraction={value} splits OTC's batch into online rows and an eq. (3) selection of "
                 f"offline rows; strategy={self.name} has no offline selection. Use strategy=otc, or unset "
                 f"online_fraction (strategy=mix takes mix_fraction)."
@@ -284,7 +317,7 @@ class SamplerConfig:
         # the paired coupled-OTC run's share per deployment (trainers/matched_mix.py)
         if value == MATCHED_FRACTION:
             if not self.mix_pair:
-                raise ValueError(
+                raise ConfigError(
                     "online_fraction=matched takes its online share from a paired (coupled) OTC run: set "
                     "mix_pair=<that run's folder> (in a recipe: mix_pair=<label of the OTC variant>)."
                 )
@@ -294,7 +327,7 @@ class SamplerConfig:
         except (TypeError, ValueError):
             fraction = float("nan")
         if isinstance(value, bool) or not 0.0 <= fraction < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.online_fraction must be a number in [0, 1) or 'adaptive'; got {value!r}. Use "
                 f"strategy=online-only for online rows only, 'matched' with mix_pair=, or unset it for the paper's "
                 f"coupled sampler."
@@ -353,12 +386,33 @@ class RunConfig:
         for name in ("deployments", "eval_episodes", "checkpoint_every"):
             _at_least(f"run.{name}", getattr(self, name), 1)
         _at_least("run.offline_updates", self.offline_updates, 0)
+        _at_least("run.seed", self.seed, 0)  # environments take non-negative seeds only
         for name in ("steps_per_deployment", "updates_per_deployment"):
             _at_least(f"run.{name}", getattr(self, name), 1, optional=True)
         if self.threads is not None and (
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"run.threads must be an integer >= 1 (or none); got {self.threads!r}."
+            )
+        index = str(self.device).partition(":")[2]
+        if str(self.device).startswith("cuda:") and not (index.isdigit() and index.isascii()):
+            raise ConfigError(
+                f"run.device={self.device!r}: a GPU is named cuda:N with N its index (cuda:0, cuda:1, ...); or "
+                f"use device=cuda, device=cpu or device=auto."
+            )
+        if not str(self.runs_root).strip():
+            raise ConfigError(
+                "run.runs_root must name a folder; got ''. Use runs_root=runs (the default)."
+            )
+        if self.run_name is not None and (
+            not str(self.run_name).strip()
+            or "/" in str(self.run_name)
+            or "\\" in str(self.run_name)
+            or str(self.run_name) in (".", "..")
+        ):
+            raise ConfigError(
+                f"run.run_name must be a folder name under runs_root, without '/'; got {self.run_name!r}. Put the "
+                f"parent folders in runs_root=, or leave run_name unset for a name derived from the config."
             )
         return self

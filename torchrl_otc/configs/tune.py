@@ -17,11 +17,10 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-import yaml
 
 from torchrl_otc.configs.algorithms import ALGORITHM_CONFIGS, AlgorithmConfig, TD3BCConfig
 from torchrl_otc.configs.overrides import (
@@ -30,6 +29,8 @@ from torchrl_otc.configs.overrides import (
     coerce_field,
     config_file,
     convert_value,
+    field_owner,
+    read_yaml,
     to_dotted,
 )
 from torchrl_otc.configs.parts import (
@@ -37,6 +38,7 @@ from torchrl_otc.configs.parts import (
     DATASET_KINDS,
     DISTANCES,
     STRATEGIES,
+    ConfigError,
     DataConfig,
     RunConfig,
     SamplerConfig,
@@ -48,6 +50,7 @@ __all__ = [
     "DATASET_KINDS",
     "DISTANCES",
     "STRATEGIES",
+    "ConfigError",
     "TuneConfig",
     "coerce_field",
     "flat_config",
@@ -58,7 +61,7 @@ __all__ = [
 def _algorithm_class(name: Any) -> type[AlgorithmConfig]:
     key = str(name).lower().replace("+", "").replace("-", "").replace("_", "")
     if key not in ALGORITHM_CONFIGS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown algorithm.name (algo) {name!r}; valid values: {', '.join(ALGORITHM_CONFIGS)}."
         )
     return ALGORITHM_CONFIGS[key]
@@ -185,7 +188,7 @@ class TuneConfig:
         fields = {f.name for f in dataclasses.fields(algorithm)}
         unknown = sorted(set(groups["algorithm"]) - fields)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown config field 'algorithm.{unknown[0]}' for algo={algorithm.name} "
                 f"({type(algorithm).__name__}); valid fields: {', '.join(sorted(fields))}."
             )
@@ -277,18 +280,69 @@ class TuneConfig:
 
     # ---------------------------------------------------------------------------------------- checks
     def validate(self) -> TuneConfig:
-        """Checks every part and choice; raises :class:`ValueError` naming the field and the valid values."""
+        """Checks every part and choice, and the sizes that only have a meaning together.
+
+        Beyond each part's own checks: every number is finite (no NaN or infinity); a dataset built by the run
+        (``data.path`` unset) holds at least one batch (``algorithm.batch_size``) and, for the samplers that draw
+        ``|B|`` candidates from it (``strategy=otc``, ``balanced-replay``), at least ``sampler.num_candidates``
+        rows. A loaded dataset (``data.path``) is not checked here: its size is known only once it is read.
+
+        Raises:
+            ConfigError: (a :class:`ValueError`) naming the field, its value and what to do.
+
+        Examples:
+            >>> TuneConfig(dataset_size=3).validate()
+            Traceback (most recent call last):
+            ...
+            torchrl_otc.configs.parts.ConfigError: data.size (dataset_size) is 3, fewer rows than one batch (algorithm.batch_size=128); use dataset_size >= 128 or a smaller algorithm.batch_size.
+        """
         self.task.validate()
         self.data.validate()
         self.algorithm.validate()
         self.sampler.validate()
         self.run.validate()
         if self.sampler.distance.value_actions == "sample" and self.algorithm.name == "td3bc":
-            raise ValueError(
+            raise ConfigError(
                 "value_actions=sample needs a stochastic policy; TD3+BC's actor is deterministic. Use "
                 "value_actions=policy with algo=td3bc."
             )
+        self._validate_numbers()
+        self._validate_sizes()
         return self
+
+    def _validate_numbers(self) -> None:
+        """Every float field of every part is finite (``nan`` and ``inf`` pass the ``<`` checks unnoticed)."""
+        parts = {
+            "task": self.task,
+            "data": self.data,
+            "algorithm": self.algorithm,
+            "sampler": self.sampler,
+            "sampler.distance": self.sampler.distance,
+            "run": self.run,
+        }
+        for owner, part in parts.items():
+            for f in dataclasses.fields(part):
+                value = getattr(part, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{owner}.{f.name} must be a finite number; got {value}.")
+
+    def _validate_sizes(self) -> None:
+        """The dataset the run builds holds one batch and, for OTC and balanced replay, ``|B|`` candidates."""
+        if self.data.path is not None:  # a loaded dataset: its size is its own, not data.size
+            return
+        size, batch = self.data.size, self.algorithm.batch_size
+        if size < batch:
+            raise ConfigError(
+                f"data.size (dataset_size) is {size}, fewer rows than one batch (algorithm.batch_size={batch}); "
+                f"use dataset_size >= {batch} or a smaller algorithm.batch_size."
+            )
+        candidates = self.sampler.num_candidates
+        if self.sampler.name in ("otc", "balanced-replay") and size < candidates:
+            raise ConfigError(
+                f"data.size (dataset_size) is {size}, fewer rows than the {candidates} candidates |B| that "
+                f"strategy={self.sampler.name} draws from it (sampler.num_candidates); use dataset_size >= "
+                f"{candidates} or num_candidates <= {size}."
+            )
 
     # ---------------------------------------------------------------------------------------- derived
     @property
@@ -430,20 +484,28 @@ def parse_overrides(overrides: Iterable[str], base: TuneConfig | None = None) ->
     values: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(
+            raise ConfigError(
                 f"Overrides look like key=value; got {item!r}. Keys: a dotted path such as "
                 f"sampler.num_candidates, or a shortcut ({', '.join(SHORTCUTS)})."
             )
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("+")
         if key == "config":
-            loaded = yaml.safe_load(config_file(raw).read_text()) or {}
+            loaded = read_yaml(config_file(raw), "config file") or {}
             if not isinstance(loaded, Mapping):
-                raise ValueError(f"config={raw}: expected a mapping of fields; got {loaded!r}.")
-            try:
-                values.update(to_dotted(loaded))
+                raise ConfigError(
+                    f"config={raw}: expected a mapping of fields (key: value lines); got {loaded!r}."
+                )
+            try:  # the file's values are checked here, so that a bad one is reported with the file's name
+                dotted = to_dotted(loaded)
+                for path, value in dotted.items():
+                    if path == "algorithm.name":
+                        _algorithm_class(value)
+                    else:
+                        convert_value(path, value, field_owner(path)[0])
             except ValueError as err:
-                raise ValueError(f"config={raw}: {err}") from None
+                raise ConfigError(f"config={raw}: {err}") from None
+            values.update(dotted)
             continue
         values.update(to_dotted({key: raw}))
     return (base if base is not None else TuneConfig()).merge(values).validate()

@@ -1,12 +1,17 @@
 """Run folders read back: :class:`RunRecord`, :func:`load_run` and the measures the tables compare.
 
 The columns of ``metrics.csv`` and the name of the return metric are the writer's
-(:data:`~torchrl_otc.trainers.run.METRIC_COLUMNS`, :data:`~torchrl_otc.trainers.run.RETURN_METRIC`).
+(:data:`~torchrl_otc.trainers.run.METRIC_COLUMNS`, :data:`~torchrl_otc.trainers.run.RETURN_METRIC`). A folder
+whose files cannot be read back (a YAML syntax error in ``config.yaml``, a ``metrics.csv`` without those columns or
+with a malformed row, a damaged ``meta.json``) is refused by :func:`load_run` with one
+:class:`~torchrl_otc.configs.parts.ConfigError` line naming the file; :func:`~torchrl_otc.report.write_report`
+skips such folders with a warning.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -15,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from torchrl_otc.configs.tune import flat_config
-from torchrl_otc.trainers.run import RETURN_METRIC
+from torchrl_otc.configs.overrides import read_yaml
+from torchrl_otc.configs.tune import ConfigError, flat_config
+from torchrl_otc.trainers.run import METRIC_COLUMNS, RETURN_METRIC
 
 __all__ = ["MEASURES", "RunRecord", "example_run", "load_run"]
 
@@ -187,8 +191,81 @@ def example_run() -> RunRecord:
     return RunRecord(Path("runs/r"), config, rows)
 
 
+def _read_config(file: Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` in the flat form; one :class:`ConfigError` line naming the file when unreadable."""
+    raw = read_yaml(file, "run config")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"run config {file} must be a mapping of config fields; got {raw!r}.")
+    try:
+        config = _flat(raw)
+    except ValueError as err:
+        raise ConfigError(f"run config {file}: {err}") from None
+    missing = [k for k in ("task", "dataset", "algo", "strategy") if k not in config]
+    if missing:
+        raise ConfigError(
+            f"run config {file} lacks the fields {missing}, which the report needs; it was not written by otc."
+        )
+    return config
+
+
+def _read_metrics(file: Path) -> list[dict[str, str]]:
+    """The rows of ``metrics.csv``, each checked; a line that is not terminated yet (a run writing it now) is left
+    out; one :class:`ConfigError` line naming the file and line of the first malformed row."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{file} is not a text CSV file; the run folder is damaged: re-run it or leave it out of the report."
+        ) from None
+    if not text.endswith("\n"):  # csv rows end with a newline: the last line is still being written
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in METRIC_COLUMNS if c not in header]
+    if missing:
+        raise ConfigError(
+            f"{file} lacks the columns {missing} (its header: {header or 'none'}); a run's metrics.csv has "
+            f"the columns {', '.join(METRIC_COLUMNS)}. The run folder is damaged or not written by otc: re-run it or leave it out of the report."
+        )
+    rows = []
+    for row in reader:
+        line = reader.line_num
+        try:
+            if any(row.get(c) is None for c in METRIC_COLUMNS):
+                raise ValueError("too few fields")
+            int(row["deployment"])
+            float(row["value"])
+        except ValueError as err:
+            raise ConfigError(
+                f"{file}, line {line}: malformed row {list(row.values())} ({err}); the run folder is damaged: re-run it or leave it out of the report."
+            ) from None
+        rows.append(row)
+    return rows
+
+
+def _read_meta(file: Path) -> dict[str, Any]:
+    if not file.exists():
+        return {}
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(
+            f"{file} is not valid JSON ({err}); the run folder is damaged: re-run it or leave it out of the report."
+        ) from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{file} must hold a JSON object; got {meta!r}.")
+    return meta
+
+
 def load_run(path: str | Path) -> RunRecord:
-    """Reads a run folder; raises :class:`FileNotFoundError` naming what is missing.
+    """Reads a run folder.
+
+    Raises:
+        FileNotFoundError: ``config.yaml`` or ``metrics.csv`` is missing (the message names it).
+        ConfigError: a file cannot be read back (a :class:`ValueError`; one line naming the file and what is
+            wrong): ``config.yaml`` is not valid YAML or holds unknown fields, ``metrics.csv`` lacks its columns or
+            has a malformed row (an unterminated last line, one a running run is writing, is left out), or
+            ``meta.json`` is not a JSON object.
 
     Examples:
         >>> import tempfile
@@ -199,22 +276,26 @@ def load_run(path: str | Path) -> RunRecord:
         >>> folder.log({"eval/return_mean": 4.0}, step=50, phase="online", deployment=1)
         >>> load_run(folder.path).returns
         {0: 1.0, 1: 4.0}
+        >>> _ = (folder.path / "metrics.csv").write_text("garbage\\n1,2\\n")
+        >>> try:
+        ...     load_run(folder.path)
+        ... except ValueError as err:
+        ...     print(str(err).split(" lacks")[1][:40])
+         the columns ['step', 'phase', 'deployme
     """
     path = Path(path)
     config_file, metrics_file = path / "config.yaml", path / "metrics.csv"
     for f in (config_file, metrics_file):
         if not f.exists():
             raise FileNotFoundError(f"{path} is not a run folder: {f.name} is missing.")
-    config = _flat(yaml.safe_load(config_file.read_text()))
-    with metrics_file.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    meta_file = path / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    config = _read_config(config_file)
+    rows = _read_metrics(metrics_file)
+    meta = _read_meta(path / "meta.json")
     pair = None
     if config.get("mix_pair"):  # a matched mix, or decomposed OTC at its pair's online share
         # where the sweep wrote it, else beside this run (a copied or moved sweep folder)
         for where in (Path(config["mix_pair"]), path.parent / Path(config["mix_pair"]).name):
             if (where / "config.yaml").exists():
-                pair = yaml.safe_load((where / "config.yaml").read_text())
+                pair = _read_config(where / "config.yaml")
                 break
     return RunRecord(path, config, rows, meta, pair)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from torchrl_otc.configs.tune import ConfigError
 from torchrl_otc.report.plots import plot_curves
 from torchrl_otc.report.runs import MEASURES, load_run
 from torchrl_otc.report.tables import (
@@ -20,7 +22,49 @@ from torchrl_otc.report.tables import (
 )
 from torchrl_otc.trainers.run import RETURN_METRIC
 
-__all__ = ["write_report"]
+__all__ = ["check_report_folder", "write_report"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_report_folder(out_dir: str | Path) -> Path:
+    """Refuses a report folder that cannot be created: it, or one of its parents, is a regular file.
+
+    Nothing is created; commands call it before their expensive work.
+
+    Args:
+        out_dir: the folder ``report.md`` and its figures go into.
+
+    Returns:
+        The folder as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: naming the file in the way (a :class:`ValueError`).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> file = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+        >>> _ = file.write_text("")
+        >>> try:
+        ...     check_report_folder(file)
+        ... except ValueError as err:
+        ...     print(str(err).replace(str(file), "notes.txt"))
+        report folder notes.txt is a file, not a folder; choose another output folder.
+    """
+    out = Path(out_dir)
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if folder.is_dir():
+                break
+            if folder == out:
+                raise ConfigError(
+                    f"report folder {out} is a file, not a folder; choose another output folder."
+                )
+            raise ConfigError(
+                f"report folder {out} cannot be created: {folder} is a file, not a folder; choose another "
+                f"output folder."
+            )
+    return out
 
 
 def write_report(
@@ -38,6 +82,12 @@ def write_report(
     Returns:
         The path of ``report.md``.
 
+    Raises:
+        ConfigError: ``out_dir`` is (or lies under) a regular file, or no run folder can be read back (one line
+            naming the file and what is wrong). A run folder that cannot be read back among others is skipped with
+            a warning naming its file; the report lists the skipped folders.
+        FileNotFoundError: no run folder under ``run_dirs``.
+
     Examples:
         >>> import tempfile
         >>> from torchrl_otc.trainers.run import RunFolder
@@ -49,6 +99,8 @@ def write_report(
         >>> "| random | nav/nonstationary | 300.0 ± 0.0 (n=1) |" in report.read_text()
         True
     """
+    out = check_report_folder(out_dir)
+    run_dirs = list(run_dirs)
     paths: list[Path] = []
     for d in map(Path, run_dirs):
         if (d / "metrics.csv").exists():
@@ -59,10 +111,38 @@ def write_report(
         raise FileNotFoundError(
             f"No run folders (with metrics.csv) under {list(map(str, run_dirs))}."
         )
-    runs = [load_run(p) for p in paths]
-    out = Path(out_dir)
+    runs, skipped = [], []
+    for p in paths:
+        # one damaged folder does not stop the report of the others
+        try:
+            runs.append(load_run(p))
+        except (ValueError, OSError) as err:
+            skipped.append((p, " ".join(str(err).split())))
+    if not runs:
+        first = skipped[0][1]
+        raise ConfigError(
+            first
+            if len(skipped) == 1
+            else f"none of the {len(skipped)} run folders can be read; the first: {first}"
+        )
+    for p, why in skipped:
+        logger.warning("report: skipped run folder %s: %s", p, why)
+    if skipped:
+        logger.warning(
+            "report: %d of %d run folders skipped (see above); the report covers the other %d.",
+            len(skipped),
+            len(paths),
+            len(runs),
+        )
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"# {title}", "", *provenance(runs), ""]
+    if skipped:
+        parts += [
+            f"**{len(skipped)} of {len(paths)} run folders skipped** (they cannot be read back):",
+            "",
+            *(f"- `{p}`: {why}" for p, why in skipped),
+            "",
+        ]
     for measure, what in MEASURES.items():
         table = decomposition_table(runs, measure)
         if table:

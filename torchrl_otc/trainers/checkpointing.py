@@ -12,6 +12,11 @@ previous one loadable) holds
   themselves and written as TensorDict memory maps (:meth:`tensordict.TensorDict.memmap`). The offline rows are
   not written: they come back from the dataset.
 
+:func:`read_checkpoint` reads ``state.pt`` and checks every memory-mapped file's size against its metadata without
+writing (opening a short memory map would extend it with zeros): :func:`~torchrl_otc.trainers.run.atomic_checkpoint`
+uses it to verify a checkpoint before the previous one is dropped, and resuming to tell an unreadable checkpoint,
+which :func:`~torchrl_otc.trainers.run.load_checkpoint` replaces by the previous one.
+
 Checkpoints of format 1 (earlier versions: every deployment's rows pickled in ``state.pt`` under
 ``"online_rows"``, the online buffer under ``"current_online"``, torch's random states under ``"torch_rng"`` and
 ``"cuda_rng"``) still restore.
@@ -27,6 +32,8 @@ buffer's own ``dumps`` writes its whole storage, offline rows included, where on
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +44,14 @@ from torchrl.checkpoint import GlobalRNGState
 
 from torchrl_otc.trainers.learner import AgentLearner
 
-__all__ = ["FORMAT", "STATE_FILE", "read_state", "restore_checkpoint", "write_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "STATE_FILE",
+    "read_checkpoint",
+    "read_state",
+    "restore_checkpoint",
+    "write_checkpoint",
+]
 
 #: The version of the checkpoint layout written by :func:`write_checkpoint`.
 FORMAT = 2
@@ -110,6 +124,65 @@ def read_state(path: str | Path) -> dict[str, Any]:
         path: the checkpoint folder.
     """
     return torch.load(Path(path) / STATE_FILE, weights_only=False)
+
+
+def _check_memmap(folder: Path, rows: int) -> None:
+    """Checks a TensorDict memory-map folder against its metadata (``rows`` rows, every file of its full size),
+    reading only the metadata and the files' sizes."""
+    meta_file = folder / "meta.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{meta_file} is missing")
+    meta = json.loads(meta_file.read_text())
+    if list(meta.get("shape", [])[:1]) != [rows]:
+        raise ValueError(f"{folder} holds {meta.get('shape')} rows, not [{rows}]")
+    for key, entry in meta.items():
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("type") == "TensorDict" or "dtype" not in entry:
+            if (folder / key).is_dir():
+                _check_memmap(folder / key, rows)
+            continue
+        file = folder / f"{key}.memmap"
+        itemsize = torch.empty(
+            (), dtype=getattr(torch, entry["dtype"].split(".")[-1])
+        ).element_size()
+        expected = math.prod(entry["shape"]) * itemsize
+        size = file.stat().st_size if file.exists() else None
+        if size != expected:
+            raise ValueError(
+                f"{file} is {'missing' if size is None else f'{size} bytes'}; its metadata says {expected} bytes"
+            )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """:func:`read_state` of the checkpoint folder ``path``, after checking that its row files are whole.
+
+    Nothing is written (the memory maps are not opened: their sizes are compared with their metadata).
+
+    Args:
+        path: the checkpoint folder.
+
+    Returns:
+        The content of ``state.pt``.
+
+    Raises:
+        Exception: whatever makes the checkpoint unreadable (a truncated ``state.pt``, a short or missing row file).
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp())
+        >>> _ = torch.save({"step": 3, "format": FORMAT, "agents": []}, path / STATE_FILE)
+        >>> read_checkpoint(path)["step"]
+        3
+    """
+    path = Path(path)
+    state = read_state(path)
+    if state.get("format", 1) >= 2:
+        for i, saved in enumerate(state["agents"]):
+            for kind in ("merged", "online"):
+                if saved["rows"][kind]:
+                    _check_memmap(path / f"agent{i}" / kind, saved["rows"][kind])
+    return state
 
 
 def restore_checkpoint(

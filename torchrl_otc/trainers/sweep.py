@@ -7,6 +7,8 @@ holds:
   shortcuts such as ``algo: bcq``, dotted paths such as ``algorithm.actor_lr: 3.0e-4``, or nested parts such as
   ``algorithm: {actor_lr: 3.0e-4}``; every place below takes the same keys);
 * ``grid``: axes whose cartesian product gives the runs, e.g. ``{task: [...], dataset: [...], seed: [0, 1, 2]}``;
+  a single value is a one-value axis (``seed: 0`` is ``seed: [0]``, as a single value in a Hydra multirun), an
+  empty list or a mapping is refused;
 * ``variants``: the compared methods, each a mapping of overrides with a ``label`` (e.g.
   ``{label: otc-embedding, strategy: otc, distance: embedding}``);
 * ``sizes``: named presets of overrides: ``smoke`` (seconds, run by the tests), ``cpu`` (a reduced grid for a
@@ -27,10 +29,15 @@ agents) always run in the same worker, one after the other, so that the cache is
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -38,12 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from torchrl_otc.configs.overrides import to_dotted, unknown_keys
+from torchrl_otc.configs.overrides import ConfigError, read_yaml, to_dotted, unknown_keys
 from torchrl_otc.configs.tune import TuneConfig
 from torchrl_otc.trainers.matched_mix import matched_option
+from torchrl_otc.trainers.run import RunFolder
 from torchrl_otc.trainers.tuning import OnlineTuner
 
 __all__ = ["Recipe", "load_recipe", "expand_recipe", "run_sweep", "SWEEP_SIZES"]
@@ -55,6 +62,38 @@ SWEEP_SIZES = ("smoke", "cpu", "paper")
 _RECIPE_KEYS = {"name", "description", "paper", "base", "grid", "variants", "sizes"}
 
 
+def _axes(recipe: str, where: str, grid: Any) -> dict[str, list[Any]]:
+    """A grid as axes of value lists: a single value is a one-value axis (``seed: 0`` is ``seed: [0]``, as a single
+    value in a Hydra multirun); a mapping, an empty list or a grid that is not a mapping is refused.
+
+    Examples:
+        >>> _axes("demo", "grid", {"seed": 0, "task": ["mpe/navigation-3"]})
+        {'seed': [0], 'task': ['mpe/navigation-3']}
+    """
+    if grid is None:
+        return {}
+    if not isinstance(grid, Mapping):
+        raise ConfigError(
+            f"Recipe {recipe!r}: {where} must map config fields to lists of values (e.g. {{seed: [0, 1, 2]}}); "
+            f"got {grid!r}."
+        )
+    out: dict[str, list[Any]] = {}
+    for axis, values in grid.items():
+        if isinstance(values, Mapping):
+            raise ConfigError(
+                f"Recipe {recipe!r}: {where} axis {axis!r} is a mapping ({values!r}); give a list of values "
+                f"(e.g. {axis}: [a, b]) or one value."
+            )
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not values:
+            raise ConfigError(
+                f"Recipe {recipe!r}: {where} axis {axis!r} is an empty list, so the grid has no runs; give it "
+                f"at least one value or remove the axis."
+            )
+        out[str(axis)] = values
+    return out
+
+
 @dataclass
 class Recipe:
     """One experiment: shared overrides, grid axes, compared variants and size presets.
@@ -64,7 +103,7 @@ class Recipe:
         description: what the experiment measures.
         paper: the table or figure of the paper it corresponds to.
         base: overrides shared by every run.
-        grid: axes of the cartesian product (config field -> list of values).
+        grid: axes of the cartesian product (config field -> list of values; a single value is a one-value axis).
         variants: compared methods: override mappings with a ``label``.
         sizes: presets ``smoke`` / ``cpu`` / ``paper``: overrides, and optionally ``grid`` axes to replace and
             ``variants``, the labels of the variants the preset runs (all of them when omitted).
@@ -87,7 +126,7 @@ class Recipe:
     def _cells(self, size: str, preset: Mapping[str, Any]) -> list[dict[str, Any]]:
         cells = preset.get("cells", [{}])
         if not isinstance(cells, list) or not cells or not all(isinstance(c, dict) for c in cells):
-            raise ValueError(
+            raise ConfigError(
                 f"Recipe {self.name!r}: size {size!r} has cells={cells!r}; give a non-empty list of mappings, "
                 f"each with its own grid axes and overrides (e.g. [{{grid: {{task: [nav/nonstationary]}}, "
                 f"dataset_size: 50000}}])."
@@ -95,13 +134,61 @@ class Recipe:
         for i, cell in enumerate(cells):
             grid = cell.get("grid", {})
             if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
-                raise ValueError(
+                raise ConfigError(
                     f"Recipe {self.name!r}: size {size!r}, cell {i}: grid must map fields to lists of values; "
                     f"got {grid!r}."
                 )
         return cells
 
+    def _check_shapes(self) -> None:
+        """Refuses sections of the wrong shape (a string for ``variants``, a number for a size, ...) and turns
+        every grid's single values into one-value axes, before the keys are checked."""
+        self.name = str(self.name)
+        for where in ("base", "sizes"):
+            value = getattr(self, where)
+            if value is None:
+                setattr(self, where, {})
+            elif not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"Recipe {self.name!r}: {where} must be a mapping "
+                    f"({'of config fields' if where == 'base' else 'of size presets smoke, cpu, paper'}); "
+                    f"got {value!r}."
+                )
+        if not isinstance(self.variants, list) or not all(
+            isinstance(v, Mapping) for v in self.variants
+        ):
+            raise ConfigError(
+                f"Recipe {self.name!r}: variants must be a list of mappings, each a label and its overrides "
+                f"(e.g. [{{label: otc, strategy: otc}}]); got {self.variants!r}."
+            )
+        self.variants = [dict(v) for v in self.variants]
+        self.grid = _axes(self.name, "grid", self.grid)
+        sizes: dict[str, dict[str, Any]] = {}
+        for size, preset in self.sizes.items():
+            if preset is None:
+                preset = {}
+            if not isinstance(preset, Mapping):
+                raise ConfigError(
+                    f"Recipe {self.name!r}: size {size!r} must be a mapping of overrides (and optionally grid, "
+                    f"variants, cells); got {preset!r}."
+                )
+            preset = dict(preset)
+            if "grid" in preset:
+                preset["grid"] = _axes(self.name, f"size {size!r}: grid", preset["grid"])
+            cells = preset.get("cells")
+            if isinstance(cells, list):
+                preset["cells"] = [
+                    {**c, "grid": _axes(self.name, f"size {size!r}, cell {i}: grid", c["grid"])}
+                    if isinstance(c, Mapping) and "grid" in c
+                    else c
+                    for i, c in enumerate(cells)
+                ]
+            sizes[str(size)] = preset
+        self.sizes = sizes
+
     def __post_init__(self) -> None:
+        self._check_shapes()
+
         def axes(grid: Mapping[str, Any]) -> dict[str, Any]:
             return {
                 k: "" for k in grid
@@ -138,17 +225,17 @@ class Recipe:
                     reason = ""
                 except ValueError as err:
                     reason = f" ({err})"
-                raise ValueError(
+                raise ConfigError(
                     f"Recipe {self.name!r}: unknown config fields {unknown} in {where}{reason}"
                 )
         labels = [v.get("label") for v in self.variants]
         if any(not isinstance(label, str) or not label for label in labels):
-            raise ValueError(f"Recipe {self.name!r}: every variant needs a label; got {labels}.")
+            raise ConfigError(f"Recipe {self.name!r}: every variant needs a label; got {labels}.")
         if len(set(labels)) != len(labels):
-            raise ValueError(f"Recipe {self.name!r}: variant labels must be unique; got {labels}.")
+            raise ConfigError(f"Recipe {self.name!r}: variant labels must be unique; got {labels}.")
         unknown_sizes = sorted(set(self.sizes) - set(SWEEP_SIZES))
         if unknown_sizes:
-            raise ValueError(
+            raise ConfigError(
                 f"Recipe {self.name!r}: unknown sizes {unknown_sizes}; use {', '.join(SWEEP_SIZES)}."
             )
         for size, preset in self.sizes.items():
@@ -156,13 +243,13 @@ class Recipe:
             if chosen is None:
                 continue
             if not isinstance(chosen, list) or not chosen:
-                raise ValueError(
+                raise ConfigError(
                     f"Recipe {self.name!r}: size {size!r} has variants={chosen!r}; give a non-empty list of "
                     f"variant labels ({', '.join(labels)})."
                 )
             unknown_labels = [label for label in chosen if label not in labels]
             if unknown_labels:
-                raise ValueError(
+                raise ConfigError(
                     f"Recipe {self.name!r}: size {size!r} names unknown variants {unknown_labels}; the recipe's "
                     f"variants are {', '.join(labels)}."
                 )
@@ -184,14 +271,22 @@ def load_recipe(path: str | Path) -> Recipe:
         raise FileNotFoundError(
             f"No recipe at {path}. The paper's experiments are in examples/recipes/*.yaml."
         )
-    raw = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(raw) - _RECIPE_KEYS)
+    raw = read_yaml(path, "recipe") or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"recipe {path} must be a mapping of the keys {', '.join(sorted(_RECIPE_KEYS))}; got {raw!r}."
+        )
+    unknown = sorted(map(str, set(raw) - _RECIPE_KEYS))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: unknown recipe keys {unknown}; valid keys: {', '.join(sorted(_RECIPE_KEYS))}."
         )
+    raw = dict(raw)
     raw.setdefault("name", path.stem)
-    return Recipe(**raw)
+    try:
+        return Recipe(**raw)
+    except ValueError as err:  # name the file: the recipe's name may differ from it
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def expand_recipe(
@@ -224,7 +319,7 @@ def expand_recipe(
         ['mpe_navigation-3-random-td3bc-otc-seed3', 'mpe_navigation-4-random-td3bc-otc-seed3']
     """
     if size not in recipe.sizes:
-        raise ValueError(
+        raise ConfigError(
             f"Recipe {recipe.name!r} has no size {size!r}; it has {', '.join(recipe.sizes) or 'none'}."
         )
     preset = dict(recipe.sizes[size])
@@ -237,7 +332,7 @@ def expand_recipe(
         only = list(only)
         unknown = [label for label in only if label not in {v["label"] for v in variants}]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"Recipe {recipe.name!r}, size {size!r}: no variants {unknown} to run; this preset runs "
                 f"{', '.join(v['label'] for v in variants)}."
             )
@@ -265,7 +360,13 @@ def expand_recipe(
                 overrides,
             ):
                 values.update(to_dotted(layer))
-            cfg = TuneConfig.from_dict(values)
+            try:
+                cfg = TuneConfig.from_dict(values)
+            except ValueError as err:  # name where in the recipe the bad value ends up
+                raise ConfigError(
+                    f"Recipe {recipe.name!r}, size {size!r}, variant {variant['label']!r}"
+                    f"{''.join(f', {k}={v}' for k, v in point.items())}: {err}"
+                ) from None
             run = cfg.run
             root = Path(runs_root if runs_root is not None else run.runs_root)
             run.runs_root = str(root / f"{recipe.name}-{size}")
@@ -280,7 +381,7 @@ def expand_recipe(
             if matched_option(sampler) is not None:
                 pair = by_label.get(str(sampler.mix_pair))
                 if pair is None:
-                    raise ValueError(
+                    raise ConfigError(
                         f"Recipe {recipe.name!r}, size {size!r}: variant {label!r} matches the online share of "
                         f"variant {sampler.mix_pair!r}, which is not among the variants run (the preset's, or "
                         f"--variants): run it too (runs: {', '.join(by_label)})."
@@ -291,7 +392,7 @@ def expand_recipe(
                         if pair.sampler.name != "otc"
                         else f"decomposed OTC (online_fraction={pair.sampler.online_fraction})"
                     )
-                    raise ValueError(
+                    raise ConfigError(
                         f"Recipe {recipe.name!r}: variant {label!r} has mix_pair={sampler.mix_pair!r}, a {kind} "
                         f"variant; the pair of a matched mix is an OTC variant (coupled: online_fraction unset)."
                     )
@@ -315,7 +416,7 @@ def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
     if (run_dir / "config.yaml").exists():
         # flat views (shortcut names, algorithm.<field>): the held file may be nested or of the flat form of
         # earlier versions
-        raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        raw = RunFolder(run_dir).read_config()  # a file that is not a config: one clear line
         held, mine = TuneConfig.from_dict(raw, validate=False).to_flat(), cfg.to_flat()
         differ = sorted(k for k, v in mine.items() if held.get(k) != v)
         if differ:
@@ -327,7 +428,8 @@ def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
     if (run_dir / "DONE").exists():
         logger.info("sweep: %s (skipped)", run_dir)
         return {"run_dir": str(run_dir), "skipped": True}
-    if (run_dir / "checkpoint" / "COMPLETE").exists() or (run_dir / "metrics.csv").exists():
+    # interrupted: resume it (from its checkpoint, or from the start)
+    if RunFolder(run_dir).holds_run():
         tuner = OnlineTuner.resume(run_dir, progress=progress)
     else:
         tuner = OnlineTuner(cfg, progress=progress)
@@ -342,7 +444,38 @@ def _group_key(config: Mapping[str, Any]) -> str:
     return f"{cfg.data.cache_dir}|{cfg.data.path or cfg.dataset_key()}"
 
 
-def _init_worker(threads: int, level: int) -> None:
+#: Linux's ``prctl`` option that sends a signal to a process when its parent dies (``<linux/prctl.h>``).
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ends this process when the process ``parent`` ends, however it ends (a SIGKILL included).
+
+    On Linux the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere a daemon
+    thread checks every second that the parent is still this process's parent. If the parent is already gone, the
+    process ends now.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover
+            pass  # no prctl: the thread below still watches
+    if os.getppid() != parent:  # died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="otc-parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, level: int, parent: int | None = None) -> None:
+    """Sets up a sweep worker: dies with the sweep's process ``parent``, ``threads`` intra-op threads, logging."""
+    if parent is not None:
+        _die_with_parent(parent)
     torch.set_num_threads(threads)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -365,7 +498,9 @@ def _run_local_parallel(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(threads, logging.getLogger().getEffectiveLevel()),
+        # workers end with the sweep, even when it is killed (the resource tracker follows: its pipe closes);
+        # this thread spawns them (submit) and outlives them, as prctl's parent-death signal requires
+        initargs=(threads, logging.getLogger().getEffectiveLevel(), os.getpid()),
     ) as pool:
         # one group per worker at a time, each run to its end before the next group starts: groups finish in
         # order (a sweep stopped early holds whole groups, every matched mix with its pair)

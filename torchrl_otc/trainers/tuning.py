@@ -45,11 +45,17 @@ from torchrl_otc.configs.tune import TuneConfig
 from torchrl_otc.data.datasets.storage import load_dataset
 from torchrl_otc.envs.registry import get_task
 from torchrl_otc.trainers.behaviour import build_dataset
-from torchrl_otc.trainers.checkpointing import read_state, restore_checkpoint, write_checkpoint
+from torchrl_otc.trainers.checkpointing import read_checkpoint, restore_checkpoint, write_checkpoint
 from torchrl_otc.trainers.deployment import Deployer, agent_rows
 from torchrl_otc.trainers.learner import AgentLearner
 from torchrl_otc.trainers.matched_mix import check_pair, matched_fraction, matched_option
-from torchrl_otc.trainers.run import RunFolder, atomic_checkpoint
+from torchrl_otc.trainers.run import (
+    RunExistsError,
+    RunFolder,
+    RunFolderError,
+    atomic_checkpoint,
+    check_folder_path,
+)
 from torchrl_otc.trainers.strategies import DEPLOYMENT_KEY, ID_KEY, ONLINE_KEY, make_sampler
 
 __all__ = ["OnlineTuner", "DivergenceError", "resolve_device"]
@@ -69,15 +75,62 @@ class DivergenceError(RuntimeError):
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` is CUDA when available, else the CPU; any other name is passed to :class:`torch.device`.
 
+    Raises:
+        ValueError: ``name`` is not a device, or names a GPU this machine does not have (one line saying what to
+            use instead).
+
     Examples:
         >>> resolve_device("cpu")
         device(type='cpu')
         >>> resolve_device("auto").type in ("cpu", "cuda")
         True
+        >>> resolve_device("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: device='gpu' is not a device; use auto, cpu, cuda or cuda:N.
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N."
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={name}: no CUDA GPU is available on this machine (torch.cuda.is_available() is "
+                f"False); use device=cpu or device=auto."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={name}: this machine has {torch.cuda.device_count()} CUDA GPU(s) (cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}); use one of them or device=auto."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name}: MPS is not available on this machine; use device=cpu.")
+    return device
+
+
+#: Config fields a resumed run may change (where it runs and what it logs, not what it computes).
+_MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        "device",
+        "threads",
+        "logger",
+        "runs_root",
+        "run_name",
+        "cache_dir",
+        "compile",
+        "checkpoint_every",
+    }
+)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML or JSON gives it back (tuples as lists), so that configs compare as written."""
+    return json.loads(json.dumps(value, default=str))
 
 
 class _Means:
@@ -134,6 +187,7 @@ class OnlineTuner:
     ) -> None:
         self.config = config.validate()
         self.progress = progress
+        # first: a GPU asked for and missing ends it here, before any other work
         self.device = resolve_device(config.run.device)
         self.task = get_task(config.task.name)
         if matched_option(config.sampler) is not None:  # a matched mix or matched decomposed OTC
@@ -144,7 +198,11 @@ class OnlineTuner:
         self.step = 0
         self._stage: dict[str, Any] = {"stage": "offline", "deployment": 0, "update": 0}
         name = config.run.run_name or config.default_run_name()
+        # nothing is created until the run starts (run() locks the folder, which creates it)
         self.folder = RunFolder(run_dir or Path(config.run.runs_root) / name)
+        check_folder_path(self.folder.path, "runs_root" if run_dir is None else "the run folder")
+        if config.data.path is None:
+            check_folder_path(config.data.cache_dir, "cache_dir")
         self.dataset = None
         self.agents: list[_Agent] = []
         self.deployer: Deployer | None = None
@@ -186,18 +244,8 @@ class OnlineTuner:
                     ),
                 )
                 dataset = load_dataset(path / "data")
-        if dataset.task is not None and dataset.task != cfg.task.name:
-            raise ValueError(
-                f"The dataset at {dataset.path} is for task {dataset.task!r}, not {cfg.task.name!r}."
-            )
-        obs = tuple(dataset.data.get("observation").shape[1:])
-        act = tuple(dataset.data.get("action").shape[1:])
-        expected_obs, expected_act = (self.task.state_dim,), (self.task.action_dim,)
-        if obs != expected_obs or act != expected_act:
-            raise ValueError(
-                f"The dataset's shapes (observation {obs}, action {act}) do not match task {cfg.task.name!r} "
-                f"(observation {expected_obs}, action {expected_act})."
-            )
+        # the task, the shapes and the agents' action partition (one line naming both values when they differ)
+        dataset.check_for_task(self.task)
         return dataset
 
     def _agent_seed(self, agent: int) -> int:
@@ -329,17 +377,83 @@ class OnlineTuner:
             "step": self.step,
             "returns": dict(self.returns),
             "metrics_rows": len(self.folder.read_metrics()),
+            # what a resume checks config.yaml against (_check_resumable)
+            "config": _plain(self.config.to_flat()),
+            "shapes": self._shapes(),
         }
         learners = [agent.learner for agent in self.agents]
-        self.folder.save_checkpoint(lambda path: write_checkpoint(path, state, learners))
+        self.folder.save_checkpoint(
+            lambda path: write_checkpoint(path, state, learners), verify=read_checkpoint
+        )
+
+    def _shapes(self) -> dict[str, Any]:
+        """The task's shapes, as checkpoints record them."""
+        return _plain(
+            {
+                "agents": self.task.n_agents,
+                "observation size": self.task.state_dim,
+                "action columns per agent": self.task.action_partition,
+            }
+        )
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        """Refuses to resume when ``config.yaml`` no longer matches the checkpoint (checkpoints of earlier versions
+        record no config: not checked).
+
+        Raises:
+            RunFolderError: one line naming the field, the checkpoint's value and config.yaml's.
+        """
+        where = self.folder.path / "config.yaml"
+        saved = state.get("config")
+        if saved is not None:
+            mine = _plain(self.config.to_flat())
+            keys = ["task", "algo", "deployments", *saved, *mine]
+            differ = [
+                k
+                for k in dict.fromkeys(keys)
+                if k not in _MAY_CHANGE_ON_RESUME and saved.get(k, mine.get(k)) != mine.get(k)
+            ]
+            if differ:
+                key = differ[0]
+                also = f" (also changed: {', '.join(differ[1:])})" if differ[1:] else ""
+                if key == "deployments":
+                    stage = state["stage"]
+                    done = int(stage["deployment"]) - (stage["stage"] in ("collect", "update"))
+                    raise RunFolderError(
+                        f"{where} asks for deployments={mine[key]} but the run was started with deployments="
+                        f"{saved[key]} ({done} done){also}: a task's deployment schedule depends on the number "
+                        f"of deployments, so it cannot change midway. Put back deployments: {saved[key]}, or "
+                        f"start a new run with deployments={mine[key]} and another run_name."
+                    )
+                raise RunFolderError(
+                    f"{where} no longer matches the run's checkpoint: {key} is {saved.get(key)!r} in the "
+                    f"checkpoint but {mine.get(key)!r} in config.yaml{also}. Put back {key}: "
+                    f"{saved.get(key)!r}, or start a new run with another run_name."
+                )
+        saved_shapes = state.get("shapes") or {}
+        for key, now in self._shapes().items():
+            if key in saved_shapes and saved_shapes[key] != now:
+                raise RunFolderError(
+                    f"{where} no longer matches the run's checkpoint: {key} is {saved_shapes[key]} in the "
+                    f"checkpoint but {now} for task {self.config.task.name!r} now. Put back the run's "
+                    f"config.yaml, or start a new run with another run_name."
+                )
 
     def _offline_cache(self) -> Path:
         return Path(self.config.data.cache_dir) / "offline" / self.config.offline_key()
 
     def _restore(self, state: dict[str, Any]) -> None:
-        restore_checkpoint(
-            self.folder.checkpoint_dir, state, [a.learner for a in self.agents], self.device
-        )
+        try:
+            restore_checkpoint(
+                self.folder.checkpoint_dir, state, [a.learner for a in self.agents], self.device
+            )
+        # a checkpoint of earlier versions records no config: _check_resumable could not check it
+        except (RuntimeError, KeyError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RunFolderError(
+                f"The checkpoint {self.folder.checkpoint_dir} does not fit the run's config.yaml ({reason}): put "
+                f"back the config it was written with, or start a new run with another run_name."
+            ) from err
         self._stage = dict(state["stage"])
         self.step = int(state["step"])
         self.returns = {int(k): float(v) for k, v in state["returns"].items()}
@@ -373,16 +487,41 @@ class OnlineTuner:
         return tuner
 
     def run(self) -> dict[str, Any]:
-        """Runs (or resumes) the whole loop; returns ``{"returns": {deployment: mean return}, "run_dir": ...}``."""
+        """Runs (or resumes) the whole loop; returns ``{"returns": {deployment: mean return}, "run_dir": ...}``.
+
+        The run folder is locked (:meth:`~torchrl_otc.trainers.run.RunFolder.lock`) while the loop runs; a folder
+        that already holds a run is refused (unless resuming), and so is a resume whose ``config.yaml`` no longer
+        matches the checkpoint, both before any dataset is built.
+
+        Raises:
+            RunExistsError: a new run in a folder that holds one.
+            RunLockedError: another process is writing the folder.
+            CheckpointError: the folder's checkpoint and the previous one are both unreadable.
+            RunFolderError: config.yaml no longer matches the checkpoint.
+        """
+        with self.folder.lock():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         resuming = getattr(self, "_resume", False)
+        state = None
+        if resuming:
+            # the newest readable checkpoint (the previous one, with a warning, when the newest is unreadable)
+            state = self.folder.load_checkpoint(read_checkpoint)
+            if state is not None:
+                self._check_resumable(state)
+        elif self.folder.holds_run():
+            raise RunExistsError(
+                f"{self.folder.path} already holds a run. Resume it with `otc tune resume={self.folder.path}` or "
+                f"choose another run_name."
+            )
         if cfg.run.threads is not None:
             torch.set_num_threads(cfg.run.threads)
         torch.manual_seed(cfg.run.seed)
-        self._attach_logger()
         self._build_agents()
-        if resuming and self.folder.has_checkpoint():
-            state = read_state(self.folder.checkpoint_dir)
+        self._attach_logger()
+        if state is not None:
             self._restore(state)
             kept = iter(range(state["metrics_rows"]))
             self.folder.truncate_metrics(lambda r: next(kept, None) is not None)
@@ -394,11 +533,6 @@ class OnlineTuner:
                 # Interrupted before its first checkpoint: nothing to continue from, start over cleanly.
                 logger.warning("%s has no checkpoint yet: restarting the run.", self.folder.path)
                 self.folder.truncate_metrics(lambda row: False)
-            if self.folder.metrics_file.exists() and not resuming:
-                raise FileExistsError(
-                    f"{self.folder.path} already holds a run. Resume it with `otc tune resume={self.folder.path}` or "
-                    f"choose another run_name."
-                )
             self.folder.write_config(cfg.to_dict())
             self.folder.write_meta(
                 dataset_checksum=self.dataset.metadata.get("checksum"),

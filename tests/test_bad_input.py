@@ -227,7 +227,62 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "cannot be created",
     ),
     ("report: no run folder", lambda t: ["report", str(t / "none")], "No run folders"),
+    # ---------------------------------------------------------------- otc data (tests/data/test_dataset_safety.py
+    # has the damaged datasets and malformed files; these are the command-line arguments)
+    (
+        "data build --noise-std < 0",
+        lambda t: [*_build(t), "--noise-std", "-0.5"],
+        "noise_std (--noise-std) must be a finite number >= 0",
+    ),
+    (
+        "data build --env-kwarg unknown",
+        lambda t: [*_build(t), "--env-kwarg", "bogus=1"],
+        "does not take the argument(s) bogus",
+    ),
+    (
+        "data build --out under a file",
+        lambda t: [*_build(t)[:-1], str(_afile(t) / "ds")],
+        "is a file, not a folder",
+    ),
+    (
+        "data build --size 0",
+        lambda t: [*_build(t)[:6], "0", *_build(t)[7:]],
+        "size must be >= 1; got 0",
+    ),
+    (
+        "data import a non-HDF5 file",
+        lambda t: [
+            "data",
+            "import",
+            "d4rl",
+            _file(t, "x.hdf5", "hello"),
+            "--task",
+            "nav/nonstationary",
+            "--out",
+            str(t / "ds"),
+        ],
+        "is not an HDF5 file",
+    ),
+    (
+        "data info of no dataset",
+        lambda t: ["data", "info", str(t / "none")],
+        "is not a dataset folder",
+    ),
 ]
+
+
+def _build(tmp: Path) -> list[str]:
+    return [
+        "data",
+        "build",
+        "nav/nonstationary",
+        "--kind",
+        "random",
+        "--size",
+        "100",
+        "--out",
+        str(tmp / "ds"),
+    ]
 
 
 def _problems(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -204,6 +204,11 @@ def build_dataset(
         raise ValueError(f"Unknown dataset kind {kind!r}; valid kinds: {', '.join(KINDS)}.")
     if size < 1:
         raise ValueError(f"size must be >= 1; got {size}.")
+    if not (noise_std >= 0 and math.isfinite(noise_std)):
+        raise ValueError(
+            f"noise_std (--noise-std) must be a finite number >= 0 (a Gaussian std in action half-ranges); "
+            f"got {noise_std}."
+        )
     spec = get_task(task)
     if spec.family == "smac":
         raise ValueError(

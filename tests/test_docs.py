@@ -60,3 +60,32 @@ def test_docs_build_without_warnings(tmp_path):
     ).read_text()
     assert "adapt_alpha" in sampler_page
     assert "make_buffers" in (out / "tutorials" / "otc_sampler_in_your_buffer.html").read_text()
+
+
+def _inventory_names(path: Path) -> set[str]:
+    import zlib
+
+    data = path.read_bytes()
+    body = data.split(b"\n", 4)[4]  # four header lines, then the zlib-compressed entries
+    return {line.split(" ", 1)[0] for line in zlib.decompress(body).decode().splitlines() if line}
+
+
+def test_every_referenced_torch_torchrl_tensordict_object_is_in_the_shipped_inventories():
+    # intersphinx reads docs/inventories/*.inv (no network); a new reference needs
+    # `python docs/inventories/make_inventories.py` or it renders as plain text
+    sys.path.insert(0, str(ROOT / "docs" / "inventories"))
+    try:
+        import make_inventories
+    finally:
+        sys.path.pop(0)
+    known = set().union(
+        *(
+            _inventory_names(ROOT / "docs" / "inventories" / f"{p}.inv")
+            for p in make_inventories.PROJECTS
+        )
+    )
+    missing = sorted(set(make_inventories.references()) - known)
+    assert not missing, (
+        f"run python docs/inventories/make_inventories.py; not in the inventories: {missing}"
+    )
+    assert "torchrl.data.ReplayBuffer" in known and "torch.nn.Module" in known

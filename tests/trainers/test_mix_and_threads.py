@@ -333,11 +333,12 @@ def test_ray_runs_matched_mixes_in_a_second_wave_and_returns_results_in_config_o
         def __init__(self, fn):
             self.fn = fn
 
-        def remote(self, payload, progress):
-            return (payload["run"]["run_name"], self.fn(payload, progress))
+        def remote(self, payloads, progress, batched):
+            # one remote call per unit of runs (a lockstep group with --batched, else one run)
+            return ([p["run"]["run_name"] for p in payloads], self.fn(payloads, progress, batched))
 
     def _get(refs):
-        waves.append([name for name, _ in refs])
+        waves.append([name for names, _ in refs for name in names])
         return [result for _, result in refs]
 
     fake = types.SimpleNamespace(

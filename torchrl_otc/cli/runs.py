@@ -15,6 +15,7 @@ from typing import Any
 from torchrl_otc.configs.tune import ConfigError, parse_overrides
 from torchrl_otc.report import improvement_table, load_run, write_report
 from torchrl_otc.report.writer import check_report_folder
+from torchrl_otc.trainers.lockstep import LockstepTuners
 from torchrl_otc.trainers.sweep import expand_recipe, load_recipe, run_sweep
 from torchrl_otc.trainers.tuning import OnlineTuner
 
@@ -32,7 +33,7 @@ def _run_tune(args: argparse.Namespace) -> int:
         tuner = OnlineTuner.resume(resume[0], progress=not args.no_progress)
     else:
         tuner = OnlineTuner(parse_overrides(overrides), progress=not args.no_progress)
-    summary = tuner.run()
+    summary = LockstepTuners([tuner]).run()[0] if args.batched else tuner.run()
     report = write_report([summary["run_dir"]], summary["run_dir"])
     run = load_run(summary["run_dir"])
     returns = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(summary["returns"].items()))
@@ -69,6 +70,11 @@ def add_tune_command(sub: Any) -> None:
         "overrides", nargs="*", help="key=value overrides (see TuneConfig), or resume=RUN_DIR"
     )
     tune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tune.add_argument(
+        "--batched",
+        action="store_true",
+        help="update the agents with one batched call per step (equal to the default to float tolerance)",
+    )
     tune.set_defaults(func=_run_tune)
 
 
@@ -141,6 +147,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         ray_address=args.ray_address,
+        batched=args.batched,
     )
     report = write_report([folder], args.report or folder / "report")
     ran = sum(not r["skipped"] for r in results)
@@ -192,6 +199,16 @@ def add_sweep_command(sub: Any) -> None:
         "--variants",
         default=None,
         help="comma-separated labels: run only these variants now (the same runs as in the whole preset)",
+    )
+    sweep.add_argument(
+        "--batched",
+        "--batch-seeds",
+        dest="batched",
+        action="store_true",
+        help=(
+            "train the seeds of a grid cell in one process, one batched update of all their agents per step; "
+            "same run folders, resumable per run; numbers equal separate runs' to float tolerance"
+        ),
     )
     sweep.add_argument("--dry-run", action="store_true", help="list the run folders and stop")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -25,12 +25,18 @@ ray``), and skips runs whose folder is finished (a ``DONE`` marker written by
 :class:`~torchrl_otc.trainers.tuning.OnlineTuner`), so an interrupted sweep resumes where it stopped; a run
 interrupted midway is resumed from its checkpoint. Runs that share a cached dataset (and so its offline-trained
 agents) always run in the same worker, one after the other, so that the cache is built once.
+
+With ``batched=True`` (``otc sweep --batched``) the runs whose configs differ only in the seed (the seeds of a grid
+cell) train in one process in lockstep (:class:`~torchrl_otc.trainers.lockstep.LockstepTuners`): one batched update
+of all their agents per step, each run still writing its own folder, metrics and checkpoints and resuming on its
+own. Opt-in: batched numbers equal the separate runs' to float tolerance, not bit for bit.
 """
 
 from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -49,6 +55,7 @@ from tqdm.auto import tqdm
 
 from torchrl_otc.configs.overrides import ConfigError, read_yaml, to_dotted, unknown_keys
 from torchrl_otc.configs.tune import TuneConfig
+from torchrl_otc.trainers.lockstep import LockstepError, LockstepTuners, batchable
 from torchrl_otc.trainers.matched_mix import matched_option
 from torchrl_otc.trainers.run import RunFolder
 from torchrl_otc.trainers.tuning import OnlineTuner
@@ -410,7 +417,12 @@ def _run_dir(config: Mapping[str, Any]) -> Path:
     return Path(config["run"]["runs_root"]) / str(config["run"]["run_name"])
 
 
-def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
+def _prepare(config: dict[str, Any], progress: bool) -> OnlineTuner | dict[str, Any]:
+    """The run's tuner (new, or resuming an interrupted run), or the summary of a finished run (skipped).
+
+    Raises:
+        ValueError: the run folder holds a run of another configuration.
+    """
     cfg = TuneConfig.from_dict(config)
     run_dir = _run_dir(config)
     if (run_dir / "config.yaml").exists():
@@ -430,12 +442,68 @@ def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
         return {"run_dir": str(run_dir), "skipped": True}
     # interrupted: resume it (from its checkpoint, or from the start)
     if RunFolder(run_dir).holds_run():
-        tuner = OnlineTuner.resume(run_dir, progress=progress)
-    else:
-        tuner = OnlineTuner(cfg, progress=progress)
+        return OnlineTuner.resume(run_dir, progress=progress)
+    return OnlineTuner(cfg, progress=progress)
+
+
+def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
+    tuner = _prepare(config, progress)
+    if isinstance(tuner, dict):
+        return tuner
     summary = tuner.run()
-    logger.info("sweep: %s (ran)", run_dir)
+    logger.info("sweep: %s (ran)", tuner.folder.path)
     return {**summary, "skipped": False}
+
+
+def _run_unit(configs: list[dict[str, Any]], progress: bool, batched: bool) -> list[dict[str, Any]]:
+    """Runs one unit of a sweep: a single run, or (``batched``) a lockstep group; their summaries, in order.
+
+    Raises:
+        LockstepError: some runs of the group failed (the others finished; the error names the failed ones).
+    """
+    if not batched:
+        return [_run_one(config, progress) for config in configs]
+    prepared = [_prepare(config, progress) for config in configs]
+    tuners = [t for t in prepared if isinstance(t, OnlineTuner)]
+    summaries = iter(LockstepTuners(tuners).run() if tuners else [])
+    out = []
+    for item in prepared:
+        if isinstance(item, dict):
+            out.append(item)
+        else:
+            out.append({**next(summaries), "skipped": False})
+            logger.info("sweep: %s (ran, batched with %d runs)", item.folder.path, len(tuners))
+    return out
+
+
+def _lockstep_key(config: Mapping[str, Any]) -> str:
+    """Runs that may train in lockstep share a key: the same config but the seed (and the run folder; a matched
+    mix's pair follows the seed)."""
+    rest = json.loads(json.dumps(config, default=str))
+    for section, name in (("run", "seed"), ("run", "run_name"), ("sampler", "mix_pair")):
+        rest[section].pop(name, None)
+    return json.dumps(rest, sort_keys=True)
+
+
+def lockstep_units(payloads: list[dict[str, Any]]) -> list[list[int]]:
+    """The sweep's lockstep groups: indices of the runs (nested config dicts) whose configs differ only in the seed,
+    ordered by their first run; a run whose algorithm has no batched class is a group of its own (logged).
+
+    Examples:
+        >>> configs = [TuneConfig(seed=s, strategy=x).to_dict() for x in ("otc", "uniform") for s in (0, 1)]
+        >>> lockstep_units(configs)
+        [[0, 1], [2, 3]]
+    """
+    units: dict[str, list[int]] = {}
+    for i, payload in enumerate(payloads):
+        why = batchable(str(payload["algorithm"]["name"]))
+        if why is not None:
+            logger.info("sweep: %s runs on its own, not batched: %s.", _run_dir(payload), why)
+            key = f"alone {i}"
+        else:
+            key = _lockstep_key(payload)
+        units.setdefault(key, []).append(i)
+    return sorted(units.values(), key=lambda unit: unit[0])
 
 
 def _group_key(config: Mapping[str, Any]) -> str:
@@ -480,20 +548,50 @@ def _init_worker(threads: int, level: int, parent: int | None = None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _queues(payloads: list[dict[str, Any]], units: list[list[int]]) -> list[list[list[int]]]:
+    """The units (lists of payload indices run together), queued so that units sharing a cached dataset are in one
+    queue, in order; the longest queues first, so that the last to finish are short ones."""
+    parent = list(range(len(units)))
+
+    def root(u: int) -> int:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    first_with: dict[str, int] = {}
+    for u, unit in enumerate(units):
+        for i in unit:
+            key = _group_key(payloads[i])
+            if key in first_with:
+                parent[root(u)] = root(first_with[key])
+            else:
+                first_with[key] = u
+    queues: dict[int, list[list[int]]] = {}
+    for u, unit in enumerate(units):
+        queues.setdefault(root(u), []).append(unit)
+    return sorted(queues.values(), key=lambda q: sum(map(len, q)), reverse=True)
+
+
 def _run_local_parallel(
-    payloads: list[dict[str, Any]], workers: int, progress: bool
+    payloads: list[dict[str, Any]],
+    workers: int,
+    progress: bool,
+    units: list[list[int]] | None = None,
+    batched: bool = False,
 ) -> list[dict[str, Any]]:
-    """Runs ``payloads`` in ``workers`` processes; the runs of one group one after the other, in order."""
-    groups: dict[str, list[int]] = {}
-    for i, payload in enumerate(payloads):
-        groups.setdefault(_group_key(payload), []).append(i)
-    # the longest groups first, so that the last runs to finish are short ones
-    queues = sorted(groups.values(), key=len, reverse=True)
+    """Runs ``payloads`` in ``workers`` processes; the units (single runs, or ``batched`` lockstep groups) of one
+    queue (:func:`_queues`) one after the other, in order."""
+    queues = _queues(payloads, units if units is not None else [[i] for i in range(len(payloads))])
     threads = max(1, (os.cpu_count() or 1) // workers)
     out: list[dict[str, Any] | None] = [None] * len(payloads)
     errors: list[tuple[str, BaseException]] = []
     not_started = 0
     bar = tqdm(total=len(payloads), desc="sweep", disable=not progress, unit="run")
+
+    def submit(pool: ProcessPoolExecutor, unit: list[int]) -> Any:
+        return pool.submit(_run_unit, [payloads[i] for i in unit], False, batched)
+
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
@@ -502,34 +600,45 @@ def _run_local_parallel(
         # this thread spawns them (submit) and outlives them, as prctl's parent-death signal requires
         initargs=(threads, logging.getLogger().getEffectiveLevel(), os.getpid()),
     ) as pool:
-        # one group per worker at a time, each run to its end before the next group starts: groups finish in
-        # order (a sweep stopped early holds whole groups, every matched mix with its pair)
+        # one queue per worker at a time, each unit to its end before the next starts: queues finish in order (a
+        # sweep stopped early holds whole units, every matched mix with its pair)
         waiting = iter(queues)
         pending = {}
         for q in itertools.islice(waiting, workers):
-            pending[pool.submit(_run_one, payloads[q[0]], False)] = (q, 0)
+            pending[submit(pool, q[0])] = (q, 0)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 queue, k = pending.pop(future)
-                payload = payloads[queue[k]]
-                name = str(_run_dir(payload))
-                nxt: tuple[list[int], int] | None = None
+                unit = queue[k]
+                nxt: tuple[list[list[int]], int] | None = None
                 try:
-                    out[queue[k]] = future.result()
-                    bar.update(1)
+                    for i, result in zip(unit, future.result()):
+                        out[i] = result
+                    bar.update(len(unit))
                     if k + 1 < len(queue):
                         nxt = (queue, k + 1)
                 except Exception as err:
-                    # the group's later runs would reuse what failed (its dataset, its agents): skip them
-                    errors.append((name, err))
-                    logger.error("sweep: %s failed: %s", name, err)
-                    bar.update(len(queue) - k)
-                    not_started += len(queue) - k - 1
+                    # the queue's later units would reuse what failed (its dataset, its agents): skip them
+                    failed = (
+                        [(name, e) for name, e in err.errors]
+                        if isinstance(err, LockstepError)
+                        else [(", ".join(str(_run_dir(payloads[i])) for i in unit), err)]
+                    )
+                    if isinstance(err, LockstepError):
+                        for i, result in zip(unit, err.results):
+                            if result is not None:
+                                out[i] = {**result, "skipped": False}
+                    errors += failed
+                    for name, e in failed:
+                        logger.error("sweep: %s failed: %s", name, e)
+                    later = sum(len(u) for u in queue[k + 1 :])
+                    bar.update(len(unit) + later)
+                    not_started += later
                 if nxt is None and (following := next(waiting, None)) is not None:
-                    nxt = (following, 0)  # this worker takes the next group
+                    nxt = (following, 0)  # this worker takes the next queue
                 if nxt is not None:
-                    pending[pool.submit(_run_one, payloads[nxt[0][nxt[1]]], False)] = nxt
+                    pending[submit(pool, nxt[0][nxt[1]])] = nxt
     bar.close()
     if errors:
         names = ", ".join(name for name, _ in errors)
@@ -550,6 +659,7 @@ def run_sweep(
     ray_address: str | None = None,
     ray_num_cpus: float = 1.0,
     ray_num_gpus: float = 0.0,
+    batched: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs every config (skipping finished runs, resuming interrupted ones); returns their summaries.
 
@@ -566,6 +676,12 @@ def run_sweep(
         ray_address: address of a running Ray cluster (``None``: ``ray.init()`` decides).
         ray_num_cpus: CPUs reserved per run on Ray.
         ray_num_gpus: GPUs reserved per run on Ray (use with ``device=cuda``).
+        batched: train the runs whose configs differ only in the seed (:func:`lockstep_units`) in one process, in
+            lockstep, with one batched update of all their agents per step
+            (:class:`~torchrl_otc.trainers.lockstep.LockstepTuners`); each run keeps its folder, metrics,
+            checkpoints and resume. Numbers equal the separate runs' to float tolerance (not bit for bit); the
+            runs' ``meta.json`` records ``"batched"``, and their offline agents are cached apart. With Ray, one
+            task per group (``ray_num_cpus``/``ray_num_gpus`` per group).
 
     Returns:
         One ``{"run_dir", "skipped", "returns"?}`` per config, in order.
@@ -606,13 +722,20 @@ def run_sweep(
 
     order = sorted(range(len(payloads)), key=_position)
     payloads = [payloads[i] for i in order]
+    # a unit runs in one process: a single run, or a lockstep group (a group starts at its first run's place,
+    # so a matched mix's group follows its pairs' group)
+    units = lockstep_units(payloads) if batched else [[i] for i in range(len(payloads))]
     if backend == "local" and workers > 1:
-        return _in_order(order, _run_local_parallel(payloads, workers, progress))
+        return _in_order(order, _run_local_parallel(payloads, workers, progress, units, batched))
     if backend == "local":
-        out = []
-        for payload in tqdm(payloads, desc="sweep", disable=not progress, unit="run"):
-            out.append(_run_one(payload, progress))
-        return _in_order(order, out)
+        done: list[dict[str, Any]] = [{}] * len(payloads)
+        bar = tqdm(total=len(payloads), desc="sweep", disable=not progress, unit="run")
+        for unit in units:
+            for i, result in zip(unit, _run_unit([payloads[i] for i in unit], progress, batched)):
+                done[i] = result
+            bar.update(len(unit))
+        bar.close()
+        return _in_order(order, done)
     try:
         import ray  # optional dependency: backend="ray" only
     except ImportError as err:
@@ -621,13 +744,15 @@ def run_sweep(
         ) from err
     if not ray.is_initialized():
         ray.init(address=ray_address)
-    remote = ray.remote(num_cpus=ray_num_cpus, num_gpus=ray_num_gpus)(_run_one)
+    remote = ray.remote(num_cpus=ray_num_cpus, num_gpus=ray_num_gpus)(_run_unit)
     # two waves: every matched mix starts after all OTC runs it may pair with have finished
     out: list[dict[str, Any]] = [{}] * len(payloads)
     for matched in (False, True):
-        wave = [i for i, payload in enumerate(payloads) if _is_matched(payload) == matched]
-        for i, result in zip(wave, ray.get([remote.remote(payloads[i], False) for i in wave])):
-            out[i] = result
+        wave = [u for u in units if _is_matched(payloads[u[0]]) == matched]
+        calls = [remote.remote([payloads[i] for i in u], False, batched) for u in wave]
+        for unit, results in zip(wave, ray.get(calls)):
+            for i, result in zip(unit, results):
+                out[i] = result
     return _in_order(order, out)
 
 

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from torchrl_otc.envs.registry import get_task
 from torchrl_otc.trainers.behaviour import build_dataset
 from torchrl_otc.trainers.checkpointing import read_checkpoint, restore_checkpoint, write_checkpoint
 from torchrl_otc.trainers.deployment import Deployer, agent_rows
-from torchrl_otc.trainers.learner import AgentLearner
+from torchrl_otc.trainers.learner import AgentLearner, RowLabels
 from torchrl_otc.trainers.matched_mix import check_pair, matched_fraction, matched_option
 from torchrl_otc.trainers.run import (
     RunExistsError,
@@ -58,7 +59,7 @@ from torchrl_otc.trainers.run import (
 )
 from torchrl_otc.trainers.strategies import DEPLOYMENT_KEY, ID_KEY, ONLINE_KEY, make_sampler
 
-__all__ = ["OnlineTuner", "DivergenceError", "resolve_device"]
+__all__ = ["OnlineTuner", "DivergenceError", "UpdateRequest", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,50 @@ class _Means:
         return means
 
 
+@dataclass(frozen=True)
+class UpdateRequest:
+    """One update of every agent of a run, as the loop asks for it (the loop's steps are a generator).
+
+    :meth:`OnlineTuner.run` answers each request with its agents' :meth:`AgentLearner.update
+    <torchrl_otc.trainers.AgentLearner.update>` metrics, one agent after the other;
+    :class:`~torchrl_otc.trainers.lockstep.LockstepTuners` answers the requests of several runs at once with one
+    batched update.
+
+    Attributes:
+        phase: ``"offline"`` or ``"online"``.
+        deployment: 0 offline, else the deployment ``k`` being tuned for.
+        update: the update's index ``t`` in the phase (from 0).
+        labels: the task's row labels for this deployment (``right_dynamics``).
+        sync: the loop reads the learners' own algorithms after this update (a checkpoint, the end of the phase):
+            a batched answer writes its parameters back first.
+
+    Examples:
+        >>> UpdateRequest("online", 2, 7, lambda batch: None, sync=False).key
+        (2, 7)
+    """
+
+    phase: str
+    deployment: int
+    update: int
+    labels: RowLabels
+    sync: bool
+
+    @property
+    def train_sampler(self) -> bool:
+        """The sampler's learned parts train too (not during offline training)."""
+        return self.phase != "offline"
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(deployment, update)``: runs at the same key may be updated together; a smaller key comes first."""
+        return (self.deployment, self.update)
+
+
+#: The loop's steps: it yields an :class:`UpdateRequest` per update, is sent each agent's metrics, and returns the
+#: run's summary.
+Steps = Generator[UpdateRequest, "list[dict[str, float]]", dict[str, Any]]
+
+
 @dataclass
 class _Agent:
     """Agent ``index``'s :class:`~torchrl_otc.trainers.learner.AgentLearner`."""
@@ -207,6 +252,10 @@ class OnlineTuner:
         self.agents: list[_Agent] = []
         self.deployer: Deployer | None = None
         self.returns: dict[int, float] = {}
+        #: appended to the offline cache's key: runs trained another way (batched) keep their own cache
+        self.offline_cache_tag = ""
+        #: further fields of ``meta.json`` (how the run is computed, e.g. batched with other runs)
+        self.meta_extra: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------ setup
     def _set_matched_fractions(self, deployment: int) -> None:
@@ -318,11 +367,30 @@ class OnlineTuner:
             agent.learner.add_deployment(rows, adapt_alpha=False)
 
     # ------------------------------------------------------------------------------------------------ training
-    def _train(self, steps: int, *, phase: str, deployment: int, start: int = 0) -> None:
-        """``steps`` updates of every agent (round-robin), from update ``start`` (when resuming).
+    def _update_agents(self, request: UpdateRequest) -> list[dict[str, float]]:
+        """Answers ``request``: one :meth:`~torchrl_otc.trainers.AgentLearner.update` of every agent, in order."""
+        return [
+            agent.learner.update(
+                train_sampler=request.train_sampler, right_dynamics=request.labels, timings=True
+            )
+            for agent in self.agents
+        ]
 
-        Each agent's :meth:`~torchrl_otc.trainers.AgentLearner.update` returns its metrics, labelled by the task's
-        hook for this deployment; they are checked, averaged over ``checkpoint_every`` updates and logged.
+    def _drive(self, steps: Steps) -> dict[str, Any]:
+        """Runs the loop's ``steps`` alone: every update request answered by :meth:`_update_agents`."""
+        answer: list[dict[str, float]] | None = None
+        while True:
+            try:
+                request = steps.send(answer)  # type: ignore[arg-type]
+            except StopIteration as stop:
+                return stop.value
+            answer = self._update_agents(request)
+
+    def _train(self, steps: int, *, phase: str, deployment: int, start: int = 0) -> Steps:
+        """``steps`` updates of every agent, from update ``start`` (when resuming).
+
+        Yields an :class:`UpdateRequest` per update and is sent each agent's metrics (by :meth:`_update_agents`,
+        or batched); they are checked, averaged over ``checkpoint_every`` updates and logged.
         """
         cfg = self.config
         means = _Means()
@@ -336,10 +404,9 @@ class OnlineTuner:
             leave=False,
         )
         for t in bar:
-            for agent in self.agents:
-                metrics = agent.learner.update(
-                    train_sampler=phase != "offline", right_dynamics=labels, timings=True
-                )
+            sync = (t + 1) % cfg.run.checkpoint_every == 0 or t + 1 == steps
+            answers = yield UpdateRequest(phase, deployment, t, labels, sync)
+            for agent, metrics in zip(self.agents, answers):
                 for name, value in metrics.items():
                     if not math.isfinite(value):
                         raise DivergenceError(
@@ -440,7 +507,8 @@ class OnlineTuner:
                 )
 
     def _offline_cache(self) -> Path:
-        return Path(self.config.data.cache_dir) / "offline" / self.config.offline_key()
+        key = self.config.offline_key() + self.offline_cache_tag
+        return Path(self.config.data.cache_dir) / "offline" / key
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -500,9 +568,10 @@ class OnlineTuner:
             RunFolderError: config.yaml no longer matches the checkpoint.
         """
         with self.folder.lock():
-            return self._run()
+            return self._drive(self._steps())
 
-    def _run(self) -> dict[str, Any]:
+    def _steps(self) -> Steps:
+        """The whole loop as a generator of update requests (:data:`Steps`); returns the run's summary."""
         cfg = self.config
         resuming = getattr(self, "_resume", False)
         state = None
@@ -527,7 +596,7 @@ class OnlineTuner:
             self.folder.truncate_metrics(lambda r: next(kept, None) is not None)
             logger.info("Resuming %s from %s", self.folder.path, self._stage)
             if self._stage["stage"] == "offline":
-                self._offline_phase(start=self._stage["update"])
+                yield from self._offline_phase(start=self._stage["update"])
         else:
             if resuming and self.folder.metrics_file.exists():
                 # Interrupted before its first checkpoint: nothing to continue from, start over cleanly.
@@ -538,9 +607,10 @@ class OnlineTuner:
                 dataset_checksum=self.dataset.metadata.get("checksum"),
                 dataset_path=str(self.dataset.path) if self.dataset.path else None,
                 device=str(self.device),
+                **self.meta_extra,
             )
-            self._offline_phase()
-        self._online_phase()
+            yield from self._offline_phase()
+        yield from self._online_phase()
         self._stage = {"stage": "done", "deployment": self.K, "update": 0}
         self._checkpoint()
         summary = {"returns": dict(self.returns), "run_dir": str(self.folder.path)}
@@ -548,7 +618,7 @@ class OnlineTuner:
         (self.folder.path / "DONE").write_text(json.dumps(summary["returns"]))
         return summary
 
-    def _offline_phase(self, start: int = 0) -> None:
+    def _offline_phase(self, start: int = 0) -> Steps:
         cfg = self.config
         cache = self._offline_cache()
         if start == 0 and (cache / "COMPLETE").exists():
@@ -569,7 +639,9 @@ class OnlineTuner:
                 )
             logger.info("Loaded offline-trained agents from %s", cache)
         else:
-            self._train(cfg.run.offline_updates, phase="offline", deployment=0, start=start)
+            yield from self._train(
+                cfg.run.offline_updates, phase="offline", deployment=0, start=start
+            )
             # Without the sampler's state: strategies differ there, and nothing of it is learned offline (the
             # distance statistics are fitted on the agent's own offline data when the learner is built).
             learners = [
@@ -609,7 +681,7 @@ class OnlineTuner:
                     0,
                 )
 
-    def _online_phase(self) -> None:
+    def _online_phase(self) -> Steps:
         cfg = self.config
         while self._stage["stage"] != "done" and self._stage["deployment"] <= self.K:
             k = self._stage["deployment"]
@@ -629,7 +701,9 @@ class OnlineTuner:
                 self._checkpoint()
             if self._stage["stage"] == "update":
                 self._set_matched_fractions(k)
-                self._train(self.L, phase="online", deployment=k, start=self._stage["update"])
+                yield from self._train(
+                    self.L, phase="online", deployment=k, start=self._stage["update"]
+                )
                 self._evaluate_and_log(k, "online")
                 self._stage = {"stage": "collect", "deployment": k + 1, "update": 0}
                 self._checkpoint()

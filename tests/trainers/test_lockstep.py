@@ -1,0 +1,291 @@
+"""Lockstep runs: the seeds of a grid cell in one process, their updates batched, each run its own folder.
+
+Batched numbers equal separate ones to float tolerance, not bit for bit: a batched update computes each learner's
+losses with stacked ``baddbmm`` calls instead of one matmul per learner, which sums in another order (about 1e-7
+relative on one update; training carries such differences along, as any change of rounding does). Sampling with
+the feature or embedding distance does not depend on the networks, so the runs stay within about 1e-5 at these
+sizes; d_q's matching reads the critic, so rounding may flip a match and the runs drift apart (not tested here).
+A group killed during its updates (every run's last checkpoint at the same update) resumes to the uninterrupted
+lockstep run's numbers exactly; a group whose runs resume from different stages (killed while one run collects or
+evaluates) lets the runs behind catch up in a smaller batch, which may change the last bits (so: float tolerance).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+
+from torchrl_otc.configs.tune import parse_overrides
+from torchrl_otc.report import load_run
+from torchrl_otc.trainers import lockstep as lockstep_module
+from torchrl_otc.trainers.batched import BATCHED_ALGORITHMS
+from torchrl_otc.trainers.checkpointing import read_checkpoint
+from torchrl_otc.trainers.lockstep import LockstepError, LockstepTuners, batchable
+from torchrl_otc.trainers.sweep import Recipe, expand_recipe, lockstep_units, run_sweep
+from torchrl_otc.trainers.tuning import DivergenceError, OnlineTuner
+
+SEEDS = (0, 1, 2)
+#: test_tuning.py's tiny runs
+TINY = [
+    "task=nav/nonstationary",
+    "dataset_size=1500",
+    "offline_updates=20",
+    "deployments=2",
+    "steps_per_deployment=100",
+    "updates_per_deployment=20",
+    "eval_episodes=2",
+    "num_candidates=64",
+    "num_online=50",
+    "checkpoint_every=8",
+]
+TIMINGS = ("/sample_ms", "/update_ms")
+
+
+def config(root: Path, *overrides: str):
+    cfg = parse_overrides([*TINY, *overrides])
+    cfg.run.runs_root, cfg.data.cache_dir = str(root / "runs"), str(root / "cache")
+    return cfg
+
+
+def configs(root: Path, *overrides: str):
+    return [config(root, f"seed={seed}", *overrides) for seed in SEEDS]
+
+
+def lockstep(root: Path, *overrides: str) -> list[dict]:
+    return LockstepTuners([OnlineTuner(c, progress=False) for c in configs(root, *overrides)]).run()
+
+
+def rows(run_dir) -> list[tuple[str, str, str, str, str]]:
+    return [
+        (r["step"], r["phase"], r["deployment"], r["name"], r["value"])
+        for r in load_run(run_dir).rows
+        if not r["name"].endswith(TIMINGS)
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [("algo=td3bc",), ("algo=bcq", "task=coord/partner-modes"), ("distance=embedding",)],
+    ids=["td3bc-nav", "bcq-coord", "td3bc-embedding"],
+)
+def test_lockstep_runs_equal_separate_runs_to_float_tolerance(tmp_path, overrides):
+    separate = [OnlineTuner(c, progress=False).run() for c in configs(tmp_path / "a", *overrides)]
+    batched = lockstep(tmp_path / "b", *overrides)
+    for a, b in zip(separate, batched):
+        a_dir, b_dir = Path(a["run_dir"]), Path(b["run_dir"])
+        assert a_dir.name == b_dir.name
+        assert sorted(p.name for p in a_dir.iterdir()) == sorted(p.name for p in b_dir.iterdir())
+        done_a, done_b = (json.loads((d / "DONE").read_text()) for d in (a_dir, b_dir))
+        assert done_b == pytest.approx(done_a, rel=1e-4, abs=1e-6)
+        config_a = (a_dir / "config.yaml").read_text().replace(str(tmp_path / "a"), "ROOT")
+        assert config_a == (b_dir / "config.yaml").read_text().replace(str(tmp_path / "b"), "ROOT")
+        meta = json.loads((b_dir / "meta.json").read_text())
+        assert meta["batched"] == {"runs": [f"{a_dir.name[:-1]}{s}" for s in SEEDS]}
+        assert "batched" not in json.loads((a_dir / "meta.json").read_text())
+        want, got = rows(a_dir), rows(b_dir)
+        assert [r[:4] for r in got] == [r[:4] for r in want]  # the same rows, in the same order
+        for w, g in zip(want, got):
+            assert math.isclose(float(g[4]), float(w[4]), rel_tol=1e-4, abs_tol=1e-6), (w, g)
+        assert b["returns"] == pytest.approx(a["returns"], rel=1e-4, abs=1e-6)
+    # batched offline agents are cached apart from separate ones
+    cache = tmp_path / "b" / "cache" / "offline"
+    assert sorted(p.name.endswith("-batched") for p in cache.iterdir()) == [True] * len(SEEDS)
+
+
+def _killed_then_resumed(tmp_path, monkeypatch, where: str, *overrides: str):
+    """Lockstep runs killed at ``where`` and resumed in lockstep; returns (uninterrupted, resumed) run folders.
+
+    ``"update"``: update 13 of deployment 2's tuning (every run's checkpoint at update 8); ``"collection"``: the
+    second run's collection of deployment 2 (the first run has collected it, the third is still at deployment 1's
+    last checkpoint, so the group resumes at three stages).
+    """
+    reference = lockstep(tmp_path / "a", *overrides)
+    tuners = [OnlineTuner(c, progress=False) for c in configs(tmp_path / "b", *overrides)]
+    if where == "update":
+        original = lockstep_module._Group.step
+
+        def step(self, **kwargs):
+            if all(t._stage["deployment"] == 2 and t._stage["update"] >= 13 for t in tuners):
+                raise KeyboardInterrupt("killed in an update")
+            return original(self, **kwargs)
+
+        monkeypatch.setattr(lockstep_module._Group, "step", step)
+    else:
+        victim = tuners[1]
+        original = victim._collect
+
+        def collect(deployment, steps, explore_agent=None):
+            if deployment == 2:
+                raise KeyboardInterrupt("killed while collecting")
+            return original(deployment, steps, explore_agent)
+
+        monkeypatch.setattr(victim, "_collect", collect)
+    with pytest.raises(KeyboardInterrupt):
+        LockstepTuners(tuners).run()
+    monkeypatch.undo()
+    stages = [read_checkpoint(t.folder.checkpoint_dir)["stage"] for t in tuners]
+    resumed = LockstepTuners(
+        [OnlineTuner.resume(t.folder.path, progress=False) for t in tuners]
+    ).run()
+    return [r["run_dir"] for r in reference], [r["run_dir"] for r in resumed], stages
+
+
+@pytest.mark.parametrize(
+    "where,algo", [("update", "td3bc"), ("update", "bcq"), ("collection", "td3bc")]
+)
+def test_resume_in_lockstep_equals_the_uninterrupted_lockstep_run(
+    tmp_path, monkeypatch, where, algo
+):
+    reference, resumed, stages = _killed_then_resumed(tmp_path, monkeypatch, where, f"algo={algo}")
+    if where == "update":
+        assert stages == [{"stage": "update", "deployment": 2, "update": 8}] * 3
+    else:  # three stages: collected, collecting, still tuning for deployment 1
+        assert stages == [
+            {"stage": "update", "deployment": 2, "update": 0},
+            {"stage": "collect", "deployment": 2, "update": 0},
+            {"stage": "update", "deployment": 1, "update": 16},
+        ]
+    for a, b in zip(reference, resumed):
+        if (
+            where == "update"
+        ):  # every run resumed from the same update: exactly the same numbers, as text
+            assert rows(a) == rows(b)
+            assert (Path(b) / "DONE").read_text() == (Path(a) / "DONE").read_text()
+        else:  # the third run caught up alone (batched with fewer learners): to float tolerance
+            assert [r[:4] for r in rows(a)] == [r[:4] for r in rows(b)]
+            for w, g in zip(rows(a), rows(b)):
+                assert math.isclose(float(g[4]), float(w[4]), rel_tol=1e-4, abs_tol=1e-6), (w, g)
+
+
+def test_a_failing_run_leaves_the_group_and_the_others_finish(tmp_path, monkeypatch):
+    tuners = [OnlineTuner(c, progress=False) for c in configs(tmp_path)]
+    original = lockstep_module._Group.step
+    victim = tuners[1]
+
+    def step(self, **kwargs):
+        metrics = original(self, **kwargs)
+        if victim._stage["stage"] == "update":
+            for learner, m in zip(self.learners, metrics):
+                if learner is victim.agents[0].learner:
+                    m["loss_qvalue"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(lockstep_module._Group, "step", step)
+    with pytest.raises(
+        LockstepError, match=r"1 run\(s\) of a lockstep group failed: .*seed1"
+    ) as err:
+        LockstepTuners(tuners).run()
+    ((name, error),) = err.value.errors
+    assert isinstance(error, DivergenceError) and "Agent 0 diverged" in str(error)
+    assert [r is None for r in err.value.results] == [False, True, False]
+    assert [(t.folder.path / "DONE").exists() for t in tuners] == [True, False, True]
+
+
+def test_bad_groups_are_refused_in_one_line(tmp_path):
+    assert batchable("sac") is not None and batchable("cql") is None
+    bcq, td3bc = config(tmp_path, "algo=bcq"), config(tmp_path, "algo=td3bc", "seed=1")
+    with pytest.raises(ValueError, match="share one algorithm; got bcq, td3bc"):
+        LockstepTuners([OnlineTuner(bcq, progress=False), OnlineTuner(td3bc, progress=False)])
+    with pytest.raises(ValueError, match="would write one run folder"):
+        LockstepTuners([OnlineTuner(bcq, progress=False), OnlineTuner(bcq, progress=False)])
+    with pytest.raises(ValueError, match="at least one tuner"):
+        LockstepTuners([])
+
+
+def _recipe(tmp_path) -> Recipe:
+    return Recipe(
+        "mini",
+        base={"task": "nav/nonstationary", "cache_dir": str(tmp_path / "cache")},
+        grid={"seed": [0, 1]},
+        variants=[{"label": "otc", "strategy": "otc"}, {"label": "uniform", "strategy": "uniform"}],
+        sizes={
+            "smoke": {
+                "dataset_size": 600,
+                "offline_updates": 8,
+                "deployments": 2,
+                "steps_per_deployment": 40,
+                "updates_per_deployment": 8,
+                "eval_episodes": 1,
+                "num_candidates": 64,
+                "num_online": 50,
+                "checkpoint_every": 4,
+            }
+        },
+    )
+
+
+def test_a_batched_sweep_groups_the_seeds_of_a_cell_and_skips_finished_runs(tmp_path):
+    cfgs = expand_recipe(_recipe(tmp_path), "smoke", runs_root=tmp_path)
+    payloads = [c.to_dict() for c in cfgs]
+    # seed 0 and 1 of each variant (the grid's order: seed, then variant)
+    assert lockstep_units(payloads) == [[0, 2], [1, 3]]
+    results = run_sweep(cfgs, progress=False, batched=True)
+    assert [r["skipped"] for r in results] == [False] * 4
+    for c in cfgs:
+        meta = json.loads((Path(c.run.runs_root) / c.run.run_name / "meta.json").read_text())
+        assert len(meta["batched"]["runs"]) == 2 and c.run.run_name in meta["batched"]["runs"]
+    # the uniform runs loaded the OTC runs' batched offline agents: the same offline rows
+    a, b = (load_run(r["run_dir"]) for r in results[:2])
+    offline = lambda run: [  # noqa: E731
+        (r["step"], r["name"], r["value"])
+        for r in run.rows
+        if r["phase"] == "offline" and "loss" in r["name"]
+    ]
+    assert offline(a) and offline(a) == offline(b)
+    assert all(r["skipped"] for r in run_sweep(cfgs, progress=False, batched=True))
+    # worker processes run the same groups (both seeds' datasets: one queue) with the same numbers
+    again = expand_recipe(_recipe(tmp_path), "smoke", runs_root=tmp_path / "workers")
+    for x, y in zip(results, run_sweep(again, progress=False, batched=True, workers=2)):
+        assert rows(x["run_dir"]) == rows(y["run_dir"])
+
+
+def test_runs_that_cannot_batch_run_on_their_own_with_an_info_line(monkeypatch, caplog):
+    cfgs = expand_recipe(_recipe(Path("/tmp/unused")), "smoke", runs_root="/tmp/unused")
+    monkeypatch.delitem(BATCHED_ALGORITHMS, "td3bc")
+    caplog.set_level(logging.INFO, logger="torchrl_otc.trainers.sweep")
+    assert lockstep_units([c.to_dict() for c in cfgs]) == [[0], [1], [2], [3]]
+    assert "runs on its own, not batched: algorithm 'td3bc' has no batched class" in caplog.text
+
+
+def test_otc_sweep_and_tune_take_batched(tmp_path, capsys):
+    from torchrl_otc.cli import main
+
+    recipe = tmp_path / "mini.yaml"
+    spec = _recipe(tmp_path)
+    recipe.write_text(
+        json.dumps(
+            {
+                "base": spec.base,
+                "grid": spec.grid,
+                "variants": spec.variants[:1],
+                "sizes": spec.sizes,
+            }
+        )
+    )
+    args = ["sweep", str(recipe), "--size", "smoke", "--runs-root", str(tmp_path), "--no-progress"]
+    assert main([*args, "--batch-seeds"]) == 0
+    assert "2 runs (2 run now, 0 already finished)" in capsys.readouterr().out
+    assert main([*args, "--batched"]) == 0
+    assert "2 runs (0 run now, 2 already finished)" in capsys.readouterr().out
+    tune = ["tune", "--no-progress", "--batched", "task=nav/nonstationary", "dataset_size=600"]
+    tune += [
+        "offline_updates=4",
+        "deployments=1",
+        "steps_per_deployment=40",
+        "updates_per_deployment=4",
+    ]
+    tune += [
+        "eval_episodes=1",
+        "num_candidates=64",
+        "num_online=50",
+        f"runs_root={tmp_path / 'tune'}",
+    ]
+    tune += [f"cache_dir={tmp_path / 'cache'}", "run_name=cli"]
+    assert main(tune) == 0
+    meta = json.loads((tmp_path / "tune" / "cli" / "meta.json").read_text())
+    assert meta["batched"] == {"runs": ["cli"]}
+    assert main(["tune", "--batched", "algo=sac"]) == 2

@@ -12,6 +12,11 @@ Prints two markdown tables:
     python benchmarks/bench_envs.py                  # full, CPU
     python benchmarks/bench_envs.py --device cuda    # VMAS and navigation simulated on the GPU
     python benchmarks/bench_envs.py --quick          # fewer steps, no 4096-env runs, smaller builds (scaled)
+    python benchmarks/bench_envs.py --only envs      # the first table only (``--only builds``: the second;
+                                                     # ``--only sim-builds``: its navigation and VMAS rows)
+
+With ``--device cuda`` the clock is read after ``torch.cuda.synchronize``; the ``nav`` and MPE builds simulate on
+``--device`` too, the MaMuJoCo, PettingZoo and bare gymnasium rows are CPU simulators whatever the device.
 """
 
 from __future__ import annotations
@@ -32,11 +37,19 @@ from torchrl_otc.trainers.behaviour import build_dataset
 def _rate(env, steps: int, repeats: int = 3) -> float:
     """Median env-steps per second of ``env.rollout(steps)`` with random actions (all envs counted)."""
     n = env.batch_size.numel() if len(env.batch_size) else 1
+    device = torch.device(env.device) if env.device is not None else torch.device("cpu")
+
+    def sync() -> None:  # CUDA runs asynchronously: read the clock on finished work
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     env.rollout(min(steps, 5), break_when_any_done=False)  # warm-up
     rates = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         env.rollout(steps, break_when_any_done=False)
+        sync()
         rates.append(steps * n / (time.perf_counter() - t0))
     rates.sort()
     return rates[len(rates) // 2]
@@ -106,9 +119,12 @@ MAMUJOCO_TASKS = ("mamujoco/halfcheetah-2x3", "mamujoco/walker2d-2x3", "mamujoco
 
 
 def bench_builds(
-    quick: bool, medium_replay: bool = False
+    quick: bool, medium_replay: bool = False, device: str = "cpu", simulated_only: bool = False
 ) -> list[tuple[str, str, int, int, float, float]]:
-    """``(task, kind, envs, transitions, seconds per 10^5, seconds)`` per build."""
+    """``(task, kind, envs, transitions, seconds per 10^5, seconds)`` per build.
+
+    ``simulated_only`` keeps the builds that simulate on ``device`` (navigation, VMAS), not MaMuJoCo's.
+    """
     size = 20_000 if quick else 100_000
     rows = []
     jobs = [("nav/nonstationary", "random"), ("nav/nonstationary", "medium")]
@@ -119,15 +135,20 @@ def bench_builds(
             ("mpe/predator-prey", "random"),
             ("mpe/predator-prey", "medium"),
         ]
-    if importlib.util.find_spec("gymnasium_robotics"):
+    if importlib.util.find_spec("gymnasium_robotics") and not simulated_only:
         jobs += [(task, kind) for task in MAMUJOCO_TASKS for kind in ("random", "medium")]
         if medium_replay:
             jobs += [(task, "medium-replay") for task in MAMUJOCO_TASKS]
     for task, kind in jobs:
         if kind != "random" and not behaviour_checkpoint_path(task).exists():
             continue
+        # VMAS and navigation simulate on ``device``; MaMuJoCo is a CPU simulator
+        where = {} if task.startswith("mamujoco/") else {"device": device}
+        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+        sync()
         t0 = time.perf_counter()
-        ds = build_dataset(task, kind, size, seed=0, progress=False)
+        ds = build_dataset(task, kind, size, seed=0, progress=False, **where)
+        sync()
         seconds = time.perf_counter() - t0
         rows.append(
             (
@@ -147,6 +168,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu", help="simulation device of VMAS and navigation")
     parser.add_argument(
+        "--only",
+        default="envs,builds",
+        help="envs, builds (all) or sim-builds (only navigation's and VMAS's, which run on --device)",
+    )
+    parser.add_argument(
         "--medium-replay",
         action="store_true",
         help="also time the medium-replay builds (minutes each)",
@@ -158,18 +184,25 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}{gpu}"
     )
-    print()
-    print("| task | backend | envs | env-steps/s |")
-    print("|---|---|---|---|")
-    for task, backend, n, rate in bench_envs(args.quick, args.device):
-        print(f"| {task} | {backend} | {n} | {rate:,.0f} |")
-    print()
-    print(
-        "| task | kind | envs in parallel | transitions built | seconds per 10^5 transitions | seconds |"
-    )
-    print("|---|---|---|---|---|---|")
-    for task, kind, n, size, per, sec in bench_builds(args.quick, args.medium_replay):
-        print(f"| {task} | {kind} | {n} | {size:,} | {per:.1f} | {sec:.1f} |")
+    parts = args.only.split(",")
+    if "envs" in parts:
+        print()
+        print("| task | backend | envs | env-steps/s |")
+        print("|---|---|---|---|")
+        for task, backend, n, rate in bench_envs(args.quick, args.device):
+            print(f"| {task} | {backend} | {n} | {rate:,.0f} |", flush=True)
+    if "builds" in parts or "sim-builds" in parts:
+        print()
+        print(
+            "| task | kind | envs in parallel | transitions built | seconds per 10^5 transitions "
+            "| seconds |"
+        )
+        print("|---|---|---|---|---|---|")
+        builds = bench_builds(
+            args.quick, args.medium_replay, args.device, simulated_only="builds" not in parts
+        )
+        for task, kind, n, size, per, sec in builds:
+            print(f"| {task} | {kind} | {n} | {size:,} | {per:.1f} | {sec:.1f} |")
 
 
 if __name__ == "__main__":

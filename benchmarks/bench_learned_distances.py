@@ -14,7 +14,12 @@ KL of the batches' ``(s, a) -> s'`` distribution to the online kernel on the dis
 d_e is pretrained on the merged data first (1,500 steps); d_q uses a critic of known structure on the MDP only
 (distinct values per state-action pair and per next state: it has no critic on the point mass).
 
-Usage: ``python benchmarks/bench_learned_distances.py [--repeats 15] [--block 20] [--threads 1] [--only cost,readings]``
+``--device cuda`` puts part 1's networks (the algorithm's, d_e's CVAE, Balanced Replay's density-ratio network),
+buffers and data on the GPU, and waits for the GPU (``torch.cuda.synchronize``) before the clock starts and before
+it is read. Part 2 measures what is drawn, not time, and runs on the CPU whatever ``--device`` says.
+
+Usage: ``python benchmarks/bench_learned_distances.py [--repeats 15] [--block 20] [--threads 1] [--only cost,readings]
+[--device cpu]``
 """
 
 from __future__ import annotations
@@ -67,34 +72,45 @@ def transitions(n: int, seed: int, online: bool) -> TensorDict:
     )
 
 
-SAMPLERS = {
-    "uniform": lambda online: RandomSampler(),
-    "OTC feature": lambda online: OTCSampler(online),
-    "OTC feature, compiled": lambda online: OTCSampler(
-        online, distance=FeatureDistance(compile=True)
-    ),
-    "OTC d_e": lambda online: OTCSampler(online, distance=EmbeddingDistance(OBS, ACT)),
-    "OTC d_e, compiled": lambda online: OTCSampler(
-        online, distance=EmbeddingDistance(OBS, ACT, compile=True)
-    ),
-    "OTC d_e, CVAE step every 10 updates, compiled": lambda online: OTCSampler(
-        online, distance=EmbeddingDistance(OBS, ACT, update_every=10, compile=True)
-    ),
-    "OTC d_q": lambda online: OTCSampler(online, distance=ValueDistance()),
-    "Balanced Replay": lambda online: BalancedReplaySampler(),
-}
+def samplers(device: torch.device) -> dict:
+    """The samplers of part 1; d_e's CVAE on ``device`` (Balanced Replay's network follows the storage's device,
+    d_q uses the learner's critic)."""
+    return {
+        "uniform": lambda online: RandomSampler(),
+        "OTC feature": lambda online: OTCSampler(online),
+        "OTC feature, compiled": lambda online: OTCSampler(
+            online, distance=FeatureDistance(compile=True)
+        ),
+        "OTC d_e": lambda online: OTCSampler(
+            online, distance=EmbeddingDistance(OBS, ACT, device=device)
+        ),
+        "OTC d_e, compiled": lambda online: OTCSampler(
+            online, distance=EmbeddingDistance(OBS, ACT, compile=True, device=device)
+        ),
+        "OTC d_e, CVAE step every 10 updates, compiled": lambda online: OTCSampler(
+            online,
+            distance=EmbeddingDistance(OBS, ACT, update_every=10, compile=True, device=device),
+        ),
+        "OTC d_q": lambda online: OTCSampler(online, distance=ValueDistance()),
+        "Balanced Replay": lambda online: BalancedReplaySampler(),
+    }
 
 
 def cost(args) -> list[tuple[str, str, float, float]]:
-    offline, online = transitions(args.offline, 0, False), transitions(args.online, 1, True)
+    device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    offline = transitions(args.offline, 0, False).to(device)
+    online = transitions(args.online, 1, True).to(device)
     learners = {}
     for algo in ("bcq", "td3bc"):
-        for name, factory in SAMPLERS.items():
+        for name, factory in samplers(device).items():
             learner = AgentLearner(
                 make_config(algo),
                 Unbounded(shape=(OBS,)),
                 Bounded(-1.0, 1.0, (ACT,)),
                 seed=0,
+                device=device,
+                storage_device=device,
                 merged_capacity=args.offline + args.online,
                 online_capacity=args.online,
                 sampler_factory=factory,
@@ -107,9 +123,11 @@ def cost(args) -> list[tuple[str, str, float, float]]:
     times: dict[tuple[str, str], list[float]] = {key: [] for key in learners}
     for _ in range(args.repeats):
         for key, learner in learners.items():
+            sync()
             t0 = time.perf_counter()
             for _ in range(args.block):
                 learner.update()
+            sync()
             times[key].append((time.perf_counter() - t0) * 1e3 / args.block)
     rows = []
     for (algo, name), values in times.items():
@@ -202,11 +220,19 @@ def main() -> None:
     parser.add_argument("--offline", type=int, default=100_000)
     parser.add_argument("--online", type=int, default=10_000)
     parser.add_argument("--only", default="cost,readings")
+    parser.add_argument(
+        "--device", default="cpu", help="where part 1 (cost) runs; part 2 runs on the CPU"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if torch.device(args.device).type == "cuda"
+        else platform.processor() or platform.machine()
+    )
     print(
-        f"# {datetime.date.today()} | {platform.processor() or platform.machine()} | torch "
+        f"# {datetime.date.today()} | {where} | device {args.device} | torch "
         f"{torch.__version__} | threads {args.threads} | offline {args.offline} online {args.online}\n"
     )
     parts = args.only.split(",")

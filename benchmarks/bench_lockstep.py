@@ -56,6 +56,12 @@ def configs(args: argparse.Namespace, root: Path, cache: Path) -> list:
     return out
 
 
+def sync(device: str) -> None:
+    """Waits for the GPU's queued work before the clock is read (CUDA runs asynchronously)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def fresh_cache(work: Path, datasets: Path, name: str) -> Path:
     cache = work / name / "cache"
     shutil.copytree(datasets, cache / "datasets")
@@ -87,17 +93,21 @@ def main() -> None:
         separate_s, lockstep_s, ratios = [], [], []
         for r in range(args.repeats):
             cache = fresh_cache(work, datasets, f"separate{r}")
+            sync(args.device)
             t0 = time.perf_counter()
             for cfg in configs(args, work / f"separate{r}" / "runs", cache):
                 OnlineTuner(cfg, progress=False).run()
+            sync(args.device)
             separate_s.append(time.perf_counter() - t0)
             cache = fresh_cache(work, datasets, f"lockstep{r}")
             tuners = [
                 OnlineTuner(cfg, progress=False)
                 for cfg in configs(args, work / f"lockstep{r}" / "runs", cache)
             ]
+            sync(args.device)
             t0 = time.perf_counter()
             LockstepTuners(tuners).run()
+            sync(args.device)
             lockstep_s.append(time.perf_counter() - t0)
             ratios.append(separate_s[-1] / lockstep_s[-1])
             print(
@@ -105,12 +115,17 @@ def main() -> None:
                 f"ratio {ratios[-1]:.2f}",
                 flush=True,
             )
+        where = (
+            torch.cuda.get_device_name(args.device)
+            if torch.device(args.device).type == "cuda"
+            else platform.processor() or platform.machine()
+        )
         print(
             f"{args.seeds} seeds of {args.algo} (nav/nonstationary, {args.offline_updates} offline updates, "
             f"{args.deployments} x ({args.steps} steps, {args.updates} updates)), {args.threads} thread(s), "
             f"{args.device}: separate {statistics.median(separate_s):.1f} s, lockstep "
             f"{statistics.median(lockstep_s):.1f} s, separate / lockstep {statistics.median(ratios):.2f} "
-            f"(median of {args.repeats}); {platform.processor() or platform.machine()}, "
+            f"(median of {args.repeats}); {where}, "
             f"{datetime.date.today().isoformat()}"
         )
     finally:

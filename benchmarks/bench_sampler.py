@@ -37,15 +37,21 @@ def make(n: int, obs: int, act: int, device: str) -> TensorDict:
     ).to(device)
 
 
-def timeit(fn, repeats: int, warmup: int = 10) -> float:
+def timeit(fn, repeats: int, device: str = "cpu", warmup: int = 10) -> float:
+    """Median ms of ``fn()``; on CUDA the clock starts and stops only after the queued work has finished."""
+
+    def sync() -> None:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
@@ -68,9 +74,9 @@ def main() -> None:
         batch_size=128,
     )
     uniform.extend(offline)
-    results["uniform rb.sample(128)"] = timeit(uniform.sample, args.repeats)
+    results["uniform rb.sample(128)"] = timeit(uniform.sample, args.repeats, args.device)
     results["uniform sampler.sample (indices only)"] = timeit(
-        lambda: uniform.sampler.sample(uniform.storage, 128), args.repeats
+        lambda: uniform.sampler.sample(uniform.storage, 128), args.repeats, args.device
     )
     # The matched-mix control (strategy=mix): a fixed online share, uniform within each part.
     flagged = offline.clone()
@@ -84,9 +90,9 @@ def main() -> None:
     )
     mix.extend(flagged)
     mix.extend(fresh)
-    results["mix (0.5) rb.sample(128)"] = timeit(mix.sample, args.repeats)
+    results["mix (0.5) rb.sample(128)"] = timeit(mix.sample, args.repeats, args.device)
     results["mix (0.5) sampler.sample (indices only)"] = timeit(
-        lambda: mix.sampler.sample(mix.storage, 128), args.repeats
+        lambda: mix.sampler.sample(mix.storage, 128), args.repeats, args.device
     )
     for compiled in (False, True) if not args.no_compile else (False,):
         online = TensorDictReplayBuffer(storage=LazyTensorStorage(args.online, device=args.device))
@@ -101,9 +107,9 @@ def main() -> None:
         online.extend(deployment)
         merged.extend(deployment)
         tag = "compiled" if compiled else "eager"
-        results[f"OTC rb.sample(128), {tag}"] = timeit(merged.sample, args.repeats)
+        results[f"OTC rb.sample(128), {tag}"] = timeit(merged.sample, args.repeats, args.device)
         results[f"OTC sampler.sample (indices only), {tag}"] = timeit(
-            lambda s=sampler, m=merged: s.sample(m.storage, 128), args.repeats
+            lambda s=sampler, m=merged: s.sample(m.storage, 128), args.repeats, args.device
         )
 
     # Breakdown of the eager path.
@@ -112,19 +118,19 @@ def main() -> None:
     y = torch.randn(2000, 20, device=args.device)
     d = pairwise_l1(x, y)
     results["  part: pairwise L1 512x2000x20 (cdist)"] = timeit(
-        lambda: pairwise_l1(x, y), args.repeats
+        lambda: pairwise_l1(x, y), args.repeats, args.device
     )
     results["  part: argmin with random ties"] = timeit(
-        lambda: argmin_random_ties(d, g), args.repeats
+        lambda: argmin_random_ties(d, g), args.repeats, args.device
     )
     results["  part: rank priorities (eq. 3)"] = timeit(
-        lambda: rank_priorities(d[:, 0], 1.0), args.repeats
+        lambda: rank_priorities(d[:, 0], 1.0), args.repeats, args.device
     )
     if not args.no_compile:
         fused = torch.compile(_l1_min, dynamic=False)
         y_t = y.t().contiguous()
         results["  part: fused pairwise L1 + row min + tie count, compiled"] = timeit(
-            lambda: fused(x, y_t), args.repeats
+            lambda: fused(x, y_t), args.repeats, args.device
         )
 
     device = (

@@ -74,9 +74,11 @@ def copy_of(module: nn.Module) -> nn.Module:
 class PlainTD3BC:
     """Fujimoto and Gu (2021)'s TD3+BC update (their ``train``), policy delay 2."""
 
-    def __init__(self, hidden=(256, 256), lr=3e-4, alpha=2.5, noise=0.2, clip=0.5) -> None:
-        self.actor = nn.Sequential(mlp(OBS, ACT, hidden), nn.Tanh())
-        self.critic = TwinQ(hidden)
+    def __init__(
+        self, hidden=(256, 256), lr=3e-4, alpha=2.5, noise=0.2, clip=0.5, device="cpu"
+    ) -> None:
+        self.actor = nn.Sequential(mlp(OBS, ACT, hidden), nn.Tanh()).to(device)
+        self.critic = TwinQ(hidden).to(device)
         self.actor_t, self.critic_t = copy_of(self.actor), copy_of(self.critic)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr)
@@ -121,7 +123,7 @@ class PlainVAE(nn.Module):
 
     def decode(self, s, z=None):
         if z is None:
-            z = torch.randn(*s.shape[:-1], self.latent).clamp(-0.5, 0.5)
+            z = torch.randn(*s.shape[:-1], self.latent, device=s.device).clamp(-0.5, 0.5)
         return torch.tanh(self.dec(torch.cat([s, z], -1)))
 
 
@@ -137,11 +139,13 @@ class PlainPerturbation(nn.Module):
 class PlainBCQ:
     """Fujimoto, Meger and Precup (2019)'s BCQ update (their ``train``): VAE, critic, actor, targets."""
 
-    def __init__(self, hidden=(64, 64), vae_hidden=(64, 64), lr=1e-4, n=10, lmbda=0.75) -> None:
+    def __init__(
+        self, hidden=(64, 64), vae_hidden=(64, 64), lr=1e-4, n=10, lmbda=0.75, device="cpu"
+    ) -> None:
         self.actor, self.critic, self.vae = (
-            PlainPerturbation(hidden),
-            TwinQ(hidden),
-            PlainVAE(vae_hidden),
+            PlainPerturbation(hidden).to(device),
+            TwinQ(hidden).to(device),
+            PlainVAE(vae_hidden).to(device),
         )
         self.actor_t, self.critic_t = copy_of(self.actor), copy_of(self.critic)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr)
@@ -206,8 +210,10 @@ class TanhGaussian(nn.Module):
 class PlainAWAC:
     """CORL's AWAC update: critic, actor (advantage-weighted likelihood, weights clipped at 100), targets."""
 
-    def __init__(self, hidden=(256, 256), actor_lr=1e-4, critic_lr=5e-4, lam=1.0) -> None:
-        self.actor, self.critic = TanhGaussian(hidden), TwinQ(hidden)
+    def __init__(
+        self, hidden=(256, 256), actor_lr=1e-4, critic_lr=5e-4, lam=1.0, device="cpu"
+    ) -> None:
+        self.actor, self.critic = TanhGaussian(hidden).to(device), TwinQ(hidden).to(device)
         self.critic_t = copy_of(self.critic)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
@@ -239,11 +245,17 @@ class PlainCQL:
     """CQL(H) with SAC (Kumar et al. 2020), as TorchRL's CQLLoss computes it: all parts from one set of parameters."""
 
     def __init__(
-        self, hidden=(256, 256), actor_lr=1e-4, critic_lr=1e-4, alpha_lr=3e-4, num_random=10
+        self,
+        hidden=(256, 256),
+        actor_lr=1e-4,
+        critic_lr=1e-4,
+        alpha_lr=3e-4,
+        num_random=10,
+        device="cpu",
     ) -> None:
-        self.actor, self.critic = TanhGaussian(hidden), TwinQ(hidden)
+        self.actor, self.critic = TanhGaussian(hidden).to(device), TwinQ(hidden).to(device)
         self.critic_t = copy_of(self.critic)
-        self.log_alpha = torch.zeros((), requires_grad=True)
+        self.log_alpha = torch.zeros((), device=device, requires_grad=True)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=alpha_lr)
@@ -263,7 +275,7 @@ class PlainCQL:
         with torch.no_grad():
             cur_a, cur_lp = self.actor.rsample_log_prob(s, (self.n,))
             nxt_a, nxt_lp = self.actor.rsample_log_prob(ns, (self.n,))
-        rand_a = torch.empty(self.n, b, ACT).uniform_(-1, 1)
+        rand_a = torch.empty(self.n, b, ACT, device=s.device).uniform_(-1, 1)
         rand_density = math.log(0.5**ACT)
         qr, qc, qn = self._q_rep(s, rand_a), self._q_rep(s, cur_a), self._q_rep(s, nxt_a)
         cql = 0.0
@@ -309,9 +321,15 @@ def batches(count: int, seed: int = 0) -> list[TensorDict]:
     return out
 
 
-def package_update(name: str, data: list[TensorDict], **overrides) -> Callable[[int], None]:
+def package_update(
+    name: str, data: list[TensorDict], device: torch.device, **overrides
+) -> Callable[[int], None]:
     algo = make_algorithm(
-        make_config(name, **overrides), Unbounded(shape=(OBS,)), Bounded(-1.0, 1.0, (ACT,)), seed=0
+        make_config(name, **overrides),
+        Unbounded(shape=(OBS,)),
+        Bounded(-1.0, 1.0, (ACT,)),
+        device,
+        seed=0,
     )
 
     def run(i: int) -> None:
@@ -338,10 +356,24 @@ def plain_update(model, data: list[TensorDict]) -> Callable[[int], None]:
     return run
 
 
+def syncer(device: torch.device) -> Callable[[], None]:
+    """Waits for the device's queued work (CUDA runs asynchronously), so that the clock reads finished work."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
 def measure(
-    fns: dict[str, Callable[[int], None]], repeats: int, block: int, warmup: int = 10
+    fns: dict[str, Callable[[int], None]],
+    repeats: int,
+    block: int,
+    warmup: int = 10,
+    sync: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
-    """Median ms per update of each function, interleaving blocks so that machine load hits all alike."""
+    """Median ms per update of each function, interleaving blocks so that machine load hits all alike.
+
+    ``sync`` runs before the clock starts and before it is read (``torch.cuda.synchronize`` on a GPU).
+    """
     for fn in fns.values():
         for i in range(warmup):
             fn(i)
@@ -349,9 +381,11 @@ def measure(
     step = warmup
     for _ in range(repeats):
         for key, fn in fns.items():
+            sync()
             start = time.perf_counter()
             for i in range(block):
                 fn(step + i)
+            sync()
             times[key].append((time.perf_counter() - start) * 1000 / block)
         step += block
     return {k: statistics.median(v) for k, v in times.items()}
@@ -377,25 +411,18 @@ def agent_updates(
     return {"separate": run_separate, "batched": run_batched}
 
 
-def synced(fn: Callable[[int], None], device: torch.device) -> Callable[[int], None]:
-    if device.type != "cuda":
-        return fn
-
-    def run(i: int) -> None:
-        fn(i)
-        torch.cuda.synchronize(device)
-
-    return run
-
-
-def parts(repeats: int) -> list[tuple[str, float]]:
+def parts(repeats: int, device: torch.device) -> list[tuple[str, float]]:
     """The helpers of ``torchrl_otc/objectives/utils.py`` against what they replace (BCQ, Table 3 sizes)."""
     algo = make_algorithm(
-        make_config("bcq"), Unbounded(shape=(OBS,)), Bounded(-1.0, 1.0, (ACT,)), seed=0
+        make_config("bcq"), Unbounded(shape=(OBS,)), Bounded(-1.0, 1.0, (ACT,)), device, seed=0
     )
     loss = algo.loss
     torchrl_update, foreach_update = SoftUpdate(loss, tau=TAU), ForeachSoftUpdate(loss, tau=TAU)
-    inputs = {"observation": torch.randn(BATCH, OBS), "action": torch.rand(BATCH, ACT) * 2 - 1}
+    inputs = {
+        "observation": torch.randn(BATCH, OBS, device=device),
+        "action": torch.rand(BATCH, ACT, device=device) * 2 - 1,
+    }
+    sync = syncer(device)
     td = TensorDict(inputs, [BATCH])
     params = loss.qvalue_network_params
 
@@ -404,9 +431,11 @@ def parts(repeats: int) -> list[tuple[str, float]]:
             fn()
         values = []
         for _ in range(repeats):
+            sync()
             t0 = time.perf_counter()
             for _ in range(20):
                 fn()
+            sync()
             values.append((time.perf_counter() - t0) * 1e3 / 20)
         return statistics.median(values)
 
@@ -438,36 +467,40 @@ def main() -> None:
         parser.error("--block must be even (TD3+BC's policy delay is 2)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    data = batches(32)
+    device = torch.device(args.device)
+    sync = syncer(device)
+    data = [td.to(device) for td in batches(32)]
     cases = {
-        "bcq": ("BCQ, VAE (64, 64)", {}, lambda: PlainBCQ()),
+        "bcq": ("BCQ, VAE (64, 64)", {}, lambda: PlainBCQ(device=device)),
         "bcq750": (
             "BCQ, VAE (750, 750)",
             {"vae_hidden_sizes": (750, 750)},
-            lambda: PlainBCQ(vae_hidden=(750, 750)),
+            lambda: PlainBCQ(vae_hidden=(750, 750), device=device),
         ),
-        "awac": ("AWAC", {}, lambda: PlainAWAC()),
-        "cql": ("CQL (TorchRL CQLLoss)", {}, lambda: PlainCQL()),
-        "td3bc": ("TD3+BC (TD3BCLoss's parameters, stacked-critic path)", {}, lambda: PlainTD3BC()),
+        "awac": ("AWAC", {}, lambda: PlainAWAC(device=device)),
+        "cql": ("CQL (TorchRL CQLLoss)", {}, lambda: PlainCQL(device=device)),
+        "td3bc": (
+            "TD3+BC (TD3BCLoss's parameters, stacked-critic path)",
+            {},
+            lambda: PlainTD3BC(device=device),
+        ),
     }
-    device = torch.device(args.device)
     rows = []
     keys = [k for k in args.only.split(",") if k not in ("batched", "parts")]
     for key in keys:
         label, overrides, plain = cases[key]
         name = "bcq" if key.startswith("bcq") else key
         fns = {
-            "package": package_update(name, data, **overrides),
+            "package": package_update(name, data, device, **overrides),
             "plain": plain_update(plain(), data),
         }
-        result = measure(fns, args.repeats, args.block)
+        result = measure(fns, args.repeats, args.block, sync=sync)
         rows.append((label, result["package"], result["plain"]))
-    part_rows = parts(args.repeats) if "parts" in args.only.split(",") else []
+    part_rows = parts(args.repeats, device) if "parts" in args.only.split(",") else []
     agent_rows = []
     if "batched" in args.only.split(","):
         for n in (int(x) for x in args.agents.split(",")):
-            fns = {k: synced(fn, device) for k, fn in agent_updates(n, data, device).items()}
-            result = measure(fns, args.repeats, args.block)
+            result = measure(agent_updates(n, data, device), args.repeats, args.block, sync=sync)
             agent_rows.append((n, result["separate"], result["batched"]))
     where = (
         torch.cuda.get_device_name(device)

@@ -288,3 +288,40 @@ def test_report_has_the_selector_section_only_with_decomposed_runs(tmp_path):
     assert "| otc-value-ofmatched + td3bc |" in text
     root, _ = _decomposition_runs(tmp_path)
     assert "## Selectors" not in write_report([root], tmp_path / "out2").read_text()
+
+
+def test_selector_table_pairs_a_fixed_share_with_the_mix_at_that_share(tmp_path):
+    # decomposed OTC at online_fraction=0.5 is compared with strategy=mix mix_fraction=0.5 (not the matched mix)
+    from torchrl_otc.report import selector_table
+    from torchrl_otc.stats import bootstrap_ci, format_ci
+
+    root = tmp_path / "fixed"
+    last = {
+        "uniform": ({"strategy": "uniform"}, [1.0, 1.0, 1.0]),
+        "mix-0.5": ({"strategy": "mix", "mix_fraction": 0.5}, [2.0, 3.0, 2.0]),
+        "mix-0.3": ({"strategy": "mix", "mix_fraction": 0.3}, [9.0, 9.0, 9.0]),
+        "dec-0.5": (
+            {"strategy": "otc", "distance": "likelihood", "online_fraction": 0.5},
+            [4.0, 4.0, 5.0],
+        ),
+    }
+    for name, (overrides, values) in last.items():
+        for seed, value in enumerate(values):
+            run = RunFolder(root / f"{name}-{seed}")
+            run.write_config(TuneConfig(seed=seed, task="nav/nonstationary", **overrides).to_dict())
+            for k, r in enumerate([0.0, value]):
+                run.log(
+                    {"eval/return_mean": r},
+                    step=k,
+                    phase="online" if k else "offline",
+                    deployment=k,
+                )
+    rows = _rows(selector_table([load_run(p) for p in sorted(root.iterdir())], "last"))
+    assert list(rows) == ["otc-likelihood-of0.5 + td3bc"]
+    # dec - mix-0.5 = 2, 1, 3 (the mix at 0.3 is not its control); dec - uniform = 3, 3, 4
+    assert rows["otc-likelihood-of0.5 + td3bc"][2:6] == [
+        format_ci(*bootstrap_ci([2.0, 1.0, 3.0])),
+        "3/0/0",
+        format_ci(*bootstrap_ci([3.0, 3.0, 4.0])),
+        "3/0/0",
+    ]

@@ -404,6 +404,23 @@ def _matched_mixes(
     return mixes
 
 
+def _fixed_mix(
+    by_label: dict[str, dict[Any, RunRecord]], fraction: float, source: str
+) -> dict[Any, RunRecord] | None:
+    """A cell's fixed mix (``strategy=mix mix_fraction=<fraction>``) with ``mix_source`` ``source``, if any."""
+    for runs in by_label.values():
+        first = next(iter(runs.values()))
+        share = first.config.get("mix_fraction")
+        if (
+            first.config.get("strategy") == "mix"
+            and isinstance(share, (int, float))
+            and math.isclose(float(share), fraction)
+            and first.config.get("mix_source", "all") == source
+        ):
+            return runs
+    return None
+
+
 def _share(runs: Iterable[RunRecord], suffix: str) -> str:
     """The mean over runs of the online-phase mean of ``agent{i}/<suffix>``; ``-`` where no run logs it."""
     values = [v for v in (run.online_mean(suffix) for run in runs) if math.isfinite(v)]
@@ -430,9 +447,10 @@ def selector_table(
       agents, then over the seeds; ``-`` where not logged).
 
     A method's run with no matched-mix (or ``baseline``) run of the same seed is left out and counted in a note
-    under the table. The matched mix of a coupled OTC method is the one paired with it; of a decomposed one, the
-    one paired with the same coupled run (else the cell's only matched mix whose pair was not found); both with
-    the method's ``mix_source``.
+    under the table. The matched mix of a coupled OTC method is the one paired with it; of a decomposed one at
+    ``online_fraction=matched``, the one paired with the same coupled run (else the cell's only matched mix whose
+    pair was not found); of a decomposed one at a fixed share ``F``, the fixed mix at the same ``F``
+    (``strategy=mix mix_fraction=F``); all with the method's ``mix_source``.
 
     Args:
         runs: run records (a sweep like ``examples/recipes/selectors.yaml``).
@@ -481,15 +499,20 @@ def selector_table(
         )
         for label, seeds in methods:
             first = next(iter(seeds.values()))
-            if first.config.get("online_fraction") is None:
-                pair: str | None = label
-            else:
-                paired = next((r.pair for r in seeds.values() if r.pair is not None), None)
-                pair = None if paired is None else RunRecord(first.path, paired).label
             source = first.config.get("mix_source", "all")
-            mix = mixes.get((pair, source))
-            if mix is None and [k for k in mixes if k[1] == source] == [(None, source)]:
-                mix = mixes[(None, source)]
+            fraction = first.config.get("online_fraction")
+            if isinstance(fraction, (int, float)) and not isinstance(fraction, bool):
+                # a fixed share: its control is the fixed mix at the same share and source
+                mix = _fixed_mix(by_label, float(fraction), source)
+            else:
+                if fraction is None:
+                    pair: str | None = label
+                else:
+                    paired = next((r.pair for r in seeds.values() if r.pair is not None), None)
+                    pair = None if paired is None else RunRecord(first.path, paired).label
+                mix = mixes.get((pair, source))
+                if mix is None and [k for k in mixes if k[1] == source] == [(None, source)]:
+                    mix = mixes[(None, source)]
             if mix is None:
                 continue
             x, y = _scores(seeds, measure), _scores(mix, measure)

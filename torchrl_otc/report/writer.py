@@ -168,7 +168,8 @@ def write_report(
                     "",
                     "Each decomposed OTC method draws the online share of its paired coupled-OTC run and chooses "
                     "the offline rows with its selector; the matched mix draws the same share and the offline rows "
-                    f"uniformly. Measure: {what}. Paired by seed: mean difference with its 95 % bootstrap "
+                    "uniformly (a method at a fixed share F, e.g. 'of0.5', is compared with the fixed mix at F). "
+                    f"Measure: {what}. Paired by seed: mean difference with its 95 % bootstrap "
                     "interval and wins/ties/losses over seeds; shares are online-phase means over agents and "
                     "seeds ('-': not logged).",
                     "",

@@ -137,9 +137,9 @@ def test_env_kwarg_reaches_the_environment(tmp_path, capsys):
         )
         == 0
     )
-    from torchrl_otc.data.datasets import load_dataset
+    from torchrl_otc.data.datasets import load_offline_dataset
 
-    assert bool((load_dataset(out).data["beta"] == 0.15).all())
+    assert bool((load_offline_dataset(out).data["beta"] == 0.15).all())
 
 
 def test_parser_structure():

@@ -83,7 +83,7 @@ def test_offline_to_online_navigation(tmp_path, capsys):
 
 def test_bring_your_own_dataset(tmp_path):
     pytest.importorskip("h5py")
-    from torchrl_otc.data.datasets import content_checksum, load_dataset
+    from torchrl_otc.data.datasets import content_checksum, load_offline_dataset
 
     tutorial = load_tutorial("bring_your_own_dataset")
     results = tutorial.main(["--tiny", "--out", str(tmp_path)])
@@ -106,7 +106,7 @@ def test_bring_your_own_dataset(tmp_path):
     assert torch.equal(nxt[same_episode], obs[same_episode])
     assert bool(from_file.data["next", "observation"].abs().sum(-1).gt(0).all())
     # The saved folder reloads with its checksum verified.
-    reloaded = load_dataset(tmp_path / "robot-from-arrays")
+    reloaded = load_offline_dataset(tmp_path / "robot-from-arrays")
     assert reloaded.metadata["checksum"] == content_checksum(dataset.data)
     assert reloaded.action_partition == tutorial.ACTION_PARTITION
     assert (tmp_path / "robot-from-hdf5" / "metadata.json").exists()

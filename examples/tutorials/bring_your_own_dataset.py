@@ -38,7 +38,7 @@ from torchrl.data import Bounded, Unbounded
 from torchrl_otc import AgentLearner, AgentView
 from torchrl_otc.data.datasets import (
     load_d4rl_hdf5,
-    load_dataset,
+    load_offline_dataset,
     save_dataset,
     validate_transitions,
 )
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         overwrite=True,
     )
     save_dataset(mine, out / "robot-from-arrays", meta, overwrite=True)
-    dataset = load_dataset(
+    dataset = load_offline_dataset(
         out / "robot-from-arrays"
     )  # verifies the checksum, NaNs, all-zero columns
     print(

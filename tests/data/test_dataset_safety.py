@@ -28,8 +28,8 @@ from torchrl_otc.data.datasets import (
     DatasetError,
     check_dataset_for_task,
     load_d4rl_hdf5,
-    load_dataset,
     load_minari,
+    load_offline_dataset,
     prepare_dataset_folder,
     save_dataset,
     storage,
@@ -151,12 +151,12 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_folder_refused_and_never_modified(dataset, damage, caplog):
-    """``otc data info`` (with and without --no-verify) and load_dataset refuse it, naming the file; no byte moves."""
+    """``otc data info`` (with and without --no-verify) and load_offline_dataset refuse it, naming the file; no byte moves."""
     pattern = DAMAGE[damage](dataset)
     before = _snapshot(dataset)
     for verify in (True, False):
         with pytest.raises(DatasetError, match=pattern) as err:
-            load_dataset(dataset, verify=verify)
+            load_offline_dataset(dataset, verify=verify)
         assert "\n" not in str(err.value) and "--overwrite" in str(err.value)
     with caplog.at_level(logging.ERROR):
         assert main(["data", "info", str(dataset)]) == 2
@@ -172,22 +172,24 @@ def test_checksum_error_names_folder_files_and_fix(dataset):
     f.write_bytes(bytes(raw))
     before = _snapshot(dataset)
     with pytest.raises(DatasetError) as err:
-        load_dataset(dataset)
+        load_offline_dataset(dataset)
     msg = str(err.value)
     assert f"dataset {dataset}" in msg and "changed files: " + str(f) in msg
     assert META["command"] + " --overwrite" in msg
-    assert len(load_dataset(dataset, verify=False)) == 20  # sizes are right: loads on request
+    assert (
+        len(load_offline_dataset(dataset, verify=False)) == 20
+    )  # sizes are right: loads on request
     assert _snapshot(dataset) == before
 
 
 def test_loaded_data_is_private(dataset):
     """Writing into a loaded dataset never reaches its files."""
     before = _snapshot(dataset)
-    ds = load_dataset(dataset)
+    ds = load_offline_dataset(dataset)
     ds.data["observation"][0] = 1e6
     del ds
     assert _snapshot(dataset) == before
-    load_dataset(dataset)
+    load_offline_dataset(dataset)
 
 
 # ------------------------------------------------------------------------------------------- atomic writes
@@ -213,7 +215,9 @@ def test_killed_overwrite_keeps_old_dataset(dataset, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_dataset(_transitions(seed=1), dataset, META, overwrite=True)
     assert _snapshot(dataset) == before
-    assert torch.equal(load_dataset(dataset).data["observation"], _transitions()["observation"])
+    assert torch.equal(
+        load_offline_dataset(dataset).data["observation"], _transitions()["observation"]
+    )
 
 
 def test_partial_build_left_by_kill_is_replaced(dataset, caplog):
@@ -228,7 +232,7 @@ def test_partial_build_left_by_kill_is_replaced(dataset, caplog):
     )
     assert not partial.exists()
     assert torch.equal(
-        load_dataset(dataset).data["observation"], _transitions(seed=1)["observation"]
+        load_offline_dataset(dataset).data["observation"], _transitions(seed=1)["observation"]
     )
 
 
@@ -236,12 +240,12 @@ def test_partial_folder_at_destination_is_recognised_and_replaced(dataset, caplo
     # what older versions left when killed: the folder itself, without its metadata (written last)
     (dataset / "metadata.json").unlink()
     with pytest.raises(DatasetError, match="partial dataset left by an interrupted build"):
-        load_dataset(dataset)
+        load_offline_dataset(dataset)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         save_dataset(_transitions(seed=1), dataset, META)  # no --overwrite needed
     assert "partial dataset left by an interrupted build; replacing it" in caplog.text
-    assert torch.equal(load_dataset(dataset).data["action"], _transitions(seed=1)["action"])
+    assert torch.equal(load_offline_dataset(dataset).data["action"], _transitions(seed=1)["action"])
 
 
 @pytest.mark.parametrize("left", ["new", "old"])
@@ -257,12 +261,12 @@ def test_interrupted_swap_is_completed(dataset, tmp_path, left, caplog):
         expected = _transitions(seed=3)
     before = _snapshot(tmp_path)
     with pytest.raises(DatasetError, match="holds the complete dataset of an interrupted build"):
-        load_dataset(dataset)
+        load_offline_dataset(dataset)
     assert _snapshot(tmp_path) == before
     with caplog.at_level(logging.WARNING):
         prepare_dataset_folder(dataset, overwrite=True)
     assert "Restored the dataset" in caplog.text
-    assert torch.equal(load_dataset(dataset).data["observation"], expected["observation"])
+    assert torch.equal(load_offline_dataset(dataset).data["observation"], expected["observation"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
@@ -319,7 +323,7 @@ def test_swapped_action_partition_is_refused(dataset):
     _edit_json(
         dataset / "metadata.json", lambda m: m.update(action_partition=[[5, 4, 3], [2, 1, 0]])
     )
-    ds = load_dataset(dataset)  # the checksum covers the data, not the metadata
+    ds = load_offline_dataset(dataset)  # the checksum covers the data, not the metadata
     with pytest.raises(DatasetError) as err:
         check_dataset_for_task(ds, get_task(TASK))
     msg = str(err.value)
@@ -335,7 +339,7 @@ def test_swapped_action_partition_is_refused(dataset):
 
 
 def test_task_check_accepts_a_matching_dataset(dataset):
-    check_dataset_for_task(load_dataset(dataset), get_task(TASK))
+    check_dataset_for_task(load_offline_dataset(dataset), get_task(TASK))
 
 
 def test_partition_not_covering_the_actions_is_refused(dataset):
@@ -343,7 +347,7 @@ def test_partition_not_covering_the_actions_is_refused(dataset):
     with pytest.raises(
         DatasetError, match=r"action_partition .* covers the columns \[0, 1, 2, 3, 4\] but"
     ):
-        load_dataset(dataset)
+        load_offline_dataset(dataset)
 
 
 # ------------------------------------------------------------------------------------------- foreign files
@@ -590,7 +594,7 @@ def test_valid_files_still_import(tmp_path):
     assert len(ds) == 5 and ds.data["next", "observation"].shape == (5, 11)
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
     saved = save_dataset(ds.data, tmp_path / "out", {**ds.metadata})
-    assert len(load_dataset(saved.path)) == 5
+    assert len(load_offline_dataset(saved.path)) == 5
 
 
 def test_unknown_env_kwarg_is_one_line(tmp_path, caplog):

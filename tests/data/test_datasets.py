@@ -15,8 +15,8 @@ from torchrl_otc.data.datasets import (
     build_dataset,
     content_checksum,
     load_d4rl_hdf5,
-    load_dataset,
     load_minari,
+    load_offline_dataset,
     read_metadata,
     save_dataset,
 )
@@ -53,7 +53,7 @@ META = {
 def test_roundtrip(tmp_path):
     td = _transitions()
     saved = save_dataset(td, tmp_path / "ds", META)
-    ds = load_dataset(tmp_path / "ds")
+    ds = load_offline_dataset(tmp_path / "ds")
     for key in td.keys(True, True):
         assert torch.equal(ds.data[key], td[key]), key
     meta = ds.metadata
@@ -73,7 +73,8 @@ def test_refuses_to_overwrite(tmp_path):
         save_dataset(_transitions(seed=1), tmp_path / "ds", META)
     save_dataset(_transitions(seed=1), tmp_path / "ds", META, overwrite=True)
     assert torch.equal(
-        load_dataset(tmp_path / "ds").data["observation"], _transitions(seed=1)["observation"]
+        load_offline_dataset(tmp_path / "ds").data["observation"],
+        _transitions(seed=1)["observation"],
     )
 
 
@@ -94,8 +95,8 @@ def test_checksum_mismatch_is_refused(tmp_path):
     save_dataset(_transitions(), tmp_path / "ds", META)
     _poke(tmp_path / "ds", "next.reward", 123.0)
     with pytest.raises(DatasetError, match="Checksum mismatch"):
-        load_dataset(tmp_path / "ds")
-    ds = load_dataset(tmp_path / "ds", verify=False)  # on request, loads
+        load_offline_dataset(tmp_path / "ds")
+    ds = load_offline_dataset(tmp_path / "ds", verify=False)  # on request, loads
     assert float(ds.data["next", "reward"][0]) == 123.0
 
 
@@ -115,7 +116,7 @@ def test_nan_is_refused_with_key(tmp_path):
     _poke(tmp_path / "ds", "observation", float("nan"), index=7)
     _rewrite_checksum(tmp_path / "ds")
     with pytest.raises(DatasetError, match="NaN or infinite values in 'observation'"):
-        load_dataset(tmp_path / "ds")
+        load_offline_dataset(tmp_path / "ds")
 
 
 def test_all_zero_data_is_refused(tmp_path):
@@ -129,12 +130,12 @@ def test_all_zero_data_is_refused(tmp_path):
     f.write_bytes(bytes(len(f.read_bytes())))
     _rewrite_checksum(tmp_path / "ds")
     with pytest.raises(DatasetError, match="all zeros in observation"):
-        load_dataset(tmp_path / "ds")
+        load_offline_dataset(tmp_path / "ds")
     # all-zero rewards are legitimate (sparse tasks)
     ok = _transitions()
     ok["next", "reward"].zero_()
     save_dataset(ok, tmp_path / "ok", META)
-    load_dataset(tmp_path / "ok")
+    load_offline_dataset(tmp_path / "ok")
 
 
 def test_missing_keys_are_named(tmp_path):
@@ -148,12 +149,12 @@ def test_missing_keys_are_named(tmp_path):
         json.dumps({**META, "size": 20, "checksum": content_checksum(td)})
     )
     with pytest.raises(DatasetError, match=r"lacks required keys: action, next\.truncated"):
-        load_dataset(folder)
+        load_offline_dataset(folder)
 
 
 def test_not_a_dataset_folder(tmp_path):
     with pytest.raises(DatasetError, match="metadata.json is missing"):
-        load_dataset(tmp_path)
+        load_offline_dataset(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- D4RL HDF5
@@ -327,7 +328,7 @@ def test_build_random_nav(tmp_path):
         num_envs=64,
         progress=False,
     )
-    loaded = load_dataset(tmp_path / "nav")
+    loaded = load_offline_dataset(tmp_path / "nav")
     d = loaded.data
     assert len(loaded) == 3000 and loaded.metadata["kind"] == "random"
     assert loaded.metadata["behaviour"] == {"policy": "uniform random"}
@@ -371,7 +372,7 @@ def test_build_random_mpe(tmp_path):
         num_envs=16,
         local_obs=True,
     )
-    ds = load_dataset(tmp_path / "pp")
+    ds = load_offline_dataset(tmp_path / "pp")
     d = ds.data
     assert d["observation"].shape == (2000, 8) and d["action"].shape == (2000, 6)
     assert d["local_observation"].shape == (2000, 3, 8)

@@ -28,8 +28,8 @@ from tensordict import TensorDict
 from torchrl_otc.data.datasets import (
     DatasetError,
     load_d4rl_hdf5,
-    load_dataset,
     load_minari,
+    load_offline_dataset,
     save_dataset,
 )
 
@@ -347,7 +347,7 @@ def test_dataset_folder_fuzz(mutation, verify):
         _apply(folder, mutation)
         before = _snapshot(folder)
         try:
-            ds = load_dataset(folder, verify=verify)
+            ds = load_offline_dataset(folder, verify=verify)
         except DatasetError as err:
             msg = str(err)
             assert msg and "\n" not in msg and str(folder) in msg, msg

@@ -10,7 +10,7 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs.utils import check_env_specs
 
-from torchrl_otc.data.datasets import build_dataset, load_dataset
+from torchrl_otc.data.datasets import build_dataset, load_offline_dataset
 from torchrl_otc.data.transforms import AgentView, agent_transitions
 from torchrl_otc.envs import make_env
 from torchrl_otc.envs.partner_modes import MODE_KEY, PartnerDeployments, PartnerModesEnv
@@ -156,7 +156,7 @@ def test_random_dataset_rows_carry_the_mode_of_their_episode(tmp_path):
     built = build_dataset(
         TASK, "random", size, seed=0, num_envs=64, out=tmp_path / "ds", progress=False
     )
-    data = load_dataset(tmp_path / "ds").data
+    data = load_offline_dataset(tmp_path / "ds").data
     assert len(built) == size and set(data.keys()) >= {MODE_KEY, "episode"}
     mode = data[MODE_KEY].squeeze(-1)
     torch.testing.assert_close(data["next", MODE_KEY].squeeze(-1), mode)

@@ -25,8 +25,8 @@ from torchrl_otc.configs.tune import coerce_field
 from torchrl_otc.data.datasets import (
     KINDS,
     load_d4rl_hdf5,
-    load_dataset,
     load_minari,
+    load_offline_dataset,
     prepare_dataset_folder,
     save_dataset,
 )
@@ -117,7 +117,7 @@ def _summary(ds: Any, verified: bool) -> dict[str, Any]:
 
 
 def _run_data_info(args: argparse.Namespace) -> int:
-    ds = load_dataset(args.path, verify=not args.no_verify)
+    ds = load_offline_dataset(args.path, verify=not args.no_verify)
     info = _summary(ds, verified=not args.no_verify)
     if args.json:
         sys.stdout.write(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -43,7 +43,7 @@ from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from torchrl_otc.configs.tune import TuneConfig
-from torchrl_otc.data.datasets.storage import load_dataset
+from torchrl_otc.data.datasets.storage import load_offline_dataset
 from torchrl_otc.envs.registry import get_task
 from torchrl_otc.trainers.behaviour import build_dataset
 from torchrl_otc.trainers.checkpointing import read_checkpoint, restore_checkpoint, write_checkpoint
@@ -275,11 +275,11 @@ class OnlineTuner:
         """The joint dataset ``B^0``: ``dataset_path``, else the cache, else built once and cached."""
         cfg = self.config
         if cfg.data.path is not None:
-            dataset = load_dataset(cfg.data.path)
+            dataset = load_offline_dataset(cfg.data.path)
         else:
             path = Path(cfg.data.cache_dir) / "datasets" / str(cfg.dataset_key())
             if (path / "COMPLETE").exists():
-                dataset = load_dataset(path / "data")
+                dataset = load_offline_dataset(path / "data")
             else:
                 atomic_checkpoint(
                     path,
@@ -292,7 +292,7 @@ class OnlineTuner:
                         progress=self.progress,
                     ),
                 )
-                dataset = load_dataset(path / "data")
+                dataset = load_offline_dataset(path / "data")
         # the task, the shapes and the agents' action partition (one line naming both values when they differ)
         dataset.check_for_task(self.task)
         return dataset

@@ -1,7 +1,7 @@
 """Offline datasets: one on-disk format, builders (random / medium / medium-replay) and foreign-format loaders.
 
 * :mod:`.storage`: the format (memory-mapped TorchRL transitions + ``metadata.json`` with a checksum),
-  :func:`save_dataset` (atomic), :func:`load_dataset` (read-only), :func:`check_dataset_for_task`,
+  :func:`save_dataset` (atomic), :func:`load_offline_dataset` (read-only), :func:`check_dataset_for_task`,
   :class:`OfflineDataset`.
 * :mod:`.builders`: :func:`build_dataset` (``otc data build``).
 * :mod:`torchrl_otc.data.datasets.behaviour`: the behaviour policies of ``medium`` / ``medium-replay`` and their
@@ -21,6 +21,7 @@ from torchrl_otc.data.datasets.storage import (
     check_dataset_for_task,
     content_checksum,
     load_dataset,
+    load_offline_dataset,
     prepare_dataset_folder,
     read_metadata,
     save_dataset,
@@ -38,6 +39,7 @@ __all__ = [
     "content_checksum",
     "load_d4rl_hdf5",
     "load_dataset",
+    "load_offline_dataset",
     "load_minari",
     "prepare_dataset_folder",
     "read_metadata",

@@ -13,7 +13,7 @@ A dataset folder holds
 Next observations are never zeroed at episode ends (a terminal next state is the real state the robot reached),
 and timeouts are truncations, not terminals (see ``DESIGN.md``).
 
-:func:`load_dataset` opens the folder read-only (nothing in it is ever written, even when it is damaged), checks every
+:func:`load_offline_dataset` opens the folder read-only (nothing in it is ever written, even when it is damaged), checks every
 file's size against the metadata, verifies the checksum and refuses data that is all zeros, that has NaNs or
 infinities, or that lacks required keys, with a message that names the file and says what to do.
 :func:`save_dataset` writes atomically: into a temporary sibling folder, ``metadata.json`` last, renamed into place
@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ __all__ = [
     "validate_transitions",
     "save_dataset",
     "load_dataset",
+    "load_offline_dataset",
     "read_metadata",
     "prepare_dataset_folder",
     "check_dataset_for_task",
@@ -82,7 +84,7 @@ class DatasetError(ValueError):
     Examples:
         >>> import tempfile
         >>> try:
-        ...     load_dataset(tempfile.mkdtemp())
+        ...     load_offline_dataset(tempfile.mkdtemp())
         ... except DatasetError as err:
         ...     print(type(err).__name__)
         DatasetError
@@ -548,10 +550,38 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         ) from err
 
 
-def load_dataset(
+def load_dataset(path: str | Path, **kwargs: Any) -> OfflineDataset:
+    """Deprecated name of :func:`load_offline_dataset` (it clashed with TorchRL's ``load_dataset``).
+
+    Examples:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     try:
+        ...         load_dataset("/nonexistent/folder")
+        ...     except DatasetError:
+        ...         pass
+        >>> caught[0].category.__name__
+        'DeprecationWarning'
+    """
+    warnings.warn(
+        "torchrl_otc.data.datasets.load_dataset is renamed load_offline_dataset (so that it is not taken for "
+        "torchrl.data.datasets.load_dataset); use the new name.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return load_offline_dataset(path, **kwargs)
+
+
+def load_offline_dataset(
     path: str | Path, *, verify: bool = True, required_keys: Sequence = REQUIRED_KEYS
 ) -> OfflineDataset:
     """Load a dataset folder written by :func:`save_dataset` (section 4.1 datasets), checking it; read-only.
+
+    Named so that it is not taken for TorchRL's :func:`torchrl.data.datasets.load_dataset`, which resolves a
+    prefixed dataset ID (``"minari:..."``, ``"d4rl:..."``) into a replay buffer; this one opens a folder of this
+    package's format (``otc data import`` converts D4RL and Minari files into one). ``load_dataset``, its earlier
+    name, still works and warns.
 
     Nothing in the folder is ever written: the columns are mapped privately (a damaged file is refused, never
     extended or rewritten). Every file's size is checked against the dtypes and shapes of the metadata, with or
@@ -572,7 +602,7 @@ def load_dataset(
             mismatch (naming the changed columns), NaNs, all-zero data, size mismatch.
 
     Examples:
-        >>> load_dataset("/nonexistent/folder")
+        >>> load_offline_dataset("/nonexistent/folder")
         Traceback (most recent call last):
         ...
         torchrl_otc.data.datasets.storage.DatasetError: /nonexistent/folder is not a dataset folder: ...
@@ -838,7 +868,7 @@ def save_dataset(
         ...      ("next", "truncated"): torch.zeros(4, 1, dtype=torch.bool)}, [4])
         >>> folder = tempfile.mkdtemp()
         >>> _ = save_dataset(td, folder + "/demo", {"task": "demo", "kind": "random", "seed": 0})
-        >>> ds = load_dataset(folder + "/demo")
+        >>> ds = load_offline_dataset(folder + "/demo")
         >>> len(ds), ds.metadata["kind"], torch.equal(ds.data["action"], td["action"])
         (4, 'random', True)
     """

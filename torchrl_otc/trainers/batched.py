@@ -10,6 +10,7 @@ stacked copies of their parameters.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,6 +98,40 @@ class BatchedLearners:
         """N."""
         return len(self.learners)
 
+    def _draw(self, advice: str) -> tuple[list[Any], Any, dict[str, torch.Tensor], list[float]]:
+        """Each learner's batch and random draws, in its own stream and in the order of its separate update.
+
+        Args:
+            advice: what to do instead, for the refusal of importance-weighted batches.
+
+        Returns:
+            The batches, their stacked ``observation``/``action``/``next`` keys, the stacked draws of
+            :meth:`draw_noise` and each learner's sampling time in milliseconds.
+
+        Raises:
+            ValueError: a batch carries ``priority_weight``, which the batched step would ignore.
+        """
+        batches, noise, sample_ms = [], [], []
+        for learner in self.learners:
+            with learner.random_stream():
+                start = time.perf_counter()
+                batch = learner.sample()
+                sample_ms.append((time.perf_counter() - start) * 1e3)
+                noise.append(self.batched.draw_noise(batch))
+            if "priority_weight" in batch.keys():
+                raise ValueError(
+                    f"The batched update does not weight the losses by 'priority_weight'; the batches carry it. "
+                    f"{advice}"
+                )
+            batches.append(batch)
+        stacked = torch.stack([batch.select(*_BATCH_KEYS) for batch in batches])
+        return (
+            batches,
+            stacked,
+            {k: torch.stack([d[k] for d in noise]) for k in noise[0]},
+            sample_ms,
+        )
+
     def update(self, *, train_sampler: bool = True) -> list[dict[str, float]]:
         """One update of every learner, as :meth:`AgentLearner.update` would give it.
 
@@ -110,21 +145,9 @@ class BatchedLearners:
         Raises:
             ValueError: a batch carries importance weights (``priority_weight``), which the batched step ignores.
         """
-        batches, noise, extra = [], [], []
-        for learner in self.learners:
-            with learner.random_stream():
-                batch = learner.sample()
-                noise.append(self.batched.draw_noise(batch))
-            if "priority_weight" in batch.keys():
-                raise ValueError(
-                    "BatchedLearners does not weight the losses by 'priority_weight'; the batches carry it. Update "
-                    "these learners separately."
-                )
-            batches.append(batch)
-        stacked = torch.stack([batch.select(*_BATCH_KEYS) for batch in batches])
-        out = self.batched.update(
-            stacked, {k: torch.stack([d[k] for d in noise]) for k in noise[0]}
-        )
+        batches, stacked, noise, _ = self._draw("Update these learners separately.")
+        out = self.batched.update(stacked, noise)
+        extra: list[dict[str, float]] = []
         for learner, batch in zip(self.learners, batches):
             parts: dict[str, float] = {}
             if train_sampler:

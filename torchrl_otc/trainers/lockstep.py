@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchrl_otc.trainers.batched import _BATCH_KEYS, BATCHED_ALGORITHMS, BatchedLearners
+from torchrl_otc.trainers.batched import BATCHED_ALGORITHMS, BatchedLearners
 from torchrl_otc.trainers.learner import AgentLearner, RowLabels
 from torchrl_otc.trainers.tuning import OnlineTuner, Steps, UpdateRequest
 
@@ -93,23 +93,8 @@ class _Group(BatchedLearners):
         self, *, train_sampler: bool, labels: Sequence[RowLabels | None]
     ) -> list[dict[str, float]]:
         start = time.perf_counter()
-        batches, noise, sample_ms = [], [], []
-        for learner in self.learners:
-            with learner.random_stream():
-                t0 = time.perf_counter()
-                batch = learner.sample()
-                sample_ms.append((time.perf_counter() - t0) * 1e3)
-                noise.append(self.batched.draw_noise(batch))
-            if "priority_weight" in batch.keys():
-                raise ValueError(
-                    "Lockstep runs do not weight the losses by 'priority_weight', which the batches carry; run "
-                    "them separately (without --batched)."
-                )
-            batches.append(batch)
-        stacked = torch.stack([batch.select(*_BATCH_KEYS) for batch in batches])
-        out = self.batched.update(
-            stacked, {k: torch.stack([d[k] for d in noise]) for k in noise[0]}
-        )
+        batches, stacked, noise, sample_ms = self._draw("Run them separately (without --batched).")
+        out = self.batched.update(stacked, noise)
         losses = {k: v.tolist() for k, v in out.items() if k.startswith("loss")}
         parts = []
         for learner, batch in zip(self.learners, batches):

@@ -8,7 +8,7 @@ loss's internals. Also importable from :mod:`torchrl_otc.modules.distances`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, cast, runtime_checkable
 
 import torch
 from tensordict import TensorDictBase
@@ -16,12 +16,14 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 
 from torchrl_otc.modules.transition_distance import (
+    Comparison,
     L1EmbeddingDistance,
+    OnlineRows,
     check_positive_int,
     flat_features,
 )
 
-__all__ = ["ValueDistance", "ValueFunctions"]
+__all__ = ["ValueDistance", "ValueFunctions", "nearest_on_line"]
 
 
 @runtime_checkable
@@ -64,6 +66,119 @@ class ValueFunctions(Protocol):
         ...
 
 
+def _chunked(function: Callable[..., Tensor], chunk: int, *inputs: Tensor) -> Tensor:
+    """``function(*inputs).reshape(-1)``, computed over at most ``chunk`` rows at a time (cache-sized passes)."""
+    n = inputs[0].shape[0]
+    if n <= chunk:
+        return function(*inputs).reshape(-1)
+    return torch.cat(
+        [function(*(t[i : i + chunk] for t in inputs)).reshape(-1) for i in range(0, n, chunk)]
+    )
+
+
+class _AbsGaps:
+    r"""The ``[B, D]`` matrix ``|x_j - y_i|`` of eq. (1) for 1-D keys, computed only for the rows asked for.
+
+    :class:`~torchrl_otc.modules.Comparison` carries it as ``state_action``; the sampler reads only the rows of
+    candidates with tied minima (:func:`~torchrl_otc.data.samplers.ranking.break_ties`, ``distances[tied]``), so
+    the full matrix is never built unless every row ties. Each entry is ``(x_j - y_i).abs()``, the same float as
+    :func:`~torchrl_otc.modules.transition_distance.pairwise_l1` gives for one feature.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+        self.shape = torch.Size((x.shape[0], y.shape[0]))
+        self.dtype, self.device = x.dtype, x.device
+
+    def __getitem__(self, rows: Tensor | slice | int) -> Tensor:
+        """``|x[rows] - y|``: ``[len(rows), D]`` (``[D]`` for an integer row)."""
+        return (self.x[rows].unsqueeze(-1) - self.y).abs()
+
+    def dense(self) -> Tensor:
+        """The whole ``[B, D]`` matrix."""
+        return self[:]
+
+
+def _run_start(sorted_y: Tensor, i: Tensor) -> Tensor:
+    """First sorted position holding the value at position ``i`` (the start of its run of equal values)."""
+    return torch.searchsorted(sorted_y, sorted_y[i], side="left")
+
+
+def _run_end(sorted_y: Tensor, i: Tensor) -> Tensor:
+    """Last sorted position holding the value at position ``i``."""
+    return torch.searchsorted(sorted_y, sorted_y[i], side="right") - 1
+
+
+def nearest_on_line(
+    x: Tensor, y: Tensor, sorted_y: Tensor | None = None, order: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Row minima, first argmins and tie counts of the ``[B, D]`` matrix ``|x_j - y_i|``, without building it.
+
+    For a one-dimensional key (``d_q``'s eq. 1, :math:`\lvert Q(s, a_i) - Q(s^*, a_i^*) \rvert`) the nearest
+    ``y`` of ``x_j`` is one of its two neighbours in sorted order: ``y`` is sorted once (``O(D log D)``) and
+    every ``x_j`` is placed by :func:`torch.searchsorted` (``O(B log D)``) instead of the ``O(B D)`` matrix.
+
+    The results are exactly those of the matrix (``minimum, argmin = m.min(-1)``, ``ties = (m == minimum).sum(-1)``
+    with ``m = (x[:, None] - y).abs()``), floats included: the distances are computed by the same subtraction,
+    ``fl(x - y)`` is monotone in ``y`` on each side of ``x``, so the columns reaching the minimum are one
+    contiguous range ``[lo, hi]`` of sorted positions (equal values among the ``y`` and equidistant neighbours on
+    both sides). Its ends are first guessed by :func:`torch.searchsorted` of ``x -/+ minimum`` and then moved a
+    run of equal values at a time while they are wrong (rounding of ``x -/+ minimum``: a step or two).
+
+    Args:
+        x: ``[B]`` keys of the candidates (finite).
+        y: ``[D]`` keys of the online rows (finite), ``D >= 1``.
+        sorted_y: ``y`` sorted, with ``order`` (``torch.sort(y, stable=True)``): pass them to sort ``y`` once for
+            several ``x``.
+        order: see ``sorted_y``.
+
+    Returns:
+        ``(minimum [B], argmin [B], ties [B])``: the smallest distance, the first column (index into ``y``)
+        reaching it, and how many columns reach it.
+
+    Examples:
+        >>> import torch
+        >>> nearest_on_line(torch.tensor([0.9, 2.0, 5.0]), torch.tensor([3.0, 1.0, 1.0, 3.0]))
+        (tensor([0.1000, 1.0000, 2.0000]), tensor([1, 0, 0]), tensor([2, 4, 2]))
+    """
+    if sorted_y is None or order is None:
+        sorted_y, order = torch.sort(y, stable=True)
+    d = sorted_y.shape[0]
+    pos = torch.searchsorted(sorted_y, x)  # first position with sorted_y >= x
+    inf = x.new_tensor(float("inf"))
+    left, right = (pos - 1).clamp_min(0), pos.clamp_max(d - 1)
+    d_left = torch.where(pos > 0, (x - sorted_y[left]).abs(), inf)
+    d_right = torch.where(pos < d, (x - sorted_y[right]).abs(), inf)
+    minimum = torch.minimum(d_left, d_right)
+
+    def gap(i: Tensor) -> Tensor:
+        return (x - sorted_y[i.clamp(0, d - 1)]).abs()
+
+    # lo: first position left of pos with gap <= minimum (pos when none); gaps grow leftwards.
+    lo = torch.minimum(torch.searchsorted(sorted_y, x - minimum), pos)
+    while bool((down := (lo > 0) & (gap(lo - 1) <= minimum)).any()):
+        lo = torch.where(down, _run_start(sorted_y, (lo - 1).clamp_min(0)), lo)
+    while bool((up := (lo < pos) & (gap(lo) > minimum)).any()):
+        lo = torch.where(up, _run_end(sorted_y, lo.clamp_max(d - 1)) + 1, lo)
+    # hi: last position right of pos - 1 with gap <= minimum (pos - 1 when none); gaps grow rightwards.
+    hi = torch.maximum(torch.searchsorted(sorted_y, x + minimum, side="right") - 1, pos - 1)
+    while bool((up := (hi < d - 1) & (gap(hi + 1) <= minimum)).any()):
+        hi = torch.where(up, _run_end(sorted_y, (hi + 1).clamp_max(d - 1)), hi)
+    while bool((down := (hi >= pos) & (gap(hi) > minimum)).any()):
+        hi = torch.where(down, _run_start(sorted_y, hi.clamp_min(0)) - 1, hi)
+    ties = hi - lo + 1
+    argmin = order[lo.clamp(0, d - 1)]
+    tied = (ties > 1).nonzero().squeeze(-1)
+    if tied.numel():
+        # the first column among the tied ones: the smallest original index over positions lo..hi
+        span = torch.arange(int(ties[tied].max()), device=x.device)
+        at = lo[tied].unsqueeze(-1) + span
+        columns = order[at.clamp_max(d - 1)].masked_fill(at > hi[tied].unsqueeze(-1), d)
+        argmin = argmin.clone()
+        argmin[tied] = columns.min(-1).values
+    return minimum, argmin, ties
+
+
 class ValueDistance(L1EmbeddingDistance):
     r"""The value-based distance ``d_q`` of OTC (paper section 3.3), computed from the agent's own critic.
 
@@ -100,6 +215,16 @@ class ValueDistance(L1EmbeddingDistance):
       distances are then those of the raw values / eps, so all next states look alike only if their values
       are). :meth:`value_scale` is that rule.
 
+    **Matching without the matrix.** The state-action key is one number, so :meth:`compare` sorts the ``|D|``
+    online values once and places each candidate among them with :func:`torch.searchsorted`
+    (:func:`nearest_on_line`: ``O((|B| + |D|) log |D|)`` instead of the ``O(|B| |D|)`` matrix of
+    :class:`L1EmbeddingDistance`). The row minima, first argmins and tie counts are exactly the matrix's; the
+    :class:`~torchrl_otc.modules.Comparison`'s ``state_action`` computes the matrix's rows only when read (the
+    sampler reads the rows with tied minima to break the ties at random, weighted by the online rows'
+    multiplicities, eq. 1), so the match's distribution, the tie counts and the next-state distance are those of
+    the matrix path. With ``exclude`` (``OTCSampler(self_match=False)``) or non-finite values it falls back to
+    the matrix. The critic runs over at most :attr:`critic_chunk` rows at a time.
+
     Both embeddings are computed under :func:`torch.no_grad`: no gradient reaches the critic or the policy.
     The embedding of a set depends on the whole set (its mean), so :attr:`rowwise_embedding` is ``False`` and
     the sampler never caches online embeddings for this distance.
@@ -122,8 +247,12 @@ class ValueDistance(L1EmbeddingDistance):
         state_key: key of ``s``. Defaults to ``"observation"``.
         action_key: key of ``a_i``. Defaults to ``"action"``.
         next_state_key: key of ``s'``. Defaults to ``("next", "observation")``.
-        compile: compile the L1 step of the sampler's comparison (:class:`L1EmbeddingDistance`). Defaults to
-            ``False``.
+        compile: compile the L1 step of the matrix path (:class:`L1EmbeddingDistance`), which is only taken
+            with ``exclude`` or non-finite values (see above). Defaults to ``False``.
+
+    Attributes:
+        critic_chunk (int): the most rows given to the critic (``Q``, ``V``) in one call: a class attribute,
+            ``4096``; every row's value is still computed once per call.
 
     Examples:
         >>> import torch
@@ -141,6 +270,7 @@ class ValueDistance(L1EmbeddingDistance):
     """
 
     rowwise_embedding = False
+    critic_chunk: int = 4096
 
     def __init__(
         self,
@@ -251,6 +381,56 @@ class ValueDistance(L1EmbeddingDistance):
             )
         return out[0], out[1]
 
+    @torch.no_grad()
+    def compare(
+        self,
+        candidates: TensorDictBase,
+        online: OnlineRows,
+        *,
+        exclude: tuple[Tensor, Tensor] | None = None,
+    ) -> Comparison:
+        r"""Eq. (1) by sorting: each candidate's nearest online row in :math:`\lvert Q(s, a_i) - Q(s^*, a_i^*) \rvert`.
+
+        The same :class:`~torchrl_otc.modules.Comparison` as :meth:`L1EmbeddingDistance.compare` (minima, first
+        argmins, tie counts, and ``d(s', s'*)`` to the chosen match), from :func:`nearest_on_line`; its
+        ``state_action`` computes rows of the ``[|B|, |D|]`` matrix when they are read (the sampler's tie-breaking
+        reads the tied rows). Falls back to the matrix with ``exclude``, with no candidate or online row, or with
+        non-finite values.
+
+        Args:
+            candidates: flat TensorDict of ``|B|`` transitions holding :attr:`in_keys`.
+            online: the online rows.
+
+        Keyword Args:
+            exclude: ``(candidate ids [B], online ids [D])``: pairs with equal ids may not match.
+        """
+        if exclude is not None or candidates.shape[0] == 0:
+            return super().compare(candidates, online, exclude=exclude)
+        embedded = self.online_embeddings(online, candidates.device)
+        if embedded is None:
+            (q_c, ns_c), (q_o, ns_o) = self.embed_sets(candidates, online.selected())
+        else:
+            (q_c, ns_c), (q_o, ns_o) = self.embed(candidates), embedded
+        x, y = q_c.squeeze(-1), q_o.squeeze(-1)
+        dtype = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(dtype), y.to(dtype)
+
+        def next_state(match: Tensor) -> Tensor:
+            return (ns_c - ns_o[match]).abs().sum(-1)
+
+        if y.shape[0] == 0 or not bool(torch.isfinite(x).all() & torch.isfinite(y).all()):
+            return Comparison.of((x.unsqueeze(-1) - y).abs(), next_state)
+        # the online values sorted once per set (the chunks of an eq. 4 estimate share the memoised embeddings)
+        if embedded is not None:
+            if "value_sort" not in online.memo:
+                online.memo["value_sort"] = torch.sort(y, stable=True)
+            sorted_y, order = online.memo["value_sort"]
+        else:
+            sorted_y, order = torch.sort(y, stable=True)
+        minimum, argmin, ties = nearest_on_line(x, y, sorted_y, order)
+        # break_ties reads rows of state_action (distances[tied]); _AbsGaps computes just those rows
+        return Comparison(cast(Tensor, _AbsGaps(x, y)), minimum, argmin, ties, next_state)
+
     def _values(self, transitions: TensorDictBase) -> tuple[Tensor, Tensor]:
         """``Q(s, a_i)`` and ``V(s')`` ``[N]`` of the rows of ``transitions``."""
         q_function, value_function = self.__dict__["q_function"], self.__dict__["value_function"]
@@ -260,7 +440,9 @@ class ValueDistance(L1EmbeddingDistance):
                 "or use it through AgentLearner (which binds the agent's own algorithm)."
             )
         state, action, nxt = (flat_features(transitions, key) for key in self.in_keys)
-        return q_function(state, action).reshape(-1), value_function(nxt).reshape(-1)
+        return _chunked(q_function, self.critic_chunk, state, action), _chunked(
+            value_function, self.critic_chunk, nxt
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -465,8 +465,19 @@ def test_paper_preset_and_unknown_config_file():
     assert cfg.run.deployments == 3  # later overrides win
     assert cfg.resolved_steps_per_deployment == 10_000  # 1 % of the dataset (section 4.1)
     assert cfg.resolved_updates_per_deployment == 2000  # Table 3's L for AWAC
-    with pytest.raises(FileNotFoundError, match="shipped: paper"):
+    with pytest.raises(FileNotFoundError, match="shipped: paper, recommended"):
         parse_overrides(["config=papr"])
+
+
+def test_recommended_preset_is_decomposed_otc_with_the_likelihood_selector_at_half():
+    # the configuration docs/theory.rst recommends (issue 15, item 5); other overrides still apply
+    cfg = parse_overrides(["config=recommended", "task=coord/partner-modes"])
+    assert (cfg.sampler.name, cfg.sampler.distance.name, cfg.sampler.online_fraction) == (
+        "otc",
+        "likelihood",
+        0.5,
+    )
+    assert cfg.task.name == "coord/partner-modes"
 
 
 @pytest.mark.parametrize(

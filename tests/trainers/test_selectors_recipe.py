@@ -21,7 +21,7 @@ def test_the_smoke_preset_pairs_every_decomposed_selector_with_its_seeds_coupled
     recipe = load_recipe(RECIPE)
     configs = expand_recipe(recipe, "smoke", runs_root=tmp_path)
     tasks = ("nav/nonstationary", "coord/partner-modes")
-    labels = ["uniform", "otc-feature", "mix-matched", *SELECTORS]
+    labels = ["uniform", "otc-feature", "mix-matched", *SELECTORS, "mix-0.5", "dec-likelihood-0.5"]
     assert {c.task.name for c in configs} == set(tasks)
     assert len(configs) == len(tasks) * len(labels)  # one seed per task at smoke size
     folder = tmp_path / "selectors-smoke"
@@ -41,6 +41,17 @@ def test_the_smoke_preset_pairs_every_decomposed_selector_with_its_seeds_coupled
             assert pair.run.run_name.split("-td3bc-")[1].startswith("otc-feature-seed")
             assert (pair.task.name, pair.run.seed) == (config.task.name, config.run.seed)
             assert pair.sampler.online_fraction is None  # the coupled procedure
+        elif (
+            label == "dec-likelihood-0.5"
+        ):  # the fixed share of the recommended preset, with its own mix
+            assert (sampler.name, sampler.distance.name, sampler.online_fraction) == (
+                "otc",
+                "likelihood",
+                0.5,
+            )
+            assert sampler.mix_pair is None
+        elif label == "mix-0.5":
+            assert (sampler.name, sampler.mix_fraction, sampler.mix_pair) == ("mix", 0.5, None)
         else:
             assert sampler.online_fraction is None
     # the cpu preset: both tasks, 16 paired seeds each, every variant

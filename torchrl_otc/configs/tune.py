@@ -466,7 +466,9 @@ def parse_overrides(overrides: Iterable[str], base: TuneConfig | None = None) ->
 
     Keys are dotted paths (``algorithm.actor_lr=0.0003``) or shortcuts (``algo=bcq``); ``config=PATH.yaml`` loads
     a YAML file (nested, flat or dotted keys) first, ``config=paper`` the shipped preset of the paper's sizes
-    (``torchrl_otc/configs/paper.yaml``); later overrides win. The algorithm's name picks its config class with
+    (``torchrl_otc/configs/paper.yaml``), ``config=recommended`` the recommended sampler (decomposed OTC with the
+    dynamics-likelihood selector at an online share of 0.5, ``torchrl_otc/configs/recommended.yaml``); later
+    overrides win. The algorithm's name picks its config class with
     Table 3's defaults wherever it appears; ``algorithm.*`` values apply after it.
 
     Args:

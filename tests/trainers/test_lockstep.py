@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 import pytest
+from test_tuning import TINY  # the tiny runs of test_tuning.py (same folder)
 
 from torchrl_otc.configs.tune import parse_overrides
 from torchrl_otc.report import load_run
@@ -29,19 +30,6 @@ from torchrl_otc.trainers.sweep import Recipe, expand_recipe, lockstep_units, ru
 from torchrl_otc.trainers.tuning import DivergenceError, OnlineTuner
 
 SEEDS = (0, 1, 2)
-#: test_tuning.py's tiny runs
-TINY = [
-    "task=nav/nonstationary",
-    "dataset_size=1500",
-    "offline_updates=20",
-    "deployments=2",
-    "steps_per_deployment=100",
-    "updates_per_deployment=20",
-    "eval_episodes=2",
-    "num_candidates=64",
-    "num_online=50",
-    "checkpoint_every=8",
-]
 TIMINGS = ("/sample_ms", "/update_ms")
 
 

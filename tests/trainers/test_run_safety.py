@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_tuning import TINY  # the tiny runs of test_tuning.py (same folder)
 
 from torchrl_otc.configs.tune import parse_overrides
 from torchrl_otc.report import load_run
@@ -28,18 +29,6 @@ from torchrl_otc.trainers.run import (
 )
 from torchrl_otc.trainers.tuning import OnlineTuner
 
-TINY = [
-    "task=nav/nonstationary",
-    "dataset_size=1500",
-    "offline_updates=20",
-    "deployments=2",
-    "steps_per_deployment=100",
-    "updates_per_deployment=20",
-    "eval_episodes=2",
-    "num_candidates=64",
-    "num_online=50",
-    "checkpoint_every=8",
-]
 ROOT = Path(__file__).resolve().parents[2]
 
 

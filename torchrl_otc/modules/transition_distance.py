@@ -131,6 +131,15 @@ class Comparison:
         return cls(state_action, minimum, argmin, ties, next_state)
 
 
+def _l1_to_match(ns_c: Tensor, ns_o: Tensor) -> Callable[[Tensor], Tensor]:
+    """Eq. (3)'s next-state distance of each candidate to its match: ``match -> |ns_c - ns_o[match]|_1``."""
+
+    def next_state(match: Tensor) -> Tensor:
+        return (ns_c - ns_o[match]).abs().sum(-1)
+
+    return next_state
+
+
 def _excluded(distances: Tensor, exclude: tuple[Tensor, Tensor] | None) -> Tensor:
     """``distances [B, D]`` with ``inf`` where the candidate's id equals the online row's id."""
     if exclude is None:
@@ -358,22 +367,24 @@ class L1EmbeddingDistance(nn.Module, TransitionDistance):
         Keyword Args:
             exclude: ``(candidate ids [B], online ids [D])``: pairs with equal ids may not match.
         """
-        embedded = self.online_embeddings(online, candidates.device)
-        # without cached online embeddings: one pass over the |B| + |D| rows (a network runs once)
-        if embedded is None:
-            (sa_c, ns_c), (sa_o, ns_o) = self.embed_sets(candidates, online.selected())
-        else:
-            (sa_c, ns_c), (sa_o, ns_o) = self.embed(candidates), embedded
-
-        def next_state(match: Tensor) -> Tensor:
-            return (ns_c - ns_o[match]).abs().sum(-1)
-
+        (sa_c, ns_c), (sa_o, ns_o), _ = self._embedded(candidates, online)
+        next_state = _l1_to_match(ns_c, ns_o)
         if self.compile:
             if self._compiled is None:
                 self._compiled = torch.compile(_l1_min, dynamic=False)
             ids = exclude if exclude is not None else (None, None)
             return Comparison(*self._compiled(sa_c, sa_o.t().contiguous(), *ids), next_state)
         return Comparison.of(_excluded(pairwise_l1(sa_c, sa_o), exclude), next_state)
+
+    def _embedded(
+        self, candidates: TensorDictBase, online: OnlineRows
+    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], bool]:
+        """The candidates' and the online rows' embeddings, and whether the online ones came from
+        :meth:`online_embeddings` (else one pass over the |B| + |D| rows, so that a network runs once)."""
+        embedded = self.online_embeddings(online, candidates.device)
+        if embedded is None:
+            return (*self.embed_sets(candidates, online.selected()), False)
+        return self.embed(candidates), embedded, True
 
     @torch.no_grad()
     def online_embeddings(

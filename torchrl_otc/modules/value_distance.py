@@ -19,6 +19,7 @@ from torchrl_otc.modules.transition_distance import (
     Comparison,
     L1EmbeddingDistance,
     OnlineRows,
+    _l1_to_match,
     check_positive_int,
     flat_features,
 )
@@ -406,22 +407,15 @@ class ValueDistance(L1EmbeddingDistance):
         """
         if exclude is not None or candidates.shape[0] == 0:
             return super().compare(candidates, online, exclude=exclude)
-        embedded = self.online_embeddings(online, candidates.device)
-        if embedded is None:
-            (q_c, ns_c), (q_o, ns_o) = self.embed_sets(candidates, online.selected())
-        else:
-            (q_c, ns_c), (q_o, ns_o) = self.embed(candidates), embedded
+        (q_c, ns_c), (q_o, ns_o), cached = self._embedded(candidates, online)
         x, y = q_c.squeeze(-1), q_o.squeeze(-1)
         dtype = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(dtype), y.to(dtype)
-
-        def next_state(match: Tensor) -> Tensor:
-            return (ns_c - ns_o[match]).abs().sum(-1)
-
+        next_state = _l1_to_match(ns_c, ns_o)
         if y.shape[0] == 0 or not bool(torch.isfinite(x).all() & torch.isfinite(y).all()):
             return Comparison.of((x.unsqueeze(-1) - y).abs(), next_state)
         # the online values sorted once per set (the chunks of an eq. 4 estimate share the memoised embeddings)
-        if embedded is not None:
+        if cached:
             if "value_sort" not in online.memo:
                 online.memo["value_sort"] = torch.sort(y, stable=True)
             sorted_y, order = online.memo["value_sort"]

@@ -3,7 +3,7 @@
 The layers, bottom to top (as in TorchRL, and as ``docs/design.rst`` draws them):
 
 ====  =======================================================================
-0     ``_version``, ``_random``, ``stats`` (no package imports)
+0     ``_version``, ``_random``, ``_paths``, ``stats`` (no package imports)
 1     ``envs``, ``configs``, ``modules`` (independent of each other)
 2     ``objectives``, ``data`` (above modules, independent of each other)
 3     ``trainers``
@@ -27,6 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "torchrl_otc"
 LAYERS = {
     "_version": 0,
     "_random": 0,
+    "_paths": 0,
     "stats": 0,
     "envs": 1,
     "configs": 1,

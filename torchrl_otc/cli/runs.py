@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from torchrl_otc._paths import file_in_the_way
 from torchrl_otc.configs.tune import ConfigError, parse_overrides
 from torchrl_otc.report import improvement_table, load_run, write_report
 from torchrl_otc.report.writer import check_report_folder
@@ -133,13 +134,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
         (folder, "--runs-root"),
         *((Path(c.data.cache_dir), "cache_dir") for c in configs),
     ):
-        for parent in (path, *path.parents):
-            if parent.exists():
-                if not parent.is_dir():
-                    raise ConfigError(
-                        f"{what} {path} cannot be created: {parent} is a file, not a folder; choose another {what}."
-                    )
-                break
+        parent = file_in_the_way(path)
+        if parent is not None:
+            raise ConfigError(
+                f"{what} {path} cannot be created: {parent} is a file, not a folder; choose another {what}."
+            )
     check_report_folder(args.report or folder / "report")
     results = run_sweep(
         configs,

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from torchrl_otc._paths import file_in_the_way
 from torchrl_otc.configs.tune import ConfigError
 from torchrl_otc.report.plots import plot_curves
 from torchrl_otc.report.runs import MEASURES, load_run
@@ -52,18 +53,16 @@ def check_report_folder(out_dir: str | Path) -> Path:
         report folder notes.txt is a file, not a folder; choose another output folder.
     """
     out = Path(out_dir)
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if folder.is_dir():
-                break
-            if folder == out:
-                raise ConfigError(
-                    f"report folder {out} is a file, not a folder; choose another output folder."
-                )
-            raise ConfigError(
-                f"report folder {out} cannot be created: {folder} is a file, not a folder; choose another "
-                f"output folder."
-            )
+    folder = file_in_the_way(out)
+    if folder == out:
+        raise ConfigError(
+            f"report folder {out} is a file, not a folder; choose another output folder."
+        )
+    if folder is not None:
+        raise ConfigError(
+            f"report folder {out} cannot be created: {folder} is a file, not a folder; choose another "
+            f"output folder."
+        )
     return out
 
 

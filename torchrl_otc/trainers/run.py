@@ -46,6 +46,7 @@ import torch
 import torchrl
 import yaml
 
+from torchrl_otc._paths import file_in_the_way
 from torchrl_otc._version import __version__
 
 __all__ = [
@@ -376,13 +377,11 @@ def check_folder_path(path: str | Path, what: str) -> None:
         FILE is a file, not a folder; choose another runs_root.
     """
     path = Path(path)
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise RunFolderError(
-                    f"{what}={path} cannot be created: {folder} is a file, not a folder; choose another {what}."
-                )
-            return
+    folder = file_in_the_way(path)
+    if folder is not None:
+        raise RunFolderError(
+            f"{what}={path} cannot be created: {folder} is a file, not a folder; choose another {what}."
+        )
 
 
 class RunFolder:

@@ -40,6 +40,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import _encode_key_for_filesystem
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 
+from torchrl_otc._paths import file_in_the_way
 from torchrl_otc._version import __version__
 from torchrl_otc.data.transforms import agent_transitions
 
@@ -753,14 +754,14 @@ def _looks_partial(path: Path) -> bool:
 
 
 def _check_parents(path: Path) -> None:
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir() and parent != path:
-                raise DatasetError(
-                    f"Cannot create the dataset folder {path}: {parent} is a file, not a folder; choose another "
-                    "output folder."
-                )
-            break
+    parent = file_in_the_way(path)
+    if (
+        parent is not None and parent != path
+    ):  # a file at ``path`` itself is refused as "not a dataset folder"
+        raise DatasetError(
+            f"Cannot create the dataset folder {path}: {parent} is a file, not a folder; choose another "
+            "output folder."
+        )
 
 
 def prepare_dataset_folder(path: str | Path, *, overwrite: bool = False) -> Path:

@@ -81,6 +81,9 @@ def samplers(device: torch.device) -> dict:
         "OTC feature, compiled": lambda online: OTCSampler(
             online, distance=FeatureDistance(compile=True)
         ),
+        "OTC feature, compiled, score_every=4": lambda online: OTCSampler(
+            online, distance=FeatureDistance(compile=True), score_every=4
+        ),
         "OTC d_e": lambda online: OTCSampler(
             online, distance=EmbeddingDistance(OBS, ACT, device=device)
         ),
@@ -90,6 +93,11 @@ def samplers(device: torch.device) -> dict:
         "OTC d_e, CVAE step every 10 updates, compiled": lambda online: OTCSampler(
             online,
             distance=EmbeddingDistance(OBS, ACT, update_every=10, compile=True, device=device),
+        ),
+        "OTC d_e, CVAE step every 10 updates, compiled, score_every=4": lambda online: OTCSampler(
+            online,
+            distance=EmbeddingDistance(OBS, ACT, update_every=10, compile=True, device=device),
+            score_every=4,
         ),
         "OTC d_q": lambda online: OTCSampler(online, distance=ValueDistance()),
         "Balanced Replay": lambda online: BalancedReplaySampler(),

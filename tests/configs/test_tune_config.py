@@ -197,6 +197,7 @@ SAMPLES = {
     "alpha": "2",
     "adaptive_alpha": "false",
     "num_candidates": "256",
+    "score_every": "4",
     "num_online": "100",
     "next_state": "next_state",
     "embedding_reconstruct": "next_state",

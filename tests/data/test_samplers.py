@@ -906,3 +906,35 @@ def test_properties(n, m, num_candidates, num_online, batch, dim, alpha, seed):
     assert torch.allclose(
         probs.unsqueeze(0).expand_as(same)[same], probs.unsqueeze(1).expand_as(same)[same]
     )
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-kernel", "compiled-kernel"])
+def test_fused_kernel_gives_the_matrix_minima_and_exact_tie_counts(compiled):
+    """The kernel returns row minima with first and last columns, never the [B, D] matrix; tie counts are
+    recomputed for tied rows only. On integer features (many ties, duplicate columns, excluded pairs, a NaN row)
+    it must give Comparison.of's minima, first argmins, tie counts and rows."""
+    from torchrl_otc.modules.transition_distance import (
+        Comparison,
+        _excluded,
+        _l1_comparison,
+        _l1_min,
+        pairwise_l1,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (300, 4), generator=g).float()
+    y = torch.randint(0, 3, (40, 4), generator=g).float()
+    y[7] = y[3]  # duplicate columns
+    x[5, 1] = float("nan")
+    kernel = torch.compile(_l1_min, dynamic=False) if compiled else _l1_min
+    for ids in (None, (torch.arange(300) % 50, torch.arange(40))):
+        reference = Comparison.of(_excluded(pairwise_l1(x, y), ids), lambda m: m)
+        out = _l1_comparison(x, y.t().contiguous(), ids, kernel, lambda m: m)
+        ok = ~torch.isnan(x).any(-1)
+        torch.testing.assert_close(out.minimum[ok], reference.minimum[ok])
+        assert torch.equal(out.argmin[ok], reference.argmin[ok])
+        assert torch.equal(out.ties[ok], reference.ties[ok])
+        assert (out.ties[ok] > 1).float().mean() > 0.3  # the data really ties
+        rows = torch.tensor([0, 9, 150])
+        assert torch.equal(out.state_action[rows], reference.state_action[rows])
+        assert torch.isnan(out.minimum[5]) and 0 <= int(out.argmin[5]) < 40

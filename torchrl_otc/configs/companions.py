@@ -150,6 +150,7 @@ class OTCSamplerConfig:
     online_fraction_range: tuple[float, float] = (0.05, 0.95)
     source: str = "all"
     deployment_key: Any = "deployment"
+    score_every: int = 1
     _target_: str = "torchrl_otc.data.samplers.otc.OTCSampler"
 
 

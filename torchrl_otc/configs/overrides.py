@@ -78,6 +78,7 @@ SHORTCUTS: dict[str, str] = {
     "alpha": "sampler.alpha",
     "adaptive_alpha": "sampler.adaptive_alpha",
     "num_candidates": "sampler.num_candidates",
+    "score_every": "sampler.score_every",
     "num_online": "sampler.num_online",
     "next_state": "sampler.distance.next_state",
     "embedding_reconstruct": "sampler.distance.reconstruct",
@@ -133,7 +134,7 @@ def to_dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         >>> to_dotted({"sampler.num_candidate": 1})
         Traceback (most recent call last):
         ...
-        torchrl_otc.configs.parts.ConfigError: Unknown config field 'sampler.num_candidate'; valid fields of sampler: name, alpha, adaptive_alpha, num_candidates, num_online, self_match, mix_fraction, mix_source, mix_pair, online_fraction, distance.<field>.
+        torchrl_otc.configs.parts.ConfigError: Unknown config field 'sampler.num_candidate'; valid fields of sampler: name, alpha, adaptive_alpha, num_candidates, num_online, self_match, score_every, mix_fraction, mix_source, mix_pair, online_fraction, distance.<field>.
     """
     out: dict[str, Any] = {}
     for raw_key, value in values.items():

@@ -229,6 +229,10 @@ class SamplerConfig:
         num_online: ``|D|`` (Table 3: 2000). Shortcut: ``num_online=``.
         self_match: whether online candidates may match their own copies (the paper's procedure). Shortcut:
             ``self_match=``.
+        score_every: ``k``, consecutive batches served by one scoring of ``k |B|`` candidates against one draw
+            of ``|D|`` online rows (:class:`~torchrl_otc.OTCSampler`'s "scoring ahead"; each batch keeps the
+            per-update distribution, consecutive batches share their ``|D|`` draw). ``1`` (default) is the
+            paper's procedure. Shortcut: ``score_every=``.
         mix_fraction: ``name=mix``: the share of online rows per batch, in (0, 1), or ``"matched"``: per agent and
             deployment, the online share that the paired OTC run (``mix_pair``) measured. Shortcut:
             ``mix_fraction=``.
@@ -258,6 +262,7 @@ class SamplerConfig:
     num_candidates: int = 512
     num_online: int = 2000
     self_match: bool = True
+    score_every: int = 1
     mix_fraction: float | str = 0.5
     mix_source: str = "all"
     mix_pair: str | None = None
@@ -270,6 +275,7 @@ class SamplerConfig:
         _choice("sampler.mix_source", self.mix_source, MIX_SOURCES)
         _at_least("sampler.num_candidates", self.num_candidates, 1)
         _at_least("sampler.num_online", self.num_online, 1)
+        _at_least("sampler.score_every", self.score_every, 1)
         _finite("sampler.alpha", self.alpha)
         if self.alpha < 0:
             raise ConfigError(f"sampler.alpha must be >= 0; got {self.alpha}.")

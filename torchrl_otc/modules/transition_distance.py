@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from tensordict import TensorDictBase
@@ -24,6 +24,7 @@ __all__ = [
     "Comparison",
     "L1EmbeddingDistance",
     "OnlineRows",
+    "RowsOnDemand",
     "TransitionDistance",
     "pairwise_l1",
 ]
@@ -98,7 +99,9 @@ class Comparison:
     the minima at random (eq. 1: "we uniformly select one").
 
     Attributes:
-        state_action: ``[B, D]`` state-action distances ``d(s, a_i, s*, a_i*)``; ``inf`` for excluded pairs.
+        state_action: ``[B, D]`` state-action distances ``d(s, a_i, s*, a_i*)``; ``inf`` for excluded pairs. A
+            distance that finds the minima without the matrix passes a :class:`RowsOnDemand`, which computes the
+            rows that are read (the sampler reads only the rows with ties).
         minimum: ``[B]`` row minima of ``state_action``.
         argmin: ``[B]`` the first column reaching the minimum.
         ties: ``[B]`` how many columns reach the minimum.
@@ -161,7 +164,8 @@ class TransitionDistance(Protocol):
     Subclasses of this protocol inherit a :meth:`compare` built from :meth:`state_action_distance` and
     :meth:`next_state_distance`; a class that only has the structure must implement all three. A distance whose
     numbers change over time (a learned one) increases an integer attribute ``version`` when they do: caches
-    keyed on it are then refreshed.
+    keyed on it are then refreshed. One whose numbers may change at any call, with nothing to tell when (d_q
+    follows a critic trained at every update), sets ``version = None``: nothing is kept for it across calls.
 
     Attributes:
         in_keys: the keys the distance reads from a transition (nested keys allowed).
@@ -246,21 +250,104 @@ def pairwise_l1(x: Tensor, y: Tensor) -> Tensor:
     return torch.cdist(x.unsqueeze(0), y.unsqueeze(0), p=1.0).squeeze(0)
 
 
+def _l1_by_feature(x: Tensor, y_t: Tensor) -> Tensor:
+    """Pairwise L1 ``[B, D]`` of ``x [B, k]`` and ``y_t [k, D]``, summed one feature after the other.
+
+    The order of the additions is fixed (feature 0, then 1, ...), so the compiled kernel and an eager
+    recomputation of some of its rows give the same floats; written out feature by feature, the compiler keeps the
+    running sum in registers while it vectorises over the ``D`` online rows.
+    """
+    if x.shape[1] == 0:
+        return x.new_zeros(x.shape[0], y_t.shape[1])
+    d = (x[:, 0:1] - y_t[0]).abs()
+    for j in range(1, x.shape[1]):
+        d = d + (x[:, j : j + 1] - y_t[j]).abs()
+    return d
+
+
 def _l1_min(
     x: Tensor, y_t: Tensor, x_ids: Tensor | None = None, y_ids: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Pairwise L1 ``[B, D]`` of ``x [B, k]`` and ``y_t [k, D]``, its row minima, argmins and tie counts.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Row minima of the pairwise L1 ``[B, D]`` of ``x [B, k]`` and ``y_t [k, D]``, with the first and the last
+    column reaching each: the kernel :func:`torch.compile` fuses, without writing the ``[B, D]`` matrix out.
 
-    Written for :func:`torch.compile`: with ``y`` transposed the compiler vectorises over the ``D`` online rows
-    and fuses the distance, the minimum and the tie count (``benchmarks/bench_sampler.py`` times it against
-    ``cdist``). Pairs with equal ids (``x_ids [B]``, ``y_ids [D]``) get ``inf``.
+    A row ties (more than one column reaches its minimum) exactly when its first and last columns differ; only
+    those rows are recomputed (:func:`_l1_comparison`). Pairs with equal ids (``x_ids [B]``, ``y_ids [D]``) get
+    ``inf``. ``benchmarks/bench_sampler.py`` times it.
     """
-    d = (x.unsqueeze(2) - y_t.unsqueeze(0)).abs().sum(1)
+    d = _l1_by_feature(x, y_t)
     if x_ids is not None and y_ids is not None:
         d = d.masked_fill(x_ids.unsqueeze(1) == y_ids.unsqueeze(0), float("inf"))
-    values, index = d.min(1)
-    counts = (d == values.unsqueeze(1)).sum(1)
-    return d, values, index, counts
+    minimum = d.amin(1, keepdim=True)
+    column = torch.arange(d.shape[1], device=d.device)
+    reach = d == minimum
+    first = torch.where(reach, column, d.shape[1]).amin(1)
+    last = torch.where(reach, column, -1).amax(1)
+    return minimum.squeeze(1), first, last
+
+
+class RowsOnDemand:
+    """A ``[B, D]`` matrix whose rows are computed only when they are indexed.
+
+    :class:`Comparison` carries eq. (1)'s state-action distances this way when a distance found the row minima
+    without the matrix: the sampler reads only the rows whose minimum ties
+    (:func:`~torchrl_otc.data.samplers.ranking.break_ties`, ``distances[tied]``).
+
+    Args:
+        rows: ``rows(index) -> [len(index), D]`` for a tensor of row indices or a slice (``[D]`` for an integer).
+        shape: ``(B, D)``.
+
+    Examples:
+        >>> import torch
+        >>> x, y = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 5.0, 2.0])
+        >>> gaps = RowsOnDemand(lambda r: (x[r].unsqueeze(-1) - y).abs(), (2, 3))
+        >>> gaps[torch.tensor([1])]
+        tensor([[1., 3., 0.]])
+        >>> gaps.dense().shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, rows: Callable[[Any], Tensor], shape: tuple[int, int]) -> None:
+        self._rows = rows
+        self.shape = torch.Size(shape)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return self._rows(index)
+
+    def dense(self) -> Tensor:
+        """The whole ``[B, D]`` matrix."""
+        return self[:]
+
+
+def _l1_comparison(
+    x: Tensor,
+    y_t: Tensor,
+    ids: tuple[Tensor, Tensor] | None,
+    kernel: Callable[..., tuple[Tensor, Tensor, Tensor]],
+    next_state: Callable[[Tensor], Tensor],
+) -> Comparison:
+    """:class:`Comparison` of ``x [B, k]`` with ``y_t [k, D]`` from the fused kernel's minima and first / last
+    columns: exact tie counts for the rows whose first and last columns differ (recomputed alone), lazy rows."""
+    x_ids, y_ids = ids if ids is not None else (None, None)
+    minimum, first, last = kernel(x, y_t, x_ids, y_ids)
+    n_cols = y_t.shape[1]
+
+    def rows(index: Any) -> Tensor:
+        d = _l1_by_feature(x[index].reshape(-1, x.shape[1]), y_t)
+        if x_ids is not None and y_ids is not None:
+            d = d.masked_fill(x_ids[index].reshape(-1, 1) == y_ids.unsqueeze(0), float("inf"))
+        return d.reshape(*x[index].shape[:-1], n_cols)
+
+    ties = (first != last).long() + 1
+    tied = (first != last).nonzero().squeeze(-1)
+    if tied.numel():  # rare with continuous features: count exactly, on the recomputed rows
+        ties[tied] = (rows(tied) == minimum[tied].unsqueeze(-1)).sum(-1)
+    argmin = first.clamp(
+        max=max(n_cols - 1, 0)
+    )  # a NaN row reaches nothing; the sampler reports it
+    return Comparison(
+        cast(Tensor, RowsOnDemand(rows, (x.shape[0], n_cols))), minimum, argmin, ties, next_state
+    )
 
 
 class L1EmbeddingDistance(nn.Module, TransitionDistance):
@@ -285,8 +372,10 @@ class L1EmbeddingDistance(nn.Module, TransitionDistance):
       call; when the set holds more rows than the ``|D|`` drawn, embedding all of them per call costs more than
       embedding the drawn rows, so the cache is only rebuilt when :attr:`version` has not moved since the
       previous call (a comparison with every row, the eq. 4 estimate, rebuilds it anyway);
-    * ``compile=True`` runs the pairwise step, its row minima and tie counts as one kernel compiled by
-      :func:`torch.compile` (on first use, for fixed shapes; not pickled).
+    * ``compile=True`` runs the pairwise step and its row minima as one kernel compiled by :func:`torch.compile`
+      (on first use, for fixed shapes; not pickled). The kernel never writes the ``[|B|, |D|]`` matrix out: it
+      returns each row's minimum with the first and the last column reaching it, and only the rows where those
+      differ (ties) are recomputed, to count the ties and break them (:class:`RowsOnDemand`).
 
     Args:
         compile: compile the pairwise step. Defaults to ``False``.
@@ -320,7 +409,7 @@ class L1EmbeddingDistance(nn.Module, TransitionDistance):
         super().__init__()
         self.version = 0
         self.compile = bool(compile)
-        self._compiled: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]] | None = None
+        self._compiled: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
         self._row_cache: tuple[tuple, Tensor, Tensor] | None = None
         self._last_version: int | None = None
 
@@ -372,8 +461,7 @@ class L1EmbeddingDistance(nn.Module, TransitionDistance):
         if self.compile:
             if self._compiled is None:
                 self._compiled = torch.compile(_l1_min, dynamic=False)
-            ids = exclude if exclude is not None else (None, None)
-            return Comparison(*self._compiled(sa_c, sa_o.t().contiguous(), *ids), next_state)
+            return _l1_comparison(sa_c, sa_o.t().contiguous(), exclude, self._compiled, next_state)
         return Comparison.of(_excluded(pairwise_l1(sa_c, sa_o), exclude), next_state)
 
     def _embedded(

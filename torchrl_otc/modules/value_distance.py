@@ -19,6 +19,7 @@ from torchrl_otc.modules.transition_distance import (
     Comparison,
     L1EmbeddingDistance,
     OnlineRows,
+    RowsOnDemand,
     _l1_to_match,
     check_positive_int,
     flat_features,
@@ -77,27 +78,13 @@ def _chunked(function: Callable[..., Tensor], chunk: int, *inputs: Tensor) -> Te
     )
 
 
-class _AbsGaps:
-    r"""The ``[B, D]`` matrix ``|x_j - y_i|`` of eq. (1) for 1-D keys, computed only for the rows asked for.
+def _abs_gaps(x: Tensor, y: Tensor) -> RowsOnDemand:
+    r"""The ``[B, D]`` matrix ``|x_j - y_i|`` of eq. (1) for 1-D keys, computed only for the rows read.
 
-    :class:`~torchrl_otc.modules.Comparison` carries it as ``state_action``; the sampler reads only the rows of
-    candidates with tied minima (:func:`~torchrl_otc.data.samplers.ranking.break_ties`, ``distances[tied]``), so
-    the full matrix is never built unless every row ties. Each entry is ``(x_j - y_i).abs()``, the same float as
+    Each entry is ``(x_j - y_i).abs()``, the same float as
     :func:`~torchrl_otc.modules.transition_distance.pairwise_l1` gives for one feature.
     """
-
-    def __init__(self, x: Tensor, y: Tensor) -> None:
-        self.x, self.y = x, y
-        self.shape = torch.Size((x.shape[0], y.shape[0]))
-        self.dtype, self.device = x.dtype, x.device
-
-    def __getitem__(self, rows: Tensor | slice | int) -> Tensor:
-        """``|x[rows] - y|``: ``[len(rows), D]`` (``[D]`` for an integer row)."""
-        return (self.x[rows].unsqueeze(-1) - self.y).abs()
-
-    def dense(self) -> Tensor:
-        """The whole ``[B, D]`` matrix."""
-        return self[:]
+    return RowsOnDemand(lambda rows: (x[rows].unsqueeze(-1) - y).abs(), (x.shape[0], y.shape[0]))
 
 
 def _run_start(sorted_y: Tensor, i: Tensor) -> Tensor:
@@ -290,6 +277,9 @@ class ValueDistance(L1EmbeddingDistance):
         compile: bool = False,
     ) -> None:
         super().__init__(compile=compile)
+        # Its scores follow the critic, which changes at every update: no version can say when they are still
+        # valid, so nothing is cached on one (OTCSampler(score_every=k) scores every call for it).
+        self.version = None  # type: ignore[assignment]
         if critic_reduction not in ("mean", "min"):
             raise ValueError(f"critic_reduction must be 'mean' or 'min'; got {critic_reduction!r}.")
         if value_actions not in ("policy", "sample"):
@@ -422,8 +412,8 @@ class ValueDistance(L1EmbeddingDistance):
         else:
             sorted_y, order = torch.sort(y, stable=True)
         minimum, argmin, ties = nearest_on_line(x, y, sorted_y, order)
-        # break_ties reads rows of state_action (distances[tied]); _AbsGaps computes just those rows
-        return Comparison(cast(Tensor, _AbsGaps(x, y)), minimum, argmin, ties, next_state)
+        # break_ties reads rows of state_action (distances[tied]); only those rows are computed
+        return Comparison(cast(Tensor, _abs_gaps(x, y)), minimum, argmin, ties, next_state)
 
     def _values(self, transitions: TensorDictBase) -> tuple[Tensor, Tensor]:
         """``Q(s, a_i)`` and ``V(s')`` ``[N]`` of the rows of ``transitions``."""

@@ -139,4 +139,5 @@ def make_sampler(
         online_fraction=0.5 if config.online_fraction == "matched" else config.online_fraction,
         source=config.mix_source,
         deployment_key=DEPLOYMENT_KEY,
+        score_every=config.score_every,
     )

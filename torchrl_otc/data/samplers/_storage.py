@@ -219,15 +219,21 @@ class OnlineRowsSampler(Sampler, metaclass=_ReplacementKeyword):
     #: The prefix of the keys this sampler writes into ``info`` (and so into sampled batches), e.g. ``"otc_"``
     #: for ``otc_uniform``; one per sampler, so two samplers' keys never mean different things under one name.
     info_prefix: str = ""
+    #: Counts the writes to the storage this sampler draws from (every write reaches one of the hooks below):
+    #: what the sampler computed from the storage's content is stale once it moves.
+    _writes: int = 0
 
     def extend(self, index: Any) -> None:
         self._rows.invalidate()
+        self._writes += 1
 
     def add(self, index: Any) -> None:
         self._rows.invalidate()
+        self._writes += 1
 
     def mark_update(self, index: Any, *, storage: Storage | None = None) -> None:
         self._rows.invalidate()
+        self._writes += 1
 
 
 class WriteTracker:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,38 @@ __all__ = ["OTCSampler"]
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
+
+
+@dataclass
+class _Scored:
+    """Candidates scored against one draw of online rows (eq. 1), handed out ``size`` at a time."""
+
+    key: tuple | None
+    cand: Tensor
+    on: Tensor
+    match: Tensor
+    match_value: Tensor
+    ns: Tensor
+    size: int
+    next: int = 0
+
+    @property
+    def left(self) -> bool:
+        return self.next < self.cand.shape[0]
+
+    def pop(self) -> _Scored:
+        """The next ``size`` candidates (their own :class:`_Scored`, sharing the online rows)."""
+        part = slice(self.next, self.next + self.size)
+        self.next += self.size
+        return _Scored(
+            self.key,
+            self.cand[part],
+            self.on,
+            self.match[part],
+            self.match_value[part],
+            self.ns[part],
+            self.size,
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -118,6 +151,16 @@ class OTCSampler(OnlineRowsSampler):
     holds distances 0, rank 0, match index -1 and ``otc_prob = 1 / number of online rows``; ``info`` adds
     ``otc_online_fraction`` (the ``F`` used).
 
+    **Scoring ahead** (``score_every=k``; not in the paper). One call draws ``k |B|`` candidates and one set of
+    ``|D|`` online rows, matches them all (eq. 1) in one pass, and keeps the scores for the next ``k - 1`` calls;
+    each call ranks its own group of ``|B|`` candidates (eq. 3 over that group alone) and draws its batch from it.
+    Every group is a fresh uniform draw of ``|B|`` candidates and the online rows are a fresh draw of ``|D|``, so
+    each batch has the distribution of the per-call procedure; what changes is that ``k`` consecutive batches
+    share their ``|D|`` draw (their matches are not independent). The kept scores are dropped whenever the
+    storage or the online buffer is written to, alpha, the distance (its ``version``), the pool of candidates
+    (coupled or decomposed) or the sizes change, and when the state is taken (:meth:`state_dict`). A distance
+    with no ``version`` (``ValueDistance``: its critic changes at every update) is scored at every call.
+
     ``info`` (copied into every :class:`~torchrl.data.TensorDictReplayBuffer` batch) holds, per row,
     ``otc_distance`` (next-state distance to the match), ``otc_match_distance`` (state-action distance),
     ``otc_rank``, ``otc_prob`` (probability of the candidate in one draw), ``otc_match_index`` (row of the
@@ -163,6 +206,8 @@ class OTCSampler(OnlineRowsSampler):
             ``(0.05, 0.95)``.
         source: decomposed OTC's online rows: ``"all"`` (every deployment so far, default) or ``"latest"``.
         deployment_key: key of the integer column numbering the deployments (read with ``source="latest"``).
+        score_every: ``k``, the calls one scoring serves (see "Scoring ahead"). Defaults to ``1``, the paper's
+            procedure.
 
     Examples:
         >>> import torch
@@ -224,6 +269,7 @@ class OTCSampler(OnlineRowsSampler):
         online_fraction_range: tuple[float, float] = DEFAULT_FRACTION_RANGE,
         source: OnlineSource = "all",
         deployment_key: NestedKey = "deployment",
+        score_every: int = 1,
     ) -> None:
         if not isinstance(online_buffer, ReplayBuffer):
             raise TypeError(
@@ -243,6 +289,7 @@ class OTCSampler(OnlineRowsSampler):
             ("num_candidates", num_candidates),
             ("num_online", num_online),
             ("alpha_samples", alpha_samples),
+            ("score_every", score_every),
         ):
             check_positive_int(name, value)
         if not (math.isfinite(beta) and beta >= 0):
@@ -282,6 +329,10 @@ class OTCSampler(OnlineRowsSampler):
         self.source = source
         self.deployment_key = deployment_key
         self.online_fraction = online_fraction
+        self.score_every = score_every
+        # Candidates scored ahead for the next batches (score_every > 1), with what they were scored against.
+        self._scored: _Scored | None = None
+        self._warned_no_version = False
         # The online / offline rows of the merged storage (decomposed OTC), dropped at every write.
         self._rows = OnlineRowIndex()
         # Counts the writes to the online buffer: the online set's version, which the distance caches on.
@@ -537,22 +588,61 @@ class OTCSampler(OnlineRowsSampler):
         device = storage_device(storage)
         if self.decomposed:
             return self._sample_decomposed(storage, n, batch_size, keys, device)
-        cand = torch.randint(n, (self.num_candidates,), generator=self._rng, device=device)
-        flat, info = self._draw_ranked(storage, cand, batch_size, keys, device)
+        flat, info = self._draw_ranked(storage, None, batch_size, keys, device)
         self._add_online_share(storage, flat, info)
         return to_storage_index(storage, flat), info
 
-    def _draw_ranked(
+    def _scores_key(self, storage: TensorStorage, pool: Tensor | None) -> tuple | None:
+        """What scored candidates depend on; ``None`` when the distance has no ``version`` (scores every call)."""
+        version = getattr(self.distance, "version", None)
+        if version is None:
+            if self.score_every > 1 and not self._warned_no_version:
+                logger.warning(
+                    "OTCSampler(score_every=%d): %s has no version that says when its scores change, so every "
+                    "batch is scored on its own (score_every has no effect).",
+                    self.score_every,
+                    type(self.distance).__name__,
+                )
+                self._warned_no_version = True
+            return None
+        return (
+            self._writes,
+            id(storage),
+            len(storage),
+            (id(self._online_tracker), self._online_tracker.version),
+            version,
+            self.alpha,
+            pool is None,
+            self.num_candidates,
+            self.num_online,
+            self.self_match,
+        )
+
+    def _next_scored(
         self,
         storage: TensorStorage,
-        cand: Tensor,
-        batch_size: int,
+        pool: Tensor | None,
         keys: list[NestedKey],
         device: torch.device,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        """Algorithm 1, lines 11-14 on the candidates ``cand`` (flat rows of ``storage``): ``|D|`` online rows,
-        eq. (1)'s matches, eq. (3)'s draw of ``batch_size`` of them. Returns their flat rows and ``info``."""
+    ) -> _Scored:
+        """The next ``|B|`` scored candidates (Algorithm 1, lines 11-13) drawn from ``pool`` (flat rows of
+        ``storage``; ``None`` for all of them).
+
+        With ``score_every = k > 1`` one call scores ``k |B|`` candidates against one draw of ``|D|`` online rows
+        and keeps them for the next ``k - 1`` calls, as long as nothing they depend on changes (see
+        :meth:`_scores_key`); each group of ``|B|`` is then ranked on its own (eq. 3) by :meth:`_draw_ranked`.
+        """
+        key = self._scores_key(storage, pool)
+        scored = self._scored
+        if key is not None and scored is not None and scored.key == key and scored.left:
+            return scored.pop()
+        groups = self.score_every if key is not None else 1
         rng = self._rng
+        total = groups * self.num_candidates
+        if pool is None:
+            cand = torch.randint(len(storage), (total,), generator=rng, device=device)
+        else:
+            cand = pool[torch.randint(pool.numel(), (total,), generator=rng, device=device)]
         m = len(self._online_storage)
         online_device = storage_device(self._online_storage)
         multiplicity = None
@@ -567,8 +657,32 @@ class OTCSampler(OnlineRowsSampler):
         match, match_value, ns = self._score(
             cand_td, online, multiplicity, self._online_ids(on, device)
         )
-        probs, rank = rank_priorities(ns, self.alpha)
         self._check_finite(ns, match_value, cand)
+        self._scored = _Scored(key, cand, on, match, match_value, ns, self.num_candidates)
+        return self._scored.pop()
+
+    def _draw_ranked(
+        self,
+        storage: TensorStorage,
+        pool: Tensor | None,
+        batch_size: int,
+        keys: list[NestedKey],
+        device: torch.device,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Algorithm 1, lines 11-14 on ``|B|`` candidates drawn from ``pool`` (flat rows of ``storage``;
+        ``None``: all rows): ``|D|`` online rows, eq. (1)'s matches, eq. (3)'s draw of ``batch_size`` of them.
+        Returns their flat rows and ``info``."""
+        rng = self._rng
+        online_device = storage_device(self._online_storage)
+        scored = self._next_scored(storage, pool, keys, device)
+        cand, on, match, match_value, ns = (
+            scored.cand,
+            scored.on,
+            scored.match,
+            scored.match_value,
+            scored.ns,
+        )
+        probs, rank = rank_priorities(ns, self.alpha)
         if batch_size:
             draw = torch.multinomial(
                 probs, batch_size, replacement=self.with_replacement, generator=rng
@@ -610,10 +724,7 @@ class OTCSampler(OnlineRowsSampler):
         fraction = self.current_online_fraction
         n_online = round(fraction * batch_size)
         rng = self._rng
-        pick = torch.randint(offline.numel(), (self.num_candidates,), generator=rng, device=device)
-        flat_off, info = self._draw_ranked(
-            storage, offline[pick], batch_size - n_online, keys, device
-        )
+        flat_off, info = self._draw_ranked(storage, offline, batch_size - n_online, keys, device)
         pick = torch.randint(online.numel(), (n_online,), generator=rng, device=device)
         flat, info = join_online_rows(online[pick], flat_off, info, 1.0 / online.numel(), rng)
         info["otc_online_fraction"] = torch.tensor(fraction)
@@ -720,6 +831,12 @@ class OTCSampler(OnlineRowsSampler):
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """alpha, its history and the distance's state.
+
+        Candidates scored ahead (``score_every > 1``) are not part of it: taking the state drops them, so that the
+        run that goes on and a run resumed from this state score their next batch alike.
+        """
+        self._scored = None
         state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "alpha": self.alpha,
@@ -758,6 +875,7 @@ class OTCSampler(OnlineRowsSampler):
     def _empty(self) -> None:
         # The merged data is gone: start over from alpha_0.
         self._rows.invalidate()
+        self._scored = None
         self.alpha = self.alpha0
         self.alpha_history = []
 

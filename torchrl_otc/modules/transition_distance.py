@@ -510,7 +510,7 @@ class L1EmbeddingDistance(nn.Module, TransitionDistance):
         if online.rows is None:
             return sa, ns
         rows = online.rows.to(device)
-        return sa[rows], ns[rows]
+        return torch.index_select(sa, 0, rows), torch.index_select(ns, 0, rows)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

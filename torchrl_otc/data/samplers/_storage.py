@@ -69,9 +69,13 @@ def flat_column(storage: TensorStorage, key: NestedKey) -> Tensor:
 
 
 def gather(storage: TensorStorage, flat_index: Tensor, keys: Sequence[NestedKey]) -> TensorDict:
-    """Reads ``keys`` of the rows ``flat_index`` straight from the storage's tensors (no full-row gather)."""
+    """Reads ``keys`` of the rows ``flat_index`` straight from the storage's tensors (no full-row gather).
+
+    :func:`torch.index_select` gathers the same rows as indexing, about twice as fast on the CPU for a few hundred
+    rows (``benchmarks/bench_sampler.py``).
+    """
     return TensorDict(
-        {key: flat_column(storage, key)[flat_index] for key in keys},
+        {key: torch.index_select(flat_column(storage, key), 0, flat_index) for key in keys},
         batch_size=[flat_index.shape[0]],
         device=flat_index.device,
     )

@@ -118,6 +118,21 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("runs_root= under a file", lambda t: _tune(f"runs_root={_afile(t)}/runs")(t), "is a file"),
     ("cache_dir= under a file", lambda t: _tune(f"cache_dir={_afile(t)}/cache")(t), "is a file"),
     ("dataset_size < batch", _tune("dataset_size=3"), "fewer rows than one batch"),
+    (
+        "a continuous algorithm on a discrete task",
+        _tune("task=mpe/navigation-3-discrete", "algo=awac"),
+        "mpe/navigation-3-discrete has discrete (one-hot) actions and algo=awac is a continuous-action",
+    ),
+    (
+        "epsilon above 1 on a discrete task",
+        _tune("task=smaclike/3m", "algo=cql", "exploration_noise=1.5"),
+        "exploration_noise is the exploring agent's epsilon (epsilon-greedy), a probability; got 1.5",
+    ),
+    (
+        "TD3+BC on the SMAC-shaped task",
+        _tune("task=smaclike/3m", "algo=td3bc"),
+        "on discrete tasks use algo=bcq (discrete BCQ) or algo=cql",
+    ),
     ("dataset_size < |B|", _tune("dataset_size=200"), "fewer rows than the 512 candidates |B|"),
     ("deployments=abc", _tune("deployments=abc"), "run.deployments='abc': expected int"),
     ("dataset_size=0", _tune("dataset_size=0"), "data.size must be >= 1; got 0"),
@@ -262,6 +277,11 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
             str(t / "ds"),
         ],
         "is not an HDF5 file",
+    ),
+    (
+        "otc data train-behaviour on a discrete task",
+        lambda t: ["data", "train-behaviour", "mpe/navigation-3-discrete", "--out", str(t / "rep")],
+        "mpe/navigation-3-discrete has discrete (one-hot) actions; behaviour policies are trained with TD3",
     ),
     (
         "data info of no dataset",

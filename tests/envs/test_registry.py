@@ -32,9 +32,15 @@ EXPECTED = {
     "mpe/navigation-5",
     "mpe/navigation-6",
     "mpe/predator-prey",
+    "mpe/navigation-3-discrete",
+    "mpe/navigation-4-discrete",
+    "mpe/navigation-5-discrete",
+    "mpe/navigation-6-discrete",
+    "mpe/predator-prey-discrete",
     "nav/nonstationary",
     "coord/partner-modes",
     "smac/5m_vs_6m",
+    "smaclike/3m",
 }
 BUILDABLE = sorted(n for n in EXPECTED if not n.startswith("smac/"))
 
@@ -69,7 +75,9 @@ def test_every_task_passes_spec_check(name, layout):
         assert env.full_observation_spec["observation"].shape[-1] == task.state_dim
     else:
         assert env.full_action_spec["agents", "action"].shape[-2] == task.n_agents
-        assert env.full_observation_spec["agents", "observation"].shape[-1] == task.state_dim
+        # smaclike (SMACv2's layout): local observations per agent, the global state at the root
+        state_key = "state" if task.family == "smaclike" else ("agents", "observation")
+        assert env.full_observation_spec[state_key].shape[-1] == task.state_dim
 
 
 @pytest.mark.parametrize("name", ["mpe/navigation-3", "mpe/predator-prey"])

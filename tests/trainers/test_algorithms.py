@@ -352,6 +352,7 @@ READ_ELSEWHERE = {
     "batch_size",
     "finetune_updates",
     "lagrange_thresh",
+    "discrete_threshold",  # read by DiscreteBCQ (tests/trainers/test_discrete_algorithms.py)
 }
 
 

@@ -148,6 +148,10 @@ class BCQConfig(AlgorithmConfig):
         kl_weight: weight of the VAE's KL term (BCQ's code: 0.5).
         target_selection: ``"mixed"`` (BCQ: maximise the mixed target value over the sampled actions) or
             ``"q1"`` (choose the action by the first target critic).
+        discrete_threshold: tau of discrete BCQ (:class:`~torchrl_otc.trainers.algorithms.DiscreteBCQ`, for
+            one-hot actions): the target and the greedy action keep only the actions whose behaviour probability
+            is above this fraction of the most likely one's, in [0, 1) (0 keeps every action: double DQN).
+            Fujimoto et al. 2019, "Benchmarking Batch Deep RL Algorithms": 0.3. Continuous BCQ does not read it.
 
     Examples:
         >>> cfg = BCQConfig()
@@ -170,6 +174,7 @@ class BCQConfig(AlgorithmConfig):
     deploy_num_samples: int = 100
     kl_weight: float = 0.5
     target_selection: str = "mixed"
+    discrete_threshold: float = 0.3
 
     def __post_init__(self) -> None:
         if self.vae_hidden_sizes is not None:
@@ -192,6 +197,11 @@ class BCQConfig(AlgorithmConfig):
         ):
             raise ValueError(
                 f"vae_hidden_sizes must be positive widths or None; got {self.vae_hidden_sizes}."
+            )
+        if not 0.0 <= self.discrete_threshold < 1.0:
+            raise ValueError(
+                f"discrete_threshold must be in [0, 1) (the most likely action has ratio 1, so 1 would keep "
+                f"none); got {self.discrete_threshold}."
             )
         if self.target_selection not in ("mixed", "q1"):
             raise ValueError(

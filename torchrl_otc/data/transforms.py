@@ -24,6 +24,8 @@ from torchrl.envs.transforms import Transform
 __all__ = ["AgentView", "agent_transitions", "split_agents"]
 
 _LOCAL = "local_observation"
+#: A discrete task's boolean action mask, one column per (one-hot) action column: cut per agent like the action.
+MASK_KEY = "action_mask"
 
 
 def _columns(action_partition: Sequence[Sequence[int]], agent: int) -> list[int]:
@@ -43,7 +45,8 @@ def agent_transitions(
 ) -> TensorDictBase:
     """Agent ``agent``'s individual transitions from joint ones (section 4.1).
 
-    The joint ``action`` is replaced by the agent's columns ``action_partition[agent]`` (in the agent's order);
+    The joint ``action`` is replaced by the agent's columns ``action_partition[agent]`` (in the agent's order), and
+    so is a discrete task's joint ``action_mask`` (and ``("next", "action_mask")``), one column per action column;
     ``local_observation`` entries (every agent's) are removed, after replacing ``observation`` and
     ``("next", "observation")`` by the agent's own rows when ``local_obs`` is true. Every other key (reward, done
     flags, the global state, bookkeeping such as ``index`` or ``episode``) is kept.
@@ -77,6 +80,18 @@ def agent_transitions(
             "is this data already one agent's view?"
         )
     out.set(action_key, action[..., cols].clone())
+    for key in (
+        MASK_KEY,
+        ("next", MASK_KEY),
+    ):  # a discrete task's joint action mask: the agent's columns too
+        mask = out.get(key, None)
+        if mask is not None:
+            if mask.shape[-1] != expected:
+                raise ValueError(
+                    f"The joint {key!r} has {mask.shape[-1]} columns, the joint action {expected}: an action mask "
+                    "has one column per action column."
+                )
+            out.set(key, mask[..., cols].clone())
     if local_obs:
         for prefix in ((), ("next",)):
             local = out.get((*prefix, _LOCAL), None)

@@ -6,7 +6,7 @@ environment is built, so ``import torchrl_otc.envs`` needs none of them.
 
 from torchrl_otc.envs.joint import JointEnv, agent_to_joint_actions, joint_to_agent_actions
 from torchrl_otc.envs.mamujoco import MaMuJoCoEnv
-from torchrl_otc.envs.mpe import make_pettingzoo_env, make_vmas_env
+from torchrl_otc.envs.mpe import OneHotJointEnv, make_pettingzoo_env, make_vmas_env
 from torchrl_otc.envs.nonstationary_nav import NonStationaryNavEnv, beta_schedule
 from torchrl_otc.envs.partner_modes import PartnerDeployments, PartnerModesEnv
 from torchrl_otc.envs.registry import (
@@ -17,13 +17,17 @@ from torchrl_otc.envs.registry import (
     list_tasks,
     make_env,
 )
+from torchrl_otc.envs.smac_like import SMAC_LIKE_MAPS, SmacLikeEnv
 
 __all__ = [
     "JointEnv",
     "MaMuJoCoEnv",
     "NonStationaryNavEnv",
+    "OneHotJointEnv",
     "PartnerDeployments",
     "PartnerModesEnv",
+    "SMAC_LIKE_MAPS",
+    "SmacLikeEnv",
     "TASKS",
     "TaskSpec",
     "UnknownTaskError",

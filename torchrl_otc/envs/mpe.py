@@ -15,6 +15,13 @@ backends here run our own scenarios:
   never be caught.
 * Start positions are uniform in ``[-1, 1]^2``; episodes last 25 steps and end by truncation (MPE's horizon), never
   by termination.
+* **Discrete actions** (``discrete=True``; tasks ``mpe/navigation-N-discrete``, ``mpe/predator-prey-discrete``): the
+  5 actions of MPE's native discrete space, in mpe2's order: no-op, left, right, down, up, i.e. the velocities
+  :data:`DISCRETE_VELOCITIES` (``0`` or ``±0.1`` along one axis). Actions are one-hot (TorchRL ``OneHot``, shape
+  ``[..., n_agents, 5]``); rewards and observations are those of the continuous tasks. The PettingZoo backend uses
+  mpe2's ``Discrete(5)`` space; the VMAS backend VMAS's discrete mode (one action dimension of 5 values, decoded to
+  the same velocities by :func:`vmas_discrete_index`). The joint view (:class:`OneHotJointEnv`) concatenates the
+  agents' one-hot blocks: agent ``i``'s are the columns ``5i .. 5i + 4``.
 
 Every agent observes the global state (as the paper's agents do): navigation ``[agent positions, landmark
 positions]`` (``4N`` numbers), predator-prey ``[predator positions, prey position]`` (8 numbers). With
@@ -41,14 +48,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from tensordict import TensorDictBase
+from torchrl.data import Categorical, Composite, MultiOneHot, OneHot, Unbounded
 from torchrl.envs import (
     Compose,
+    EnvBase,
     PettingZooWrapper,
     RenameTransform,
     StepCounter,
     TransformedEnv,
     VmasEnv,
 )
+
+from torchrl_otc.envs.joint import JointEnv
 
 __all__ = [
     "MPE_TASKS",
@@ -59,6 +71,11 @@ __all__ = [
     "make_pettingzoo_env",
     "ACTION_BOUND",
     "PREY_SPEED",
+    "N_DISCRETE_ACTIONS",
+    "DISCRETE_VELOCITIES",
+    "discrete_velocity",
+    "vmas_discrete_index",
+    "OneHotJointEnv",
 ]
 
 #: Bound of the velocity actions (appendix, "the action space of agents is [-0.1, 0.1]").
@@ -67,6 +84,13 @@ ACTION_BOUND = 0.1
 PREY_SPEED = 1.3 * ACTION_BOUND * 2**0.5
 #: The two MPE scenarios implemented here.
 MPE_TASKS = ("navigation", "predator_prey")
+#: Number of discrete actions: no-op, left, right, down, up (MPE's native discrete space, mpe2's order).
+N_DISCRETE_ACTIONS = 5
+#: The velocity of each discrete action, ``[5, 2]``: no-op, left (-x), right (+x), down (-y), up (+y), of size
+#: :data:`ACTION_BOUND` (mpe2 maps the same indices to the same unit directions).
+DISCRETE_VELOCITIES = ACTION_BOUND * torch.tensor(
+    [[0.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]]
+)
 _ARENA = 1.0
 _CATCH_RADIUS = 0.1
 _N_PREDATORS = 3
@@ -140,6 +164,54 @@ def prey_velocity(predator_pos: torch.Tensor, prey_pos: torch.Tensor, speed: flo
     return unit * speed
 
 
+def discrete_velocity(action: torch.Tensor) -> torch.Tensor:
+    """The velocity of discrete MPE actions (section 4.4 tasks with MPE's native 5 actions).
+
+    Args:
+        action: action indices in ``0..4`` (no-op, left, right, down, up), any shape ``[...]``.
+
+    Returns:
+        Velocities, shape ``[..., 2]``, in :data:`DISCRETE_VELOCITIES`.
+
+    Examples:
+        >>> discrete_velocity(torch.tensor([0, 1, 2, 3, 4]))
+        tensor([[ 0.0000,  0.0000],
+                [-0.1000,  0.0000],
+                [ 0.1000,  0.0000],
+                [ 0.0000, -0.1000],
+                [ 0.0000,  0.1000]])
+    """
+    return DISCRETE_VELOCITIES.to(action.device)[action.long()]
+
+
+# VMAS maps action k of one 5-valued dimension to u = (p / 4) * 2 * u_range - u_range with p = (2, 0, 1, 3, 4)[k]
+# (it puts k = 0 in the middle, at u = 0): u / u_range * 2 + 2 = p, and k = (1, 2, 0, 3, 4)[p].
+_VMAS_P_TO_INDEX = torch.tensor([1, 2, 0, 3, 4])
+
+
+def vmas_discrete_index(u: torch.Tensor, u_range: float = ACTION_BOUND) -> torch.Tensor:
+    """Recover the discrete action index (0..4) from the value VMAS's discrete mode puts in ``agent.action.u``.
+
+    VMAS turns the index ``k`` of a 5-valued action dimension into ``u`` in ``{0, -r, -r/2, r/2, r}`` for
+    ``k = 0..4`` (``r = u_range``); this inverts that map (section 4.4 tasks, discrete actions).
+
+    Args:
+        u: VMAS's processed actions, shape ``[...]`` or ``[..., 1]`` (the trailing 1 is dropped).
+        u_range: the agent's ``u_range``. Defaults to :data:`ACTION_BOUND`.
+
+    Returns:
+        Action indices (``torch.long``), shape ``[...]``.
+
+    Examples:
+        >>> vmas_discrete_index(torch.tensor([[0.0], [-0.1], [-0.05], [0.05], [0.1]]))
+        tensor([0, 1, 2, 3, 4])
+    """
+    if u.dim() and u.shape[-1] == 1:
+        u = u.squeeze(-1)
+    p = torch.round(u / u_range * 2 + 2).long().clamp(0, 4)
+    return _VMAS_P_TO_INDEX.to(u.device)[p]
+
+
 def _global_state(agent_pos: torch.Tensor, target_pos: torch.Tensor) -> torch.Tensor:
     """``[agent positions, targets]`` flattened: ``[B, N, 2] + [B, M, 2] -> [B, 2N + 2M]``."""
     return torch.cat([agent_pos.flatten(-2), target_pos.flatten(-2)], dim=-1)
@@ -195,8 +267,15 @@ def _vmas_scenarios() -> dict[str, type]:
         ) -> World:
             self.local_obs = bool(kwargs.pop("local_obs", False))
             self.prey_speed = float(kwargs.pop("prey_speed", PREY_SPEED))
+            self.discrete = bool(kwargs.pop("discrete", False))
             ScenarioUtils.check_kwargs_consumed(kwargs)
             world = World(batch_dim, device, dim_c=0)
+            # Discrete: one action dimension of 5 values, decoded to MPE's 5 velocities in ``_velocity``.
+            action = (
+                {"action_size": 1, "discrete_action_nvec": [N_DISCRETE_ACTIONS]}
+                if self.discrete
+                else {"action_size": 2}
+            )
             for i in range(n_agents):
                 world.add_agent(
                     Agent(
@@ -206,9 +285,9 @@ def _vmas_scenarios() -> dict[str, type]:
                         rotatable=False,
                         collide=False,
                         dynamics=Static(),
-                        action_size=2,
                         u_range=ACTION_BOUND,
                         color=Color.BLUE,
+                        **action,
                     )
                 )
             for j in range(n_targets):
@@ -229,6 +308,11 @@ def _vmas_scenarios() -> dict[str, type]:
             for entity in self.world.agents + self.world.landmarks:
                 pos = torch.empty(n, 2, device=self.world.device).uniform_(-_ARENA, _ARENA)
                 entity.set_pos(pos if env_index is None else pos[0], batch_index=env_index)
+
+        def _velocity(self, agent: Agent) -> torch.Tensor:
+            if self.discrete:
+                return discrete_velocity(vmas_discrete_index(agent.action.u, ACTION_BOUND))
+            return agent.action.u
 
         def _agent_pos(self) -> torch.Tensor:
             return torch.stack([a.state.pos for a in self.world.agents], dim=1)
@@ -261,7 +345,7 @@ def _vmas_scenarios() -> dict[str, type]:
 
         def pre_step(self) -> None:
             for agent in self.world.agents:
-                agent.state.pos = agent.state.pos + agent.action.u
+                agent.state.pos = agent.state.pos + self._velocity(agent)
 
         def _shared_reward(self) -> torch.Tensor:
             return navigation_reward(self._agent_pos(), self._target_pos())
@@ -280,7 +364,7 @@ def _vmas_scenarios() -> dict[str, type]:
             prey = self.world.landmarks[0]
             velocity = prey_velocity(predators, prey.state.pos, self.prey_speed)
             for agent in self.world.agents:
-                agent.state.pos = (agent.state.pos + agent.action.u).clamp(-_ARENA, _ARENA)
+                agent.state.pos = (agent.state.pos + self._velocity(agent)).clamp(-_ARENA, _ARENA)
             prey.state.pos = (prey.state.pos + velocity).clamp(-_ARENA, _ARENA)
 
         def _shared_reward(self) -> torch.Tensor:
@@ -298,6 +382,7 @@ def make_vmas_env(
     max_steps: int = 25,
     local_obs: bool = False,
     prey_speed: float = PREY_SPEED,
+    discrete: bool = False,
     seed: int | None = None,
 ):
     """An MPE task of the paper on VMAS, vectorised over ``num_envs`` environments (sections 4.4, 4.7; appendix).
@@ -312,6 +397,8 @@ def make_vmas_env(
         max_steps: episode length; episodes end by truncation. Defaults to 25 (MPE).
         local_obs: also write agent-centred observations under ``("agents", "local_observation")``.
         prey_speed: speed of the prey per step (predator-prey). Defaults to :data:`PREY_SPEED` (0.184).
+        discrete: MPE's 5 discrete actions (no-op, left, right, down, up; one-hot ``("agents", "action")`` of
+            shape ``[num_envs, n_agents, 5]``) through VMAS's discrete mode, instead of velocities.
         seed: seed of the simulator.
 
     Returns:
@@ -324,7 +411,7 @@ def make_vmas_env(
     """
     n_agents = _check_task(task, n_agents)
     scenario = _vmas_scenarios()[task]()
-    kwargs: dict[str, Any] = {"local_obs": local_obs}
+    kwargs: dict[str, Any] = {"local_obs": local_obs, "discrete": discrete}
     if task == "navigation":
         kwargs["n_agents"] = n_agents
     else:
@@ -333,7 +420,8 @@ def make_vmas_env(
         scenario=scenario,
         num_envs=num_envs,
         device=device,
-        continuous_actions=True,
+        continuous_actions=not discrete,
+        categorical_actions=False,
         max_steps=None,
         seed=seed,
         clamp_actions=True,
@@ -453,6 +541,7 @@ def _pettingzoo_classes() -> dict[str, type]:
             max_cycles: int = 25,
             local_obs: bool = False,
             prey_speed: float = PREY_SPEED,
+            discrete: bool = False,
             render_mode: str | None = None,
         ) -> None:
             scenario = _Scenario(task, n_agents, local_obs, prey_speed)
@@ -462,14 +551,16 @@ def _pettingzoo_classes() -> dict[str, type]:
                 world=world,
                 render_mode=render_mode,
                 max_cycles=max_cycles,
-                continuous_actions=True,
+                continuous_actions=not discrete,
                 local_ratio=None,
             )
-            self.metadata["name"] = f"otc_{task}"
-            for agent in self.world.agents:
-                self.action_spaces[agent.name] = spaces.Box(
-                    low=-ACTION_BOUND, high=ACTION_BOUND, shape=(2,), dtype=np.float32
-                )
+            self.metadata["name"] = f"otc_{task}" + ("_discrete" if discrete else "")
+            # Discrete: mpe2's own Discrete(5) space (no-op, left, right, down, up) is kept.
+            if not discrete:
+                for agent in self.world.agents:
+                    self.action_spaces[agent.name] = spaces.Box(
+                        low=-ACTION_BOUND, high=ACTION_BOUND, shape=(2,), dtype=np.float32
+                    )
             agents, targets = scenario._positions(world)
             self.state_space = spaces.Box(
                 low=-np.inf,
@@ -493,7 +584,11 @@ def _pettingzoo_classes() -> dict[str, type]:
         def _set_action(
             self, action: Any, agent: Agent, action_space: Any, time: Any = None
         ) -> None:
-            agent.action.u = np.asarray(action[0], dtype=np.float64)[:2]
+            if self.continuous_actions:
+                agent.action.u = np.asarray(action[0], dtype=np.float64)[:2]
+            else:  # mpe2's discrete index, to the velocity of the same direction
+                index = torch.as_tensor(int(np.asarray(action[0]).reshape(-1)[0]))
+                agent.action.u = discrete_velocity(index).double().numpy()
             agent.action.c = np.zeros(self.world.dim_c)
 
         def state(self) -> np.ndarray:
@@ -510,6 +605,7 @@ def make_pettingzoo_env(
     max_steps: int = 25,
     local_obs: bool = False,
     prey_speed: float = PREY_SPEED,
+    discrete: bool = False,
     seed: int | None = None,
     return_parallel_env: bool = False,
 ):
@@ -527,6 +623,8 @@ def make_pettingzoo_env(
         max_steps: episode length (mpe2's ``max_cycles``); episodes end by truncation. Defaults to 25.
         local_obs: also write agent-centred observations under ``("agents", "local_observation")``.
         prey_speed: speed of the prey per step (predator-prey). Defaults to :data:`PREY_SPEED` (0.184).
+        discrete: mpe2's native ``Discrete(5)`` actions (no-op, left, right, down, up), one-hot in TorchRL
+            (``("agents", "action")`` of shape ``[n_agents, 5]``), instead of velocities.
         seed: seed of the first reset.
         return_parallel_env: return the raw PettingZoo ``ParallelEnv`` instead of the TorchRL wrapper.
 
@@ -541,17 +639,23 @@ def make_pettingzoo_env(
     n_agents = _check_task(task, n_agents)
     # optional dependency: pettingzoo (the envs extra)
     from pettingzoo.utils.conversions import aec_to_parallel
-    from pettingzoo.utils.wrappers import ClipOutOfBoundsWrapper, OrderEnforcingWrapper
+    from pettingzoo.utils.wrappers import (
+        AssertOutOfBoundsWrapper,
+        ClipOutOfBoundsWrapper,
+        OrderEnforcingWrapper,
+    )
 
     cls = _pettingzoo_classes()["KinematicMPEEnv"]
+    bounds = AssertOutOfBoundsWrapper if discrete else ClipOutOfBoundsWrapper
     aec = OrderEnforcingWrapper(
-        ClipOutOfBoundsWrapper(
+        bounds(
             cls(
                 task=task,
                 n_agents=n_agents,
                 max_cycles=max_steps,
                 local_obs=local_obs,
                 prey_speed=prey_speed,
+                discrete=discrete,
             )
         )
     )
@@ -573,3 +677,88 @@ def make_pettingzoo_env(
             ),
         )
     return env
+
+
+# ---------------------------------------------------------------------------------------------------- joint view
+class OneHotJointEnv(JointEnv):
+    """The joint view (:class:`~torchrl_otc.envs.JointEnv`) of a multi-agent env with one-hot per-agent actions.
+
+    Used by the discrete MPE tasks (section 4.4 with MPE's 5 discrete actions). As in :class:`JointEnv`,
+    ``observation`` is the global state and ``reward`` the shared reward; the joint ``action`` concatenates the
+    agents' one-hot blocks (TorchRL ``MultiOneHot``), agent ``i``'s block at the columns ``action_partition[i]``,
+    which must be ``n`` consecutive columns starting at a multiple of ``n`` (``n`` actions per agent), in order, the
+    blocks together covering every column once.
+    Everything else (stepping, resets, local observations) is :class:`JointEnv`'s.
+
+    Args:
+        env: a multi-agent TorchRL env with a group ``"agents"`` whose members all observe the global state, and
+            a ``OneHot`` ``(group, "action")`` spec of shape ``[..., n_agents, n]``.
+        action_partition: the joint action columns of each agent, e.g. ``((0, .., 4), (5, .., 9), ...)``.
+
+    Keyword Args:
+        group: name of the agents' group. Defaults to ``"agents"``.
+
+    Examples:
+        >>> env = OneHotJointEnv(make_vmas_env("navigation", 3, num_envs=2, seed=0, discrete=True),
+        ...                      [range(0, 5), range(5, 10), range(10, 15)])  # doctest: +SKIP
+        >>> td = env.rollout(3)  # doctest: +SKIP
+        >>> td["action"].shape, td["action"].sum(-1).unique().tolist()  # doctest: +SKIP
+        (torch.Size([2, 3, 15]), [3])
+    """
+
+    def __init__(self, env: EnvBase, action_partition: Any, *, group: str = "agents") -> None:
+        # JointEnv.__init__ builds a Bounded joint action spec, which one-hot actions have no bounds for: set
+        # the same attributes here with a MultiOneHot spec instead.
+        EnvBase.__init__(self, device=env.device, batch_size=env.batch_size)
+        self._env = env
+        self.group = group
+        self.action_partition = tuple(tuple(int(i) for i in p) for p in action_partition)
+        self.n_agents = len(self.action_partition)
+        shape = env.batch_size
+        act_spec = env.full_action_spec[group, "action"]
+        if not isinstance(act_spec, OneHot):
+            raise TypeError(
+                f"OneHotJointEnv needs a OneHot action spec at {(group, 'action')}; got "
+                f"{type(act_spec).__name__}. Use JointEnv for bounded (continuous) actions."
+            )
+        if act_spec.shape[-2] != self.n_agents:
+            raise ValueError(
+                f"The env has {act_spec.shape[-2]} agents but the partition has {self.n_agents}."
+            )
+        n = int(act_spec.space.n)
+        columns = sorted(c for p in self.action_partition for c in p)
+        for p in self.action_partition:
+            if (
+                len(p) != n
+                or p[0] % n
+                or p != tuple(range(p[0], p[0] + n))
+                or columns != list(range(n * self.n_agents))
+            ):
+                raise ValueError(
+                    f"Each agent's one-hot block must be {n} consecutive columns starting at a multiple of {n}, "
+                    f"and the blocks must cover the {n * self.n_agents} joint columns once; got "
+                    f"{self.action_partition}."
+                )
+        state_dim = env.full_observation_spec[group, "observation"].shape[-1]
+        obs = {"observation": Unbounded((*shape, state_dim), device=self.device)}
+        self._has_local = (group, "local_observation") in env.full_observation_spec.keys(True)
+        if self._has_local:
+            local = env.full_observation_spec[group, "local_observation"]
+            obs["local_observation"] = Unbounded(local.shape, device=self.device)
+        self.observation_spec = Composite(obs, shape=shape, device=self.device)
+        self.action_spec = MultiOneHot(
+            [n] * self.n_agents,
+            shape=(*shape, n * self.n_agents),
+            device=self.device,
+            dtype=act_spec.dtype,
+        )
+        self.reward_spec = Unbounded((*shape, 1), device=self.device)
+        self.done_spec = Composite(
+            {
+                k: Categorical(2, (*shape, 1), dtype=torch.bool, device=self.device)
+                for k in ("done", "terminated", "truncated")
+            },
+            shape=shape,
+            device=self.device,
+        )
+        self._inner: TensorDictBase | None = None

@@ -192,7 +192,7 @@ class PartnerModesEnv(EnvBase):
 
     Examples:
         >>> env = PartnerModesEnv(num_envs=8, seed=0)
-        >>> td = env.rollout(5)
+        >>> td = env.rollout(5, break_when_any_done=False)  # random actions: an episode may end early
         >>> td["agents", "observation"].shape, td["agents", "action"].shape, td["next", "partner_mode"].shape
         (torch.Size([8, 5, 2, 4]), torch.Size([8, 5, 2, 2]), torch.Size([8, 5, 1]))
         >>> sorted(set(td["partner_mode"].flatten().tolist())) == [-1.0, 1.0]  # drawn per episode

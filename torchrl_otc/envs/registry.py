@@ -8,10 +8,20 @@ name                            agents    what (paper section)
 ``mamujoco/hopper-3x1``         3         Hopper, one joint per agent (4.1)
 ``mpe/navigation-3`` .. ``-6``  3..6      Cooperative Navigation, N agents / N landmarks (4.4, 4.7)
 ``mpe/predator-prey``           3         3 predators, a faster rule-based prey (4.4)
+``mpe/navigation-N-discrete``   3..6      Cooperative Navigation, MPE's 5 discrete actions, one-hot (4.4)
+``mpe/predator-prey-discrete``  3         Predator-Prey with MPE's 5 discrete actions, one-hot (4.4)
 ``nav/nonstationary``           1         non-stationary single-agent navigation (4.5)
 ``coord/partner-modes``         2         a box pushed with a scripted partner of two modes, labelled (1, 3.1)
 ``smac/5m_vs_6m``               5         StarCraft II via TorchRL's SMACv2 wrapper; needs the game (4.6)
+``smaclike/3m``                 3         SMAC-shaped pure-torch test task: 3 units vs 3 scripted enemies,
+                                          action masks, deaths, shared reward (4.6; no game needed)
 ==============================  ========  ===============================================================
+
+Discrete tasks (``TaskSpec.action_kind == "discrete"``) take one-hot actions: per agent a TorchRL ``OneHot`` of
+``TaskSpec.num_actions`` columns in the multi-agent layout, and in the joint layout the agents' one-hot blocks side
+by side (agent ``i``'s at ``action_partition[i]``, ``num_actions`` consecutive columns). ``smac/*`` and
+``smaclike/*`` share SMACv2Env's layout (``("agents", "observation")`` local observations,
+``("agents", "action_mask")``, ``"state"``, ``"info"``, a shared root ``"reward"`` and root done flags).
 
 :func:`make_env` builds any of them; :func:`get_task` describes one (number of agents, action partition, state
 size, episode length). Simulators are imported only when an environment is built.
@@ -28,7 +38,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from tensordict import TensorDictBase
@@ -39,6 +49,7 @@ from torchrl_otc.envs.joint import JointEnv
 from torchrl_otc.envs.mamujoco import ACTION_PARTITIONS, MAMUJOCO_TASKS, STATE_DIMS, MaMuJoCoEnv
 from torchrl_otc.envs.nonstationary_nav import BetaDeployments, NonStationaryNavEnv
 from torchrl_otc.envs.partner_modes import MODE_KEY, PartnerDeployments, PartnerModesEnv
+from torchrl_otc.envs.smac_like import SMAC_LIKE_MAPS, SmacLikeEnv
 
 __all__ = [
     "DeploymentHook",
@@ -123,12 +134,14 @@ class TaskSpec:
 
     Attributes:
         name: registered name, e.g. ``"mpe/navigation-4"``.
-        family: ``"mamujoco"``, ``"mpe"``, ``"nav"``, ``"coord"`` or ``"smac"``.
+        family: ``"mamujoco"``, ``"mpe"``, ``"nav"``, ``"coord"``, ``"smac"`` or ``"smaclike"``.
         n_agents: number of agents.
-        action_partition: the joint action's columns held by each agent, in the agent's own order.
-        state_dim: size of the global state (every agent's observation).
-        action_low: lower bound of every action column.
-        action_high: upper bound of every action column.
+        action_partition: the joint action's columns held by each agent, in the agent's own order (discrete
+            tasks: the agent's ``num_actions`` one-hot columns, consecutive).
+        state_dim: size of the global state (every agent's observation; ``smac``/``smaclike``: the root
+            ``"state"``, the joint layout's ``observation``).
+        action_low: lower bound of every action column (discrete tasks: 0).
+        action_high: upper bound of every action column (discrete tasks: 1).
         max_steps: episode length (a timeout is a truncation).
         description: one line, with the paper section.
         requires: Python packages needed to build the environment.
@@ -139,11 +152,18 @@ class TaskSpec:
         max_envs: the most environments the tuning loop runs at once (``None``: no bound); see :meth:`num_envs`.
         label_keys: columns of ground truth the environment writes into every transition (at the root and under
             ``"next"``), which datasets keep and :attr:`deployments` reads, e.g. ``("beta",)``.
+        action_kind: ``"continuous"`` (bounded real actions, the default) or ``"discrete"`` (one-hot actions, a
+            TorchRL ``OneHot`` per agent of ``num_actions`` columns; the joint action is the agents' blocks side by
+            side, a ``MultiOneHot``).
+        num_actions: the number of discrete actions of each agent (``None`` for continuous tasks).
 
     Examples:
         >>> task = get_task("mpe/navigation-4")
-        >>> task.n_agents, task.state_dim, task.action_dim, task.max_steps
-        (4, 16, 8, 25)
+        >>> task.n_agents, task.state_dim, task.action_dim, task.max_steps, task.action_kind
+        (4, 16, 8, 25, 'continuous')
+        >>> task = get_task("mpe/navigation-4-discrete")
+        >>> task.action_kind, task.num_actions, task.action_dim, task.action_partition[1]
+        ('discrete', 5, 20, (5, 6, 7, 8, 9))
     """
 
     name: str
@@ -161,6 +181,36 @@ class TaskSpec:
     deployments: DeploymentHook = field(default_factory=StationaryDeployments)
     max_envs: int | None = None
     label_keys: tuple[str, ...] = ()
+    action_kind: Literal["continuous", "discrete"] = "continuous"
+    num_actions: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.action_kind not in ("continuous", "discrete"):
+            raise ValueError(
+                f"TaskSpec {self.name!r}: action_kind must be 'continuous' or 'discrete'; got {self.action_kind!r}."
+            )
+        if (self.action_kind == "discrete") != (self.num_actions is not None):
+            raise ValueError(
+                f"TaskSpec {self.name!r}: num_actions is the number of discrete actions per agent; give it for "
+                f"action_kind='discrete' only (got action_kind={self.action_kind!r}, num_actions={self.num_actions})."
+            )
+        if self.num_actions is not None and any(
+            len(p) != self.num_actions for p in self.action_partition
+        ):
+            raise ValueError(
+                f"TaskSpec {self.name!r}: each agent of a discrete task holds num_actions={self.num_actions} "
+                f"one-hot columns; got the partition {self.action_partition}."
+            )
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the task's actions are one-hot (``action_kind == "discrete"``).
+
+        Examples:
+            >>> get_task("mpe/predator-prey-discrete").discrete, get_task("mpe/predator-prey").discrete
+            (True, False)
+        """
+        return self.action_kind == "discrete"
 
     @property
     def action_dim(self) -> int:
@@ -287,6 +337,40 @@ def _build_registry() -> dict[str, TaskSpec]:
         requires=("vmas",),
         options={"task": "predator_prey", "n_agents": 3},
     )
+    # The same MPE tasks with MPE's 5 discrete actions (no-op, left, right, down, up), one-hot per agent.
+    n_act = mpe.N_DISCRETE_ACTIONS
+    for n in range(3, 7):
+        name = f"mpe/navigation-{n}-discrete"
+        tasks[name] = TaskSpec(
+            name=name,
+            family="mpe",
+            n_agents=n,
+            action_partition=_one_hot_partition(n, n_act),
+            state_dim=4 * n,
+            action_low=0.0,
+            action_high=1.0,
+            max_steps=25,
+            description=f"Cooperative Navigation, {n} agents and {n} landmarks, 5 discrete actions (section 4.4)",
+            requires=("vmas",),
+            options={"task": "navigation", "n_agents": n, "discrete": True},
+            action_kind="discrete",
+            num_actions=n_act,
+        )
+    tasks["mpe/predator-prey-discrete"] = TaskSpec(
+        name="mpe/predator-prey-discrete",
+        family="mpe",
+        n_agents=3,
+        action_partition=_one_hot_partition(3, n_act),
+        state_dim=8,
+        action_low=0.0,
+        action_high=1.0,
+        max_steps=25,
+        description="Predator-Prey: 3 predators chase a faster rule-based prey, 5 discrete actions (section 4.4)",
+        requires=("vmas",),
+        options={"task": "predator_prey", "n_agents": 3, "discrete": True},
+        action_kind="discrete",
+        num_actions=n_act,
+    )
     tasks["nav/nonstationary"] = TaskSpec(
         name="nav/nonstationary",
         family="nav",
@@ -318,17 +402,43 @@ def _build_registry() -> dict[str, TaskSpec]:
         name="smac/5m_vs_6m",
         family="smac",
         n_agents=5,
-        action_partition=tuple((i,) for i in range(5)),
+        # one-hot actions (SMACv2Env(categorical_actions=False)): no-op, stop, 4 moves, attack one of 6 enemies
+        action_partition=_one_hot_partition(5, 12),
         state_dim=-1,
         action_low=0.0,
-        action_high=11.0,
+        action_high=1.0,
         max_steps=70,
         description="SMAC 5m_vs_6m through TorchRL's SMACv2 wrapper; needs StarCraft II (section 4.6)",
         requires=("smacv2",),
         options={"map_name": "5m_vs_6m"},
         max_envs=1,  # one environment per instance (make_env refuses more)
+        action_kind="discrete",
+        num_actions=12,
     )
+    for map_name, (n_allies, n_enemies) in SMAC_LIKE_MAPS.items():
+        name = f"smaclike/{map_name}"
+        sizes = SmacLikeEnv.sizes(n_allies, n_enemies)
+        tasks[name] = TaskSpec(
+            name=name,
+            family="smaclike",
+            n_agents=n_allies,
+            action_partition=_one_hot_partition(n_allies, sizes["num_actions"]),
+            state_dim=sizes["state_dim"],
+            action_low=0.0,
+            action_high=1.0,
+            max_steps=SmacLikeEnv.DEFAULT_MAX_STEPS,
+            description=f"SMAC-shaped test task: {n_allies} units vs {n_enemies} scripted enemies on a grid, "
+            "action masks, deaths, shared reward; pure torch, no game (section 4.6)",
+            options={"n_allies": n_allies, "n_enemies": n_enemies},
+            action_kind="discrete",
+            num_actions=sizes["num_actions"],
+        )
     return tasks
+
+
+def _one_hot_partition(n_agents: int, num_actions: int) -> tuple[tuple[int, ...], ...]:
+    """Agent ``i`` holds the one-hot columns ``num_actions * i .. num_actions * (i + 1) - 1``."""
+    return tuple(tuple(range(num_actions * i, num_actions * (i + 1))) for i in range(n_agents))
 
 
 #: Every registered task, by name.
@@ -339,14 +449,16 @@ def list_tasks(family: str | None = None) -> list[str]:
     """Registered task names (the paper's tasks, sections 4.1, 4.4-4.7), optionally of one family.
 
     Args:
-        family: ``"mamujoco"``, ``"mpe"``, ``"nav"``, ``"coord"`` or ``"smac"``; ``None`` for all.
+        family: ``"mamujoco"``, ``"mpe"``, ``"nav"``, ``"coord"``, ``"smac"`` or ``"smaclike"``; ``None`` for all.
 
     Returns:
         The names, sorted.
 
     Examples:
-        >>> list_tasks("mpe")
+        >>> [t for t in list_tasks("mpe") if not get_task(t).discrete]
         ['mpe/navigation-3', 'mpe/navigation-4', 'mpe/navigation-5', 'mpe/navigation-6', 'mpe/predator-prey']
+        >>> list_tasks("smaclike")
+        ['smaclike/3m']
     """
     return sorted(n for n, t in TASKS.items() if family is None or t.family == family)
 
@@ -403,9 +515,13 @@ def make_env(
 
     Multi-agent tasks use TorchRL's multi-agent layout (group ``"agents"``: per-agent ``observation`` = the
     global state, per-agent ``action``, the shared ``reward`` repeated per agent; root ``done``/``terminated``/
-    ``truncated``). ``layout="joint"`` gives the single-agent view the datasets use (:class:`JointEnv`).
-    ``nav/nonstationary`` is single-agent and always flat; ``coord/partner-modes`` builds either layout itself
-    (:class:`~torchrl_otc.envs.partner_modes.PartnerModesEnv`).
+    ``truncated``). ``layout="joint"`` gives the single-agent view the datasets use (:class:`JointEnv`;
+    for the discrete MPE tasks :class:`~torchrl_otc.envs.mpe.OneHotJointEnv`, one-hot blocks side by side).
+    ``nav/nonstationary`` is single-agent and always flat; ``coord/partner-modes`` and ``smaclike/*`` build either
+    layout themselves (:class:`~torchrl_otc.envs.partner_modes.PartnerModesEnv`,
+    :class:`~torchrl_otc.envs.smac_like.SmacLikeEnv`). ``smac/*`` and ``smaclike/*`` use SMACv2Env's layout
+    (local ``("agents", "observation")``, ``("agents", "action_mask")``, root ``"state"`` and shared ``"reward"``),
+    with one-hot actions.
 
     Args:
         name: registered task name (see :func:`list_tasks`).
@@ -413,11 +529,12 @@ def make_env(
     Keyword Args:
         layout: ``"agents"`` (default) or ``"joint"``.
         backend: for ``mpe/*``: ``"vmas"`` (vectorised; default) or ``"pettingzoo"`` (mpe2, one env).
-        num_envs: environments at once: vectorised for VMAS, ``nav/*`` and ``coord/*``, a TorchRL ``SerialEnv``
-            for MaMuJoCo, unsupported for PettingZoo and SMAC.
-        device: torch device (VMAS, ``nav/*`` and ``coord/*`` simulate on it).
+        num_envs: environments at once: vectorised for VMAS, ``nav/*``, ``coord/*`` and ``smaclike/*``, a TorchRL
+            ``SerialEnv`` for MaMuJoCo, unsupported for PettingZoo and SMAC.
+        device: torch device (VMAS, ``nav/*``, ``coord/*`` and ``smaclike/*`` simulate on it).
         seed: seed of the environment.
-        local_obs: also provide local observations (``("agents", "local_observation")``).
+        local_obs: also provide local observations (``("agents", "local_observation")``; ``smaclike/*``: the joint
+            layout's ``local_observation``, its agents' own observations).
         **kwargs: passed to the task's builder (e.g. ``beta=0.15`` for ``nav/nonstationary``, ``mode=1`` for
             ``coord/partner-modes``,
             ``prey_speed`` for predator-prey, ``max_steps``).
@@ -433,6 +550,10 @@ def make_env(
         >>> env = make_env("nav/nonstationary", num_envs=4, seed=0, beta=0.15)
         >>> env.rollout(2)["observation"].shape
         torch.Size([4, 2, 4])
+        >>> env = make_env("smaclike/3m", num_envs=4, seed=0)
+        >>> td = env.rollout(2)
+        >>> td["agents", "action"].shape, td["agents", "action_mask"].shape, td["next", "reward"].shape
+        (torch.Size([4, 2, 3, 9]), torch.Size([4, 2, 3, 9]), torch.Size([4, 2, 1]))
         >>> make_env("mpe/navigation-9")
         Traceback (most recent call last):
         ...
@@ -456,8 +577,21 @@ def make_env(
         return PartnerModesEnv(
             num_envs, n_agents=task.n_agents, layout=layout, device=device, seed=seed, **kwargs
         )
+    if task.family == "smaclike":
+        return SmacLikeEnv(
+            num_envs,
+            n_allies=task.options["n_allies"],
+            n_enemies=task.options["n_enemies"],
+            layout=layout,
+            local_obs=local_obs,
+            device=device,
+            seed=seed,
+            **kwargs,
+        )
     if task.family == "mpe":
         opts = dict(task.options)
+        if opts.get("discrete", False):
+            kwargs = {"discrete": True, **kwargs}
         if backend == "vmas":
             env = mpe.make_vmas_env(
                 opts["task"],
@@ -499,9 +633,12 @@ def make_env(
     elif task.family == "smac":
         if num_envs != 1:
             raise ValueError("SMAC runs one environment per instance.")
+        kwargs.setdefault("categorical_actions", False)  # one-hot, as TaskSpec's partition says
         return SMACv2Env(map_name=task.options["map_name"], seed=seed, **kwargs)
     else:  # pragma: no cover - registry and builders are written together
         raise RuntimeError(f"No builder for family {task.family!r}.")
     if layout == "joint":
+        if task.discrete:
+            return mpe.OneHotJointEnv(env, task.action_partition)
         return JointEnv(env, task.action_partition)
     return env

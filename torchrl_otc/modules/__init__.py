@@ -13,6 +13,7 @@ from torchrl_otc.modules.transition_distance import (
     Comparison,
     L1EmbeddingDistance,
     OnlineRows,
+    RowsOnDemand,
     TransitionDistance,
     pairwise_l1,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "L1EmbeddingDistance",
     "LikelihoodDistance",
     "OnlineRows",
+    "RowsOnDemand",
     "TrainablePart",
     "TransitionDistance",
     "ValueDistance",

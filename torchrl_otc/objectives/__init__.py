@@ -7,17 +7,35 @@ algorithms that build these losses, own their optimisers and take their update s
 """
 
 from torchrl_otc.objectives.awac import AWACLoss
+from torchrl_otc.objectives.bc import BCLoss, bc_init
 from torchrl_otc.objectives.bcq import BCQActor, BCQLoss, BCQPerturbation
 from torchrl_otc.objectives.cql import BoundedCQLLoss
+from torchrl_otc.objectives.discrete_bcq import DiscreteBCQActor, DiscreteBCQLoss
+from torchrl_otc.objectives.discrete_cql import MaskedDiscreteCQLLoss
 from torchrl_otc.objectives.transition_vae import TransitionVAELoss
+from torchrl_otc.objectives.trpo import (
+    TRPOLoss,
+    conjugate_gradient,
+    gaussian_policy,
+    trust_region_step,
+)
 from torchrl_otc.objectives.utils import ForeachSoftUpdate
 
 __all__ = [
     "AWACLoss",
     "BCQActor",
+    "BCLoss",
     "BCQLoss",
     "BCQPerturbation",
     "BoundedCQLLoss",
+    "DiscreteBCQActor",
+    "DiscreteBCQLoss",
     "ForeachSoftUpdate",
+    "MaskedDiscreteCQLLoss",
+    "TRPOLoss",
     "TransitionVAELoss",
+    "bc_init",
+    "conjugate_gradient",
+    "gaussian_policy",
+    "trust_region_step",
 ]

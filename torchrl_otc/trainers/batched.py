@@ -87,6 +87,11 @@ class BatchedLearners:
         if len(set(devices)) != 1:
             raise ValueError(f"BatchedLearners needs all learners on one device; got {devices}.")
         name = self.learners[0].algorithm.name
+        if any(getattr(learner.algorithm, "discrete_actions", False) for learner in self.learners):
+            raise ValueError(
+                f"No batched class for discrete-action {name!r} (the batched classes are for continuous actions); "
+                f"update these learners one by one."
+            )
         if name not in BATCHED_ALGORITHMS:
             raise ValueError(
                 f"No batched class for algorithm {name!r}; batched algorithms: {', '.join(BATCHED_ALGORITHMS)}."

@@ -29,6 +29,7 @@ from tensordict import TensorDict
 from torch import nn
 from tqdm.auto import tqdm
 
+from torchrl_otc.configs.parts import ConfigError
 from torchrl_otc.data.datasets import builders
 from torchrl_otc.data.datasets.behaviour import (
     Actor,
@@ -126,8 +127,13 @@ def train_behaviour_policy(
 def _train(
     task: str, config: BehaviourConfig | None, *, progress: bool, reference: dict[str, Any] | None
 ) -> BehaviourResult:
-    cfg = config if config is not None else BehaviourConfig.for_task(task)
     spec = get_task(task)
+    if spec.discrete:
+        raise ConfigError(
+            f"{task} has discrete (one-hot) actions; behaviour policies are trained with TD3, for continuous "
+            f"actions only, so this task has only random data: otc data build {task} --kind random."
+        )
+    cfg = config if config is not None else BehaviourConfig.for_task(task)
     t0 = time.perf_counter()
     ref = reference if reference is not None else reference_returns(task)
     # Seed after measuring the references (VMAS reseeds torch's global generator), so that a re-run given the

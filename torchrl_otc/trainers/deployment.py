@@ -19,7 +19,7 @@ from torchrl.data import TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 from tqdm.auto import tqdm
 
-from torchrl_otc.data.transforms import agent_transitions
+from torchrl_otc.data.transforms import MASK_KEY, agent_transitions
 from torchrl_otc.envs.registry import TaskSpec, make_env
 from torchrl_otc.trainers.learner import AgentLearner
 from torchrl_otc.trainers.strategies import DEPLOYMENT_KEY, ID_KEY, ONLINE_KEY
@@ -43,7 +43,7 @@ class Deployer:
         num_deployments: ``K`` (the hook's schedule runs over it).
         device: where environments run.
         exploration_noise: standard deviation of the exploring agent's Gaussian noise, as a share of half the
-            action range (section 4.6).
+            action range (section 4.6); on a discrete task, the exploring agent's epsilon (epsilon-greedy).
         progress: show tqdm bars.
 
     Examples:
@@ -95,14 +95,26 @@ class Deployer:
         )
 
     def policy(
-        self, explore_agent: int | None = None, generator: torch.Generator | None = None
+        self,
+        explore_agent: int | None = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
     ) -> Policy:
         """The joint policy: every agent's deterministic action on its columns; ``explore_agent`` adds noise.
+
+        On a discrete task (one-hot actions) each agent reads its columns of the joint ``action_mask`` when the
+        environment gives one (an unavailable action is never taken), and the exploring agent is epsilon-greedy
+        among its available actions with ``epsilon = exploration_noise`` (:meth:`AgentLearner.explore
+        <torchrl_otc.trainers.AgentLearner.explore>`; issue 17, section 4.6's sequential collection).
 
         Args:
             explore_agent: the index of the agent that explores, or ``None``.
             generator: the exploration noise's generator.
+            dtype: the joint action's dtype (the environment's action spec's; discrete tasks take integer or
+                boolean one-hot actions). Defaults to float.
         """
+        if self.task.discrete:
+            return self._discrete_policy(explore_agent, generator, dtype)
         partition = self.task.action_partition
         low, high = self.task.action_low, self.task.action_high
         noise = self.exploration_noise * (high - low) / 2
@@ -121,6 +133,32 @@ class Deployer:
                     action = action.clamp(low, high)
                 joint[..., list(cols)] = action
             td.set("action", joint)
+            return td
+
+        return policy
+
+    def _discrete_policy(
+        self,
+        explore_agent: int | None,
+        generator: torch.Generator | None,
+        dtype: torch.dtype | None,
+    ) -> Policy:
+        partition = [list(cols) for cols in self.task.action_partition]
+
+        def policy(td: TensorDictBase) -> TensorDictBase:
+            obs = td.get("observation")
+            mask = td.get(MASK_KEY, None)
+            joint = torch.zeros(*obs.shape[:-1], self.task.action_dim, device=obs.device)
+            for index, (learner, cols) in enumerate(zip(self.learners, partition)):
+                agent_td = TensorDict({"observation": obs}, batch_size=obs.shape[:-1])
+                if mask is not None:
+                    agent_td.set(MASK_KEY, mask[..., cols])
+                if index == explore_agent:
+                    out = learner.explore(agent_td, self.exploration_noise, generator)
+                else:
+                    out = learner.act(agent_td)
+                joint[..., cols] = out.get("action").to(joint)
+            td.set("action", joint if dtype is None else joint.to(dtype))
             return td
 
         return policy
@@ -156,7 +194,7 @@ class Deployer:
         ) as bar:
             data = env.rollout(
                 horizon,
-                policy=self.policy(explore_agent, generator),
+                policy=self.policy(explore_agent, generator, env.action_spec.dtype),
                 break_when_any_done=False,
                 callback=lambda *_: bar.update(num_envs),
             )
@@ -181,7 +219,11 @@ class Deployer:
         env = self.env(deployment, episodes, seed)
         returns: list[float] = []
         while len(returns) < episodes:
-            data = env.rollout(self.task.max_steps, policy=self.policy(), break_when_any_done=False)
+            data = env.rollout(
+                self.task.max_steps,
+                policy=self.policy(dtype=env.action_spec.dtype),
+                break_when_any_done=False,
+            )
             if data.batch_dims == 1:
                 data = data.unsqueeze(0)
             reward = data.get(("next", "reward")).reshape(*data.shape[:2], -1)[..., 0]

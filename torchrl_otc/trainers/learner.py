@@ -439,6 +439,26 @@ class AgentLearner:
         with self.random_stream():  # BCQ's greedy action samples VAE actions
             return self.algorithm.policy(tensordict.to(self.device))
 
+    def explore(
+        self, tensordict: TensorDictBase, epsilon: float, generator: torch.Generator | None = None
+    ) -> TensorDictBase:
+        """Writes an exploring action (``"action"``) into ``tensordict``: on discrete actions, epsilon-greedy among
+        the available ones (the algorithm's ``explore``; issue 17, section 4.6's sequential collection).
+
+        Args:
+            tensordict: holds ``"observation"`` (and ``"action_mask"`` where the task masks actions).
+            epsilon: the probability of a uniformly random available action.
+            generator: the exploration's random generator.
+        """
+        explore = getattr(self.algorithm, "explore", None)
+        if explore is None:
+            raise TypeError(
+                f"{type(self.algorithm).__name__} has no epsilon-greedy exploration: it is for discrete actions; "
+                f"continuous agents explore with Gaussian noise (Deployer's exploration_noise)."
+            )
+        with self.random_stream():
+            return explore(tensordict.to(self.device), epsilon, generator)
+
     def parameters(self) -> Iterator[torch.Tensor]:
         """Every trainable parameter of this agent."""
         return self.algorithm.parameters()

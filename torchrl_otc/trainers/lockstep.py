@@ -62,6 +62,9 @@ def batchable(tuner_or_algorithm: OnlineTuner | str) -> str | None:
     )
     if name not in BATCHED_ALGORITHMS:
         return f"algorithm {name!r} has no batched class (batched: {', '.join(BATCHED_ALGORITHMS)})"
+    task = getattr(tuner_or_algorithm, "task", None)
+    if task is not None and task.discrete:
+        return f"{task.name} has discrete actions (the batched classes are for continuous actions)"
     return None
 
 

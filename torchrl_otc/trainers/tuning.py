@@ -38,13 +38,15 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.data import Bounded, Unbounded
+from torchrl.data import Bounded, OneHot, Unbounded
 from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
+from torchrl_otc.configs.parts import ConfigError
 from torchrl_otc.configs.tune import TuneConfig
 from torchrl_otc.data.datasets.storage import load_offline_dataset
 from torchrl_otc.envs.registry import get_task
+from torchrl_otc.trainers.algorithms.registry import DISCRETE_ALGORITHMS
 from torchrl_otc.trainers.behaviour import build_dataset
 from torchrl_otc.trainers.checkpointing import read_checkpoint, restore_checkpoint, write_checkpoint
 from torchrl_otc.trainers.deployment import Deployer, agent_rows
@@ -235,6 +237,17 @@ class OnlineTuner:
         # first: a GPU asked for and missing ends it here, before any other work
         self.device = resolve_device(config.run.device)
         self.task = get_task(config.task.name)
+        if self.task.discrete and config.algorithm.name not in DISCRETE_ALGORITHMS:
+            raise ConfigError(
+                f"{self.task.name} has discrete (one-hot) actions and algo={config.algorithm.name} is a "
+                f"continuous-action algorithm; on discrete tasks use algo=bcq (discrete BCQ) or algo=cql "
+                f"(discrete CQL)."
+            )
+        if self.task.discrete and config.task.exploration_noise > 1:
+            raise ConfigError(
+                f"On a discrete task exploration_noise is the exploring agent's epsilon (epsilon-greedy), a "
+                f"probability; got {config.task.exploration_noise}. Use a value in [0, 1]."
+            )
         if matched_option(config.sampler) is not None:  # a matched mix or matched decomposed OTC
             check_pair(config)  # before the run folder exists: a bad pair leaves nothing behind
         self.K = config.run.deployments
@@ -317,7 +330,9 @@ class OnlineTuner:
             learner = AgentLearner(
                 cfg.algorithm,  # the config itself: every algorithm.* setting reaches make_algorithm
                 Unbounded(shape=(view.get("observation").shape[-1],)),
-                Bounded(self.task.action_low, self.task.action_high, shape=(action_dim,)),
+                OneHot(action_dim)
+                if self.task.discrete
+                else Bounded(self.task.action_low, self.task.action_high, shape=(action_dim,)),
                 seed=self._agent_seed(i),
                 device=self.device,
                 storage_device=self.device,

@@ -1,7 +1,11 @@
 """Builders of joint offline datasets: ``random``, ``medium``, ``medium-replay`` (paper section 4.1, D4RL's kinds).
 
 * ``random``: uniformly random joint actions (the paper's MPE datasets, sections 4.4 and 4.7, and
-  ``nav/nonstationary``, section 4.5; ``coord/partner-modes``, whose partner draws its mode per episode).
+  ``nav/nonstationary``, section 4.5; ``coord/partner-modes``, whose partner draws its mode per episode). For the
+  discrete tasks (``TaskSpec.action_kind == "discrete"``: ``mpe/*-discrete``, ``smaclike/*``), each agent's action
+  is drawn uniformly from its available actions (all of them where the task has no ``action_mask``) and stored
+  one-hot, as the environment takes it (:func:`uniform_one_hot_policy`); the joint ``action_mask`` is kept, at the
+  root and under ``"next"``. Discrete tasks have only random datasets.
 * ``medium``: the task's behaviour policy (trained by this package and stopped at about a third of the expert's
   normalised return; see :mod:`torchrl_otc.data.datasets.behaviour`) with Gaussian action noise (``noise_std``
   of the half-range).
@@ -49,7 +53,13 @@ from torchrl_otc.data.datasets.storage import (
 )
 from torchrl_otc.envs.registry import get_task, make_env
 
-__all__ = ["KINDS", "collect_transitions", "build_dataset", "default_num_envs"]
+__all__ = [
+    "KINDS",
+    "collect_transitions",
+    "build_dataset",
+    "default_num_envs",
+    "uniform_one_hot_policy",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +76,52 @@ def default_num_envs(task: str) -> int:
         (64, 256)
     """
     family = get_task(task).family
-    return {"nav": 256, "coord": 256, "mpe": 64}.get(family, 1)
+    return {"nav": 256, "coord": 256, "smaclike": 256, "mpe": 64}.get(family, 1)
+
+
+def uniform_one_hot_policy(
+    env: Any, num_actions: int, generator: torch.Generator | None = None
+) -> Callable[[TensorDictBase], TensorDictBase]:
+    """Uniformly random one-hot actions among the available ones (the ``random`` data of discrete tasks, 4.4, 4.6).
+
+    The env is a joint view whose ``action`` holds the agents' one-hot blocks of ``num_actions`` columns side by
+    side; each agent's action is drawn uniformly from the actions its block of ``td["action_mask"]`` allows, or from
+    all of them when the tensordict has no ``action_mask``.
+
+    Args:
+        env: a joint-layout TorchRL env with a one-hot (``MultiOneHot``) ``action_spec``.
+        num_actions: actions per agent (``TaskSpec.num_actions``).
+        generator: random generator (seeded for reproducible data).
+
+    Returns:
+        A policy writing ``"action"`` (the spec's dtype).
+
+    Examples:
+        >>> from torchrl_otc.envs import make_env
+        >>> env = make_env("smaclike/3m", layout="joint", num_envs=4, seed=0)
+        >>> td = uniform_one_hot_policy(env, 9, torch.Generator().manual_seed(0))(env.reset())
+        >>> td["action"].shape, td["action"].view(4, 3, 9).sum(-1).unique().tolist()
+        (torch.Size([4, 27]), [1])
+        >>> bool((td["action"].bool() <= td["action_mask"]).all())  # only available actions
+        True
+    """
+    spec = env.action_spec
+    shape = spec.shape
+    if shape[-1] % num_actions:
+        raise ValueError(
+            f"The joint action has {shape[-1]} columns, not a multiple of num_actions={num_actions}."
+        )
+
+    def policy(td: TensorDictBase) -> TensorDictBase:
+        mask = td.get("action_mask", None)
+        if mask is None:
+            mask = torch.ones(shape, dtype=torch.bool, device=env.device)
+        weights = mask.reshape(-1, num_actions).float().cpu()
+        index = torch.multinomial(weights, 1, generator=generator).squeeze(-1)
+        one_hot = torch.nn.functional.one_hot(index, num_actions).reshape(shape)
+        return td.set("action", one_hot.to(device=env.device, dtype=spec.dtype))
+
+    return policy
 
 
 def collect_transitions(
@@ -215,6 +270,11 @@ def build_dataset(
             "SMAC datasets cannot be built here: the StarCraft II game is not installable on our machines. "
             "Collect them with TorchRL's SMACv2Env where the game is installed."
         )
+    if spec.action_kind == "discrete" and kind != "random":
+        raise ValueError(
+            f"{task} has discrete actions and only a random dataset: the package's behaviour policies (medium, "
+            "medium-replay) are trained for continuous actions. Use --kind random."
+        )
     if spec.family == "coord" and kind != "random":
         raise ValueError(
             f"{task} has only a random dataset: no behaviour policy is trained for it (its partner's mode, drawn "
@@ -313,7 +373,13 @@ def build_dataset(
                 f"{task}'s environment does not take the argument(s) {', '.join(sorted(env_kwargs))} "
                 f"(--env-kwarg / env_kwargs): {err}."
             ) from err
-        if kind == "random":
+        if "action_mask" in env.observation_spec.keys():
+            # the joint mask each action was drawn from (and, under "next", the next one)
+            extra = (*extra, "action_mask")
+        if kind == "random" and spec.action_kind == "discrete":
+            policy = uniform_one_hot_policy(env, int(spec.num_actions or 0), g)
+            behaviour = {"policy": "uniform random among available actions, one-hot"}
+        elif kind == "random":
             policy = uniform_policy(env, g)
             behaviour = {"policy": "uniform random"}
         else:

@@ -5,7 +5,8 @@ updater, takes one update step in its reference's order and computes the values 
 the value distance ``d_q`` (section 3.3) reads (it follows
 :class:`~torchrl_otc.modules.distances.ValueFunctions`). :class:`BatchedBCQ`, :class:`BatchedAWAC`,
 :class:`BatchedCQL` and :class:`BatchedTD3BC` update N learners of one algorithm (agents x seeds) in one batched call
-with the numbers of N separate updates.
+with the numbers of N separate updates. :class:`DiscreteBCQ` and :class:`DiscreteCQL` are BCQ and CQL on one-hot
+(discrete) actions, with the same configs; :func:`make_algorithm` builds them for a ``OneHot`` action spec.
 """
 
 from torchrl_otc.trainers.algorithms.awac import AWAC
@@ -16,14 +17,20 @@ from torchrl_otc.trainers.algorithms.bcq import BCQ
 from torchrl_otc.trainers.algorithms.bcq_batched import BatchedBCQ
 from torchrl_otc.trainers.algorithms.cql import CQL
 from torchrl_otc.trainers.algorithms.cql_batched import BatchedCQL
+from torchrl_otc.trainers.algorithms.discrete import DiscreteAlgorithm, DiscreteBCQ, DiscreteCQL
 from torchrl_otc.trainers.algorithms.networks import BoundedTanh, DeterministicPolicy
-from torchrl_otc.trainers.algorithms.registry import ALGORITHMS, make_algorithm
+from torchrl_otc.trainers.algorithms.registry import (
+    ALGORITHMS,
+    DISCRETE_ALGORITHMS,
+    make_algorithm,
+)
 from torchrl_otc.trainers.algorithms.td3bc import TD3BC
 from torchrl_otc.trainers.algorithms.td3bc_batched import BatchedTD3BC
 
 __all__ = [
     "ALGORITHMS",
     "AWAC",
+    "DISCRETE_ALGORITHMS",
     "Algorithm",
     "BCQ",
     "BatchedAWAC",
@@ -34,6 +41,9 @@ __all__ = [
     "BoundedTanh",
     "CQL",
     "DeterministicPolicy",
+    "DiscreteAlgorithm",
+    "DiscreteBCQ",
+    "DiscreteCQL",
     "TD3BC",
     "make_algorithm",
 ]

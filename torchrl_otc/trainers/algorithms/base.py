@@ -20,7 +20,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor
-from torchrl.data import Bounded, Composite, TensorSpec
+from torchrl.data import Bounded, Composite, OneHot, TensorSpec
 from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.objectives.utils import ValueEstimators
 
@@ -83,6 +83,11 @@ def _leaf_spec(spec: TensorSpec, key: str, what: str) -> TensorSpec:
 
 
 def _action_bounds(action_spec: TensorSpec) -> tuple[Tensor, Tensor]:
+    # one-hot actions (the discrete classes): every entry in [0, 1]
+    if isinstance(action_spec, OneHot):
+        n = action_spec.shape[-1]
+        dtype = torch.get_default_dtype()
+        return torch.zeros(n, dtype=dtype), torch.ones(n, dtype=dtype)
     if not isinstance(action_spec, Bounded):
         raise TypeError(
             f"Continuous control needs a Bounded action spec; got {type(action_spec).__name__}. "
@@ -143,6 +148,9 @@ class Algorithm(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: Whether the class takes one-hot actions (a ``OneHot`` spec): the classes of
+    #: :mod:`~torchrl_otc.trainers.algorithms.discrete`; the continuous ones refuse a ``OneHot`` spec.
+    discrete_actions: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -162,6 +170,12 @@ class Algorithm(abc.ABC):
         device = torch.device(device) if device is not None else torch.device("cpu")
         obs_spec = _leaf_spec(observation_spec, OBSERVATION_KEY, "observation")
         act_spec = _leaf_spec(action_spec, ACTION_KEY, "action")
+        if isinstance(act_spec, OneHot) and not self.discrete_actions:
+            raise ValueError(
+                f"{type(self).__name__} needs continuous actions (a Bounded spec); got a OneHot spec. On "
+                "discrete tasks use make_algorithm with algo=bcq or algo=cql (it builds DiscreteBCQ or "
+                "DiscreteCQL)."
+            )
         low, high = _action_bounds(act_spec)
         act_spec = act_spec.to(device)
         low, high = low.to(device), high.to(device)

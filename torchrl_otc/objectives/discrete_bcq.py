@@ -18,10 +18,9 @@ from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.objectives import LossModule
-from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
-from torchrl.objectives.value import ValueEstimatorBase
+from torchrl.objectives.utils import ValueEstimators, distance_loss
 
-from torchrl_otc.objectives.utils import LossFunction, Reduction, call_net
+from torchrl_otc.objectives.utils import LossFunction, Reduction, build_value_estimator, call_net
 
 __all__ = [
     "DiscreteBCQActor",
@@ -334,27 +333,9 @@ class DiscreteBCQLoss(LossModule):
                 :class:`~torchrl.objectives.value.ValueEstimatorBase` instance or subclass.
             **hyperparams: e.g. ``gamma``, ``lmbda`` (``TDLambda``).
         """
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            LossModule.make_value_estimator(self, value_type, **hyperparams)
-            return self
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value": self.tensor_keys.value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hyperparams,
+        return build_value_estimator(
+            self, value_type, hyperparams, value_key=self.tensor_keys.value
         )
-        return self
 
     # ------------------------------------------------------------------------------------------- helpers
     def action_values(self, inputs: Mapping[NestedKey, Tensor], params: TensorDictBase) -> Tensor:

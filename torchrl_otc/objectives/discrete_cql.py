@@ -28,11 +28,11 @@ from tensordict import TensorDictBase
 from tensordict.nn import dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
-from torchrl.objectives import DiscreteCQLLoss, LossModule
-from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
-from torchrl.objectives.value import ValueEstimatorBase
+from torchrl.objectives import DiscreteCQLLoss
+from torchrl.objectives.utils import ValueEstimators, distance_loss
 
 from torchrl_otc.objectives.discrete_bcq import check_action_mask, masked_argmax
+from torchrl_otc.objectives.utils import build_value_estimator
 
 __all__ = ["MaskedDiscreteCQLLoss"]
 
@@ -169,28 +169,13 @@ class MaskedDiscreteCQLLoss(DiscreteCQLLoss):
                 :class:`~torchrl.objectives.value.ValueEstimatorBase` instance or subclass.
             **hyperparams: e.g. ``gamma``, ``lmbda`` (``TDLambda``).
         """
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            LossModule.make_value_estimator(self, value_type, **hyperparams)
-            return self
-        dispatch_value_estimator(
+        return build_value_estimator(
             self,
             value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value_target": "value_target",
-                "value": self.tensor_keys.value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hyperparams,
+            hyperparams,
+            value_key=self.tensor_keys.value,
+            extra_keys={"value_target": "value_target"},
         )
-        return self
 
     # ------------------------------------------------------------------------------------------- helpers
     def _mask(self, tensordict: TensorDictBase, next: bool = False) -> Tensor | None:

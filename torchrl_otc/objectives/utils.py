@@ -11,7 +11,7 @@ interface (keys, functional parameters, targets) and skip that overhead where th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -37,6 +37,7 @@ __all__ = [
     "Reduction",
     "ForeachSoftUpdate",
     "StackedMLP",
+    "build_value_estimator",
     "call_net",
     "critic_values",
     "owns_parameters",
@@ -393,6 +394,65 @@ def policy_distribution(
         return actor.get_dist(td)
 
 
+def build_value_estimator(
+    loss: LossModule,
+    value_type: ValueEstimators | ValueEstimatorBase | type | None,
+    hyperparams: dict[str, Any],
+    *,
+    value_key: NestedKey,
+    extra_keys: dict[str, NestedKey] | None = None,
+) -> LossModule:
+    """The body of a loss's ``make_value_estimator`` that computes its own next-state values (no value network).
+
+    ``None`` takes ``loss.default_value_estimator``; an estimator instance or class goes to
+    :meth:`LossModule.make_value_estimator <torchrl.objectives.LossModule.make_value_estimator>`; an
+    :class:`~torchrl.objectives.utils.ValueEstimators` member among ``loss.SUPPORTED_VALUE_ESTIMATORS`` is built with
+    the loss's reward and done keys, ``value_key`` as the value and no value network. Returns ``loss``, so that
+    ``make_value_estimator`` chains as TorchRL's do.
+
+    Args:
+        loss: the loss module.
+        value_type: the estimator asked for.
+        hyperparams: its hyperparameters (``gamma``, ``lmbda``).
+
+    Keyword Args:
+        value_key: the key the estimator reads the values from.
+        extra_keys: more ``tensor_keys`` of the estimator (e.g. ``value_target``).
+
+    Examples:
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl_otc.objectives import MaskedDiscreteCQLLoss
+        >>> net = TensorDictModule(nn.Linear(3, 2), ["observation"], ["action_value"])
+        >>> loss = MaskedDiscreteCQLLoss(net, action_space="one-hot")
+        >>> build_value_estimator(loss, None, {"gamma": 0.9}, value_key=loss.tensor_keys.value) is loss
+        True
+        >>> float(loss.value_estimator.gamma)
+        0.8999999761581421
+    """
+    if value_type is None:
+        value_type = loss.default_value_estimator
+    if isinstance(value_type, ValueEstimatorBase) or (
+        isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
+    ):
+        LossModule.make_value_estimator(loss, value_type, **hyperparams)
+        return loss
+    dispatch_value_estimator(
+        loss,
+        value_type,
+        supported=loss.SUPPORTED_VALUE_ESTIMATORS,
+        tensor_keys={
+            **(extra_keys or {}),
+            "value": value_key,
+            "reward": loss.tensor_keys.reward,
+            "done": loss.tensor_keys.done,
+            "terminated": loss.tensor_keys.terminated,
+        },
+        value_network=None,
+        **hyperparams,
+    )
+    return loss
+
+
 class TwinCriticLoss(LossModule):
     """What :class:`~torchrl_otc.objectives.BCQLoss` and :class:`~torchrl_otc.objectives.AWACLoss` share: stacked
     twin critics with target copies (``qvalue_network``), TD(0), TD(1) or TD(lambda) value estimation, and in-keys built
@@ -482,24 +542,6 @@ class TwinCriticLoss(LossModule):
             the loss itself, as TorchRL's losses do, so that calls chain
             (``loss = BCQLoss(...).make_value_estimator(gamma=0.99)``).
         """
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            LossModule.make_value_estimator(self, value_type, **hyperparams)
-            return self
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value": self.tensor_keys.state_action_value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hyperparams,
+        return build_value_estimator(
+            self, value_type, hyperparams, value_key=self.tensor_keys.state_action_value
         )
-        return self

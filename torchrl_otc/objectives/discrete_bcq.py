@@ -23,6 +23,7 @@ from torchrl.objectives.utils import ValueEstimators, distance_loss
 from torchrl_otc.objectives.utils import LossFunction, Reduction, build_value_estimator, call_net
 
 __all__ = [
+    "batch_action_mask",
     "DiscreteBCQActor",
     "DiscreteBCQLoss",
     "check_action_mask",
@@ -74,6 +75,51 @@ def masked_argmax(values: Tensor, allowed: Tensor | None = None) -> Tensor:
     if allowed is not None:
         values = values.masked_fill(~allowed, float("-inf"))
     return values.argmax(-1)
+
+
+def batch_action_mask(
+    tensordict: TensorDictBase,
+    key: NestedKey,
+    use_action_mask: bool | Literal["auto"],
+    who: str,
+    *,
+    next: bool = False,
+) -> Tensor | None:
+    """The batch's boolean action mask under ``key`` (``("next", key)`` with ``next``), as a discrete loss reads it.
+
+    ``use_action_mask=False`` reads none; ``"auto"`` reads it when the batch has it; ``True`` requires it.
+
+    Args:
+        tensordict: the batch.
+        key: the mask's key.
+        use_action_mask: ``True``, ``False`` or ``"auto"``.
+        who: the loss's name, for the error.
+
+    Keyword Args:
+        next: read the next state's mask.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict({"action_mask": torch.tensor([[1, 0]])}, [1])
+        >>> batch_action_mask(td, "action_mask", "auto", "MyLoss")
+        tensor([[ True, False]])
+        >>> batch_action_mask(td, "action_mask", True, "MyLoss", next=True)
+        Traceback (most recent call last):
+        ...
+        KeyError: "MyLoss(use_action_mask=True) needs the action mask ('next', 'action_mask') in the batch; store it, set the key with set_keys(action_mask=...), or use use_action_mask='auto'."
+    """
+    if use_action_mask is False:
+        return None
+    full = unravel_key(("next", key)) if next else key
+    mask = tensordict.get(full, None)
+    if mask is None:
+        if use_action_mask is True:
+            raise KeyError(
+                f"{who}(use_action_mask=True) needs the action mask {full!r} in the batch; "
+                "store it, set the key with set_keys(action_mask=...), or use use_action_mask='auto'."
+            )
+        return None
+    return mask if mask.dtype == torch.bool else mask.bool()
 
 
 class DiscreteBCQLoss(LossModule):
@@ -408,22 +454,13 @@ class DiscreteBCQLoss(LossModule):
         return masked_argmax(q, self.allowed_actions(self.imitation_logits(inputs), mask))
 
     def _mask(self, tensordict: TensorDictBase, next: bool = False) -> Tensor | None:
-        if self.use_action_mask is False:
-            return None
-        key = (
-            unravel_key(("next", self.tensor_keys.action_mask))
-            if next
-            else self.tensor_keys.action_mask
+        return batch_action_mask(
+            tensordict,
+            self.tensor_keys.action_mask,
+            self.use_action_mask,
+            type(self).__name__,
+            next=next,
         )
-        mask = tensordict.get(key, None)
-        if mask is None:
-            if self.use_action_mask is True:
-                raise KeyError(
-                    f"DiscreteBCQLoss(use_action_mask=True) needs the action mask {key!r} in the batch; "
-                    "store it, set the key with set_keys(action_mask=...), or use use_action_mask='auto'."
-                )
-            return None
-        return mask if mask.dtype == torch.bool else mask.bool()
 
     def _observations(
         self, tensordict: TensorDictBase, next: bool = False

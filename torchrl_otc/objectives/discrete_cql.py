@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torchrl.objectives import DiscreteCQLLoss
 from torchrl.objectives.utils import ValueEstimators, distance_loss
 
-from torchrl_otc.objectives.discrete_bcq import check_action_mask, masked_argmax
+from torchrl_otc.objectives.discrete_bcq import batch_action_mask, check_action_mask, masked_argmax
 from torchrl_otc.objectives.utils import build_value_estimator
 
 __all__ = ["MaskedDiscreteCQLLoss"]
@@ -179,22 +179,13 @@ class MaskedDiscreteCQLLoss(DiscreteCQLLoss):
 
     # ------------------------------------------------------------------------------------------- helpers
     def _mask(self, tensordict: TensorDictBase, next: bool = False) -> Tensor | None:
-        if self.use_action_mask is False:
-            return None
-        key = (
-            unravel_key(("next", self.tensor_keys.action_mask))
-            if next
-            else self.tensor_keys.action_mask
+        return batch_action_mask(
+            tensordict,
+            self.tensor_keys.action_mask,
+            self.use_action_mask,
+            type(self).__name__,
+            next=next,
         )
-        mask = tensordict.get(key, None)
-        if mask is None:
-            if self.use_action_mask is True:
-                raise KeyError(
-                    f"MaskedDiscreteCQLLoss(use_action_mask=True) needs the action mask {key!r} in the batch; "
-                    "store it, set the key with set_keys(action_mask=...), or use use_action_mask='auto'."
-                )
-            return None
-        return mask if mask.dtype == torch.bool else mask.bool()
 
     def _action_index(self, tensordict: TensorDictBase, like: Tensor) -> Tensor:
         action = tensordict.get(self.tensor_keys.action)

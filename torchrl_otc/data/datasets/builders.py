@@ -51,6 +51,7 @@ from torchrl_otc.data.datasets.storage import (
     save_dataset,
     validate_transitions,
 )
+from torchrl_otc.envs.mpe import DISCRETE_VELOCITIES
 from torchrl_otc.envs.registry import get_task, make_env
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "build_dataset",
     "default_num_envs",
     "uniform_one_hot_policy",
+    "scripted_navigation_policy",
+    "SCRIPTED_MEDIUM_EPSILON",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +80,65 @@ def default_num_envs(task: str) -> int:
     """
     family = get_task(task).family
     return {"nav": 256, "coord": 256, "smaclike": 256, "mpe": 64}.get(family, 1)
+
+
+#: The scripted ``medium`` behaviour of the discrete navigation tasks takes a uniformly random action with this
+#: probability, else its greedy step (:func:`scripted_navigation_policy`). Measured on ``mpe/navigation-3-discrete``
+#: (256 episodes, seed 1): mean return -39.24 against -50.22 for uniform random actions and -18.93 for the greedy
+#: script, 0.35 of the way from random to greedy (D4RL's medium: about a third of the expert's normalised score).
+SCRIPTED_MEDIUM_EPSILON = 0.7
+
+
+def _scripted_navigation(spec: Any) -> bool:
+    return spec.family == "mpe" and spec.options.get("task") == "navigation"
+
+
+def scripted_navigation_policy(
+    env: Any, n_agents: int, epsilon: float, generator: torch.Generator | None = None
+) -> Callable[[TensorDictBase], TensorDictBase]:
+    """The scripted ``medium`` behaviour of the discrete Cooperative Navigation tasks (issue 17; section 4.4's task).
+
+    Agent ``i`` heads for landmark ``i``: of MPE's five moves (:data:`~torchrl_otc.envs.mpe.DISCRETE_VELOCITIES`)
+    it takes the one that brings it closest to that landmark, and with probability ``epsilon`` a uniformly random
+    one instead. The agents cover every landmark when they succeed, and do not avoid each other. It reads the
+    global state ``[agent positions, landmark positions]`` of the joint view.
+
+    Args:
+        env: the task's joint view (one-hot ``action`` of ``5 n_agents`` columns).
+        n_agents: ``N``.
+        epsilon: the probability of a random action.
+        generator: random generator (seeded for reproducible data).
+
+    Returns:
+        A policy writing ``"action"`` (the spec's dtype).
+
+    Examples:
+        >>> from torchrl_otc.envs import make_env
+        >>> env = make_env("mpe/navigation-3-discrete", layout="joint", num_envs=2, seed=0)
+        >>> td = scripted_navigation_policy(env, 3, 0.0)(env.reset())
+        >>> td["action"].shape, td["action"].view(2, 3, 5).sum(-1).unique().tolist()
+        (torch.Size([2, 15]), [1])
+    """
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon is a probability; got {epsilon}.")
+    moves = DISCRETE_VELOCITIES
+    n_moves = moves.shape[0]
+
+    def policy(td: TensorDictBase) -> TensorDictBase:
+        obs = td.get("observation")
+        batch = obs.shape[:-1]
+        agents = obs[..., : 2 * n_agents].reshape(*batch, n_agents, 1, 2)
+        landmarks = obs[..., 2 * n_agents : 4 * n_agents].reshape(*batch, n_agents, 1, 2)
+        after = agents + moves.to(obs)  # [*batch, N, 5, 2]
+        greedy = (after - landmarks).norm(dim=-1).argmin(-1)  # [*batch, N]
+        random = torch.randint(n_moves, greedy.shape, generator=generator, device=greedy.device)
+        explore = torch.rand(greedy.shape, generator=generator, device=greedy.device) < epsilon
+        index = torch.where(explore, random, greedy)
+        one_hot = torch.nn.functional.one_hot(index, n_moves).reshape(*batch, n_agents * n_moves)
+        td.set("action", one_hot.to(env.action_spec.dtype))
+        return td
+
+    return policy
 
 
 def uniform_one_hot_policy(
@@ -270,10 +332,12 @@ def build_dataset(
             "SMAC datasets cannot be built here: the StarCraft II game is not installable on our machines. "
             "Collect them with TorchRL's SMACv2Env where the game is installed."
         )
-    if spec.action_kind == "discrete" and kind != "random":
+    scripted = spec.action_kind == "discrete" and kind == "medium" and _scripted_navigation(spec)
+    if spec.action_kind == "discrete" and kind != "random" and not scripted:
         raise ValueError(
-            f"{task} has discrete actions and only a random dataset: the package's behaviour policies (medium, "
-            "medium-replay) are trained for continuous actions. Use --kind random."
+            f"{task} has discrete actions: the package's trained behaviour policies (medium, medium-replay) are "
+            "for continuous actions, and only the discrete navigation tasks have a scripted medium behaviour. "
+            "Use --kind random."
         )
     if spec.family == "coord" and kind != "random":
         raise ValueError(
@@ -379,6 +443,13 @@ def build_dataset(
         if kind == "random" and spec.action_kind == "discrete":
             policy = uniform_one_hot_policy(env, int(spec.num_actions or 0), g)
             behaviour = {"policy": "uniform random among available actions, one-hot"}
+        elif scripted:
+            policy = scripted_navigation_policy(env, spec.n_agents, SCRIPTED_MEDIUM_EPSILON, g)
+            behaviour = {
+                "policy": "scripted: each agent steps towards its own landmark, a uniformly random action "
+                f"with probability {SCRIPTED_MEDIUM_EPSILON}",
+                "epsilon": SCRIPTED_MEDIUM_EPSILON,
+            }
         elif kind == "random":
             policy = uniform_policy(env, g)
             behaviour = {"policy": "uniform random"}

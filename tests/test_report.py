@@ -90,7 +90,7 @@ def test_paired_table_compares_gains_when_offline_returns_differ(tmp_path):
     assert "| +30.00 ± 0.00 (ahead on 1/1 seeds) |" in paired_table(runs)
 
 
-def _decomposition_runs(tmp_path, move=None):
+def _decomposition_runs(tmp_path, move=None, **extra):
     """uniform, OTC and a matched mix paired with OTC, seeds 0-3, on one cell; returns (runs folder, runs)."""
     root = tmp_path / "sweep"
     last = {
@@ -100,7 +100,9 @@ def _decomposition_runs(tmp_path, move=None):
     }
     for strategy, values in last.items():
         for seed, value in enumerate(values):
-            cfg = TuneConfig(strategy=strategy, seed=seed, task="nav/nonstationary").to_dict()
+            cfg = TuneConfig(
+                strategy=strategy, seed=seed, task="nav/nonstationary", **extra
+            ).to_dict()
             if strategy == "mix":
                 cfg.update(mix_fraction="matched", mix_pair=str(root / f"otc-{seed}"))
             run = RunFolder(root / f"{strategy}-{seed}")
@@ -137,6 +139,22 @@ def test_decomposition_pairs_otc_its_matched_mix_and_uniform_by_seed(tmp_path, m
     # the mean over deployments 1..2 halves nothing here: (v/2 + v) / 2 = 0.75 v, so differences scale by 0.75
     mean_rows = decomposition_table(runs, "mean").splitlines()[2]
     assert "+1.50 [" in mean_rows
+
+
+def test_decomposition_and_paired_tables_of_sequential_runs(tmp_path):
+    """Sequential exploration (section 4.6) ends every label in -sequential, the baseline's too: the tables find
+    it, and a matched mix names its pair without a second -sequential."""
+    from torchrl_otc.report import decomposition_table, paired_table
+
+    _, runs = _decomposition_runs(tmp_path, sequential_exploration=True)
+    rows = [line.split(" | ")[2] for line in decomposition_table(runs, "last").splitlines()[2:]]
+    otc, mix, base = (
+        "otc-feature-sequential + td3bc",
+        "mix-matched-otc-feature-sequential + td3bc",
+        "uniform-sequential + td3bc",
+    )
+    assert rows == [f"{otc} − {base}", f"{mix} − {base}", f"{otc} − {mix}"]
+    assert paired_table(runs)
 
 
 def test_strategy_table_has_mean_iqm_and_the_gain_over_offline(tmp_path):

@@ -137,7 +137,10 @@ class RunRecord:
             if cfg.get("mix_fraction") == "matched":
                 strategy = "mix-matched"
                 if self.pair is not None:
-                    strategy += f"-{RunRecord(self.path, self.pair).label.split(' + ')[0]}"
+                    pair = RunRecord(self.path, self.pair).label.split(" + ")[0]
+                    if cfg.get("sequential_exploration"):  # said once, at the end of this label
+                        pair = pair.removesuffix("-sequential")
+                    strategy += f"-{pair}"
             else:
                 strategy = f"mix-{float(cfg.get('mix_fraction', 0.5)):g}"
             if cfg.get("mix_source", "all") != "all":

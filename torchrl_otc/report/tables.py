@@ -158,6 +158,14 @@ def mechanism_table(runs: Iterable[RunRecord], suffix: str, digits: int = 3) -> 
     return _table(runs, lambda run: run.online_mean(suffix), fmt)
 
 
+def _baseline_label(by_label: dict[str, Any], baseline: str, algo: str) -> str:
+    """The label of a cell's ``baseline`` runs: ``"<baseline> + <algo>"``, or with sequential exploration (section
+    4.6, whose labels end in ``-sequential``) ``"<baseline>-sequential + <algo>"`` when the cell has those."""
+    label = f"{baseline} + {algo}"
+    sequential = f"{baseline}-sequential + {algo}"
+    return sequential if label not in by_label and sequential in by_label else label
+
+
 def paired_table(runs: Iterable[RunRecord], baseline: str = "uniform") -> str:
     """Markdown table of each strategy's paired difference to ``baseline`` sampling, seed by seed.
 
@@ -203,7 +211,7 @@ def paired_table(runs: Iterable[RunRecord], baseline: str = "uniform") -> str:
     cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     ahead: dict[str, list[bool]] = defaultdict(list)
     for (dataset, task, algo), by_label in sorted(by_cell.items()):
-        base_label = f"{baseline} + {algo}"
+        base_label = _baseline_label(by_label, baseline, algo)
         base = by_label.get(base_label)
         if not base:
             continue
@@ -365,7 +373,8 @@ def decomposition_table(
     """
     rows = []
     for (dataset, task, algo), by_label in sorted(_by_cell(runs).items()):
-        base = by_label.get(f"{baseline} + {algo}")
+        base_label = _baseline_label(by_label, baseline, algo)
+        base = by_label.get(base_label)
         if not base:
             continue
         for label, mixes in sorted(by_label.items()):
@@ -376,7 +385,6 @@ def decomposition_table(
             otc = by_label.get(pair_label)
             if not otc:
                 continue
-            base_label = f"{baseline} + {algo}"
             for name, a, b in (
                 (f"{pair_label} − {base_label}", otc, base),
                 (f"{label} − {base_label}", mixes, base),
@@ -484,7 +492,7 @@ def selector_table(
     rows, left_out = [], []
     for (dataset, task, algo), by_label in sorted(_by_cell(runs).items()):
         mixes = _matched_mixes(by_label)
-        base = by_label.get(f"{baseline} + {algo}")
+        base = by_label.get(_baseline_label(by_label, baseline, algo))
         methods = [
             (label, seeds)
             for label, seeds in by_label.items()
@@ -584,7 +592,7 @@ def versus_table(
     """
     rows = []
     for (dataset, task, algo), by_label in sorted(_by_cell(runs).items()):
-        base_label = f"{baseline} + {algo}"
+        base_label = _baseline_label(by_label, baseline, algo)
         base = by_label.get(base_label)
         if not base:
             continue

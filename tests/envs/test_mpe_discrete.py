@@ -259,6 +259,9 @@ def test_random_dataset(name):
     assert torch.equal(again.data["action"], action)
 
 
-def test_discrete_tasks_have_only_random_datasets():
-    with pytest.raises(ValueError, match="only a random dataset"):
-        build_dataset("mpe/navigation-3-discrete", "medium", 10, progress=False)
+def test_discrete_tasks_have_no_trained_behaviour_datasets():
+    # navigation has a scripted medium behaviour (tests/data/test_discrete_datasets.py); predator-prey has none
+    with pytest.raises(ValueError, match="Use --kind random"):
+        build_dataset("mpe/predator-prey-discrete", "medium", 10, progress=False)
+    with pytest.raises(ValueError, match="Use --kind random"):
+        build_dataset("mpe/navigation-3-discrete", "medium-replay", 10, progress=False)

@@ -268,5 +268,5 @@ def test_random_dataset():
     assert bool((data["action"].bool() <= data["action_mask"]).all())
     assert data["next", "action_mask"].shape == (300, 27)
     assert ds.metadata["behaviour"]["policy"].startswith("uniform random among available actions")
-    with pytest.raises(ValueError, match="only a random dataset"):
+    with pytest.raises(ValueError, match="Use --kind random"):
         build_dataset(TASK, "medium", 10, progress=False)

@@ -18,7 +18,7 @@
 #   machine.txt          date, host, CPU, nvidia-smi, versions (python, torch, CUDA, torchrl, tensordict,
 #                        device name), the commit, then one line per benchmark: exit status, seconds, command
 #   sampler.md           bench_sampler.py              learned_distances.md  bench_learned_distances.py --only cost
-#   batched.md           bench_batched.py              update.md             bench_update.py
+#   batched.md           bench_batched.py              update.md             bench_update.py, bench_bremen.py
 #   lockstep.md          bench_lockstep.py (TD3+BC, then BCQ)
 #   envs.md              bench_envs.py --only envs,sim-builds
 #   stderr.log           every command's standard error, one section each
@@ -47,7 +47,9 @@
 #                    5 datasets                                                                ~50 s each (limit 65 each)
 #   envs             VMAS (5 tasks x 1/64/4096 envs), PettingZoo, navigation, MaMuJoCo (CPU,
 #                    ~20 s), navigation and VMAS builds (CPU: ~12 s)                           ~45 s  (limit 60)
-# Sum of the estimates ~6.5 minutes; sum of the limits 550 s (+10 s grace each), so even hangs end inside 10
+#   bremen           2000 BC steps, 5 x 50 updates (CPU: ~15 ms per model step, ~0.7 s per
+#                    policy step), + a TD3+BC update per model step of the first five            ~20 s  (limit 30)
+# Sum of the estimates ~7 minutes; sum of the limits 580 s (+10 s grace each), so even hangs end inside 10
 # minutes. If the first run shows a step far from its estimate, change its arguments below and run again.
 set -euo pipefail
 
@@ -175,6 +177,7 @@ if [[ $QUICK == 1 ]]; then
         --only cost --repeats 1 --block 2 --offline 5000 --online 2500
     run batched 75 batched.md benchmarks/bench_batched.py "${D[@]}" --repeats 1 --block 2 --seeds 1 --agents 2
     run update 75 update.md benchmarks/bench_update.py "${D[@]}" --repeats 1 --block 2 --agents 1,2
+    run bremen 30 update.md benchmarks/bench_bremen.py "${D[@]}" --repeats 1
     for algo in td3bc bcq; do
         run "lockstep $algo" 65 lockstep.md benchmarks/bench_lockstep.py "${D[@]}" --algo "$algo" \
             --seeds 2 --repeats 1 --offline-updates 20 --deployments 1 --steps 20 --updates 20 \
@@ -188,6 +191,7 @@ else
         --only cost --repeats 10 --block 20
     run batched 75 batched.md benchmarks/bench_batched.py "${D[@]}" --repeats 10 --block 4
     run update 75 update.md benchmarks/bench_update.py "${D[@]}" --repeats 20 --block 10
+    run bremen 30 update.md benchmarks/bench_bremen.py "${D[@]}" --repeats 3
     for algo in td3bc bcq; do
         run "lockstep $algo" 65 lockstep.md benchmarks/bench_lockstep.py "${D[@]}" --algo "$algo" --repeats 1
     done

@@ -124,6 +124,26 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "mpe/navigation-3-discrete has discrete (one-hot) actions and algo=awac is a continuous-action",
     ),
     (
+        "algo=bremen on a discrete task",
+        _tune("task=mpe/navigation-3-discrete", "algo=bremen"),
+        "mpe/navigation-3-discrete has discrete (one-hot) actions and algo=bremen is a continuous-action",
+    ),
+    (
+        "algo=bremen with an ensemble below 1",
+        _tune("algo=bremen", "algorithm.ensemble_size=0"),
+        "ensemble_size must be an int >= 1 (dynamics models per agent); got 0",
+    ),
+    (
+        "algo=bremen with a KL bound of 0",
+        _tune("algo=bremen", "algorithm.max_kl=0"),
+        "max_kl must be > 0 (the KL bound of each TRPO step); got 0",
+    ),
+    (
+        "algo=bremen with distance=value",
+        _tune("algo=bremen", "distance=value"),
+        "algo=bremen has none",
+    ),
+    (
         "epsilon above 1 on a discrete task",
         _tune("task=smaclike/3m", "algo=cql", "exploration_noise=1.5"),
         "exploration_noise is the exploring agent's epsilon (epsilon-greedy), a probability; got 1.5",

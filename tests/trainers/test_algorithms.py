@@ -73,8 +73,14 @@ def hidden_widths(module: nn.Module) -> set[tuple[int, ...]]:
     return out
 
 
+def value_network(algo):
+    """The critics ``Q(s, a)``, or BREMEN's value network ``V(s)`` (it has no critic over actions)."""
+    net = getattr(algo.loss, "qvalue_network", None)
+    return algo.loss.critic_network if net is None else net
+
+
 def networks(algo):
-    nets = [algo.loss.actor_network, algo.loss.qvalue_network]
+    nets = [algo.loss.actor_network, value_network(algo)]
     if algo.name == "bcq":
         nets.append(algo.loss.vae_network)
     return nets
@@ -307,7 +313,7 @@ def _lagrange(algo):
 READERS: dict[str, tuple[typing.Any, typing.Callable, typing.Any]] = {
     "discount": (0.9, lambda a: float(a.loss.value_estimator.gamma), pytest.approx(0.9)),
     "tau": (0.2, lambda a: 1 - a.target_updater.eps, pytest.approx(0.2)),
-    "hidden_sizes": ((24, 12), lambda a: hidden_widths(a.loss.qvalue_network), {(24, 12)}),
+    "hidden_sizes": ((24, 12), lambda a: hidden_widths(value_network(a)), {(24, 12)}),
     "activation": ("tanh", activations, {nn.Tanh}),
     "actor_lr": (0.123, lambda a: lr(a, "actor"), 0.123),
     "critic_lr": (0.321, lambda a: lr(a, "critic"), 0.321),
@@ -353,6 +359,17 @@ READ_ELSEWHERE = {
     "finetune_updates",
     "lagrange_thresh",
     "discrete_threshold",  # read by DiscreteBCQ (tests/trainers/test_discrete_algorithms.py)
+    # read by BREMEN (tests/trainers/test_bremen.py: test_no_value_distance_and_the_config_fields_reach_...,
+    # test_update_returns_finite_metrics_and_moves_the_parts_on_schedule, test_bc_initialisation_...)
+    "ensemble_size",
+    "model_hidden_sizes",
+    "model_lr",
+    "max_kl",
+    "rollout_horizon",
+    "policy_every",
+    "gae_lambda",
+    "value_steps",
+    "bc_steps",
 }
 
 

@@ -1,10 +1,11 @@
-"""Typed configurations of the four base algorithms, with the OTC paper's Table 3 as defaults.
+"""Typed configurations of the base algorithms, with the OTC paper's Table 3 as defaults.
 
 Table 3 (OTC paper, appendix 6) fixes, for every algorithm: discount 0.99, batch size 128, ReLU, hidden sizes
 (64, 64) for BCQ (all of its networks, its VAE included) and (256, 256) for the others, the actor and critic
 learning rates (x 1e-4: BCQ 1 / 1, AWAC 1 / 5, CQL 1 / 1, TD3+BC 3 / 3) and the finetuning updates per deployment
 L (4000 for BCQ, 2000 otherwise). Everything else follows the algorithm's own paper or reference implementation;
-each field says where its default comes from.
+each field says where its default comes from. :class:`BREMENConfig` is the model-based baseline of section 4.4
+(Table 3's BREMEN column).
 
 Every field is read: by the algorithm classes of :mod:`torchrl_otc.trainers.algorithms` (built by
 :func:`~torchrl_otc.trainers.algorithms.make_algorithm`: networks, losses, optimisers, target updater, and their
@@ -27,6 +28,7 @@ __all__ = [
     "AlgorithmConfig",
     "AWACConfig",
     "BCQConfig",
+    "BREMENConfig",
     "CQLConfig",
     "TD3BCConfig",
     "make_config",
@@ -339,9 +341,117 @@ class TD3BCConfig(AlgorithmConfig):
         return self
 
 
+@dataclass
+class BREMENConfig(AlgorithmConfig):
+    """BREMEN (Matsushima et al. 2021), decentralised as in the OTC paper (section 4.4, Table 3's BREMEN column).
+
+    Each agent fits an ensemble of dynamics models of ``(s' - s, r)`` given ``(s, a_i)`` and improves a Gaussian
+    policy, cloned from its offline data, by TRPO steps on imagined rollouts of the ensemble
+    (:class:`~torchrl_otc.trainers.algorithms.BREMEN`). Table 3 gives the discount (0.99), batch size (128),
+    hidden sizes ((256, 256)), ReLU, actor and critic rates (1e-4, 5e-4) and L (2000); the rest follows BREMEN's
+    configurations where they fit the loop's update granularity.
+
+    Attributes:
+        actor_lr: Adam rate of the behaviour-cloning initialisation of the policy (Table 3: 1e-4). The TRPO steps
+            have no learning rate (their size is set by :attr:`max_kl`).
+        critic_lr: Adam rate of the value network, the GAE baseline (Table 3: 5e-4).
+        tau: rate of the value network's target copy, moved after every value regression; GAE reads the copy.
+            1.0 (default): the copy *is* the value network after each regression, i.e. no target network, as
+            BREMEN.
+        loss_function: the value regression's loss (``"l2"``: BREMEN's MSE).
+        hidden_sizes: hidden widths of the policy's mean network and of the value network, and of the dynamics
+            models unless :attr:`model_hidden_sizes` is set (Table 3: (256, 256)).
+        ensemble_size: K, dynamics models per agent (BREMEN: 5); at least 1.
+        model_hidden_sizes: hidden widths of each dynamics model; ``None`` means :attr:`hidden_sizes` (Table 3;
+            BREMEN's own models have (1024, 1024)).
+        model_lr: Adam rate of the dynamics ensemble (BREMEN: 1e-3).
+        max_kl: delta, the KL bound of each TRPO step to the policy it starts from (BREMEN's ``target_kl``: 0.05);
+            must be > 0.
+        rollout_horizon: steps of each imagined rollout (BREMEN: 250 in MuJoCo; 10 here, below MPE's 25-step
+            episodes, since models fitted one minibatch at a time compound their errors).
+        policy_every: updates (model steps) per policy step; every ``policy_every``-th update also rolls out,
+            fits the value network and takes one TRPO step (50: 40 policy steps per L = 2000).
+        gae_lambda: lambda of GAE on the imagined rollouts (BREMEN, TRPO: 0.95).
+        value_steps: Adam steps of the value network on each set of rollouts (5).
+        bc_steps: behaviour-cloning steps on the agent's offline data before offline training (2000, of
+            ``batch_size`` rows; BREMEN: 3e5 on 1e6 rows); 0 keeps the random initial policy.
+
+    Examples:
+        >>> cfg = BREMENConfig()
+        >>> cfg.hidden_sizes, (cfg.actor_lr, cfg.critic_lr), cfg.ensemble_size, cfg.max_kl, cfg.finetune_updates
+        ((256, 256), (0.0001, 0.0005), 5, 0.05, 2000)
+        >>> BREMENConfig(ensemble_size=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: ensemble_size must be an int >= 1 (dynamics models per agent); got 0.
+        >>> BREMENConfig(max_kl=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_kl must be > 0 (the KL bound of each TRPO step); got 0.0.
+    """
+
+    name: ClassVar[str] = "bremen"
+
+    actor_lr: float = 1e-4
+    critic_lr: float = 5e-4
+    tau: float = 1.0
+    ensemble_size: int = 5
+    model_hidden_sizes: tuple[int, ...] | None = None
+    model_lr: float = 1e-3
+    max_kl: float = 0.05
+    rollout_horizon: int = 10
+    policy_every: int = 50
+    gae_lambda: float = 0.95
+    value_steps: int = 5
+    bc_steps: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.model_hidden_sizes is not None:
+            self.model_hidden_sizes = tuple(int(h) for h in self.model_hidden_sizes)
+        super().__post_init__()
+
+    def validate(self) -> BREMENConfig:
+        super().validate()
+        what = {
+            "ensemble_size": "dynamics models per agent",
+            "rollout_horizon": "steps of each imagined rollout",
+            "policy_every": "updates per policy step",
+            "value_steps": "value-network steps per policy step",
+        }
+        for field, meaning in what.items():
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field} must be an int >= 1 ({meaning}); got {value!r}.")
+        if (
+            not isinstance(self.bc_steps, int)
+            or isinstance(self.bc_steps, bool)
+            or self.bc_steps < 0
+        ):
+            raise ValueError(f"bc_steps must be an int >= 0; got {self.bc_steps!r}.")
+        if not self.max_kl > 0:
+            raise ValueError(
+                f"max_kl must be > 0 (the KL bound of each TRPO step); got {self.max_kl}."
+            )
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1]; got {self.gae_lambda}.")
+        if self.model_hidden_sizes is not None and (
+            not self.model_hidden_sizes or min(self.model_hidden_sizes) < 1
+        ):
+            raise ValueError(
+                f"model_hidden_sizes must be positive widths or None; got {self.model_hidden_sizes}."
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.model_hidden_sizes is not None:
+            out["model_hidden_sizes"] = list(self.model_hidden_sizes)
+        return out
+
+
 #: Algorithm name -> config class (the values of ``algorithm.name``, shortcut ``algo``, of a TuneConfig).
 ALGORITHM_CONFIGS: dict[str, type[AlgorithmConfig]] = {
-    cls.name: cls for cls in (BCQConfig, AWACConfig, CQLConfig, TD3BCConfig)
+    cls.name: cls for cls in (BCQConfig, AWACConfig, CQLConfig, TD3BCConfig, BREMENConfig)
 }
 
 
@@ -349,7 +459,7 @@ def make_config(name: str, **overrides: Any) -> AlgorithmConfig:
     """The config of algorithm ``name`` with Table 3's defaults and ``overrides`` applied.
 
     Args:
-        name: ``"bcq"``, ``"awac"``, ``"cql"`` or ``"td3bc"``.
+        name: ``"bcq"``, ``"awac"``, ``"cql"``, ``"td3bc"`` or ``"bremen"``.
         **overrides: field values (``algo`` is accepted and must equal ``name``, so that
             ``make_config(**cfg.to_dict())``-style round trips work).
 
@@ -360,7 +470,7 @@ def make_config(name: str, **overrides: Any) -> AlgorithmConfig:
         >>> make_config("sac")
         Traceback (most recent call last):
         ...
-        ValueError: Unknown algorithm 'sac'; valid algorithms: bcq, awac, cql, td3bc.
+        ValueError: Unknown algorithm 'sac'; valid algorithms: bcq, awac, cql, td3bc, bremen.
     """
     key = name.lower().replace("+", "").replace("-", "").replace("_", "")
     if key not in ALGORITHM_CONFIGS:

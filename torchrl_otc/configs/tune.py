@@ -306,6 +306,11 @@ class TuneConfig:
                 "value_actions=sample needs a stochastic policy; TD3+BC's actor is deterministic. Use "
                 "value_actions=policy with algo=td3bc."
             )
+        if self.sampler.distance.name == "value" and self.algorithm.name == "bremen":
+            raise ConfigError(
+                "distance=value (d_q) reads Q(s, a) of the agent's critic and algo=bremen has none (its value "
+                "network is V(s), a GAE baseline); use distance=feature, embedding or likelihood with algo=bremen."
+            )
         self._validate_numbers()
         self._validate_sizes()
         return self

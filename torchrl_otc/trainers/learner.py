@@ -227,6 +227,10 @@ class AgentLearner:
     def add_offline(self, data: TensorDictBase, *, fit_distance: bool = True) -> None:
         """Writes offline transitions ``B_i^0`` to the merged buffer and fits the sampler's normalisers on them.
 
+        An algorithm with a ``bc_initialise(data)`` method (:class:`~torchrl_otc.trainers.algorithms.BREMEN`:
+        behaviour cloning of its policy, standardisation of its dynamics models) is initialised on ``data`` here,
+        in this agent's random stream.
+
         Args:
             data: the agent's offline transitions (flat batch).
             fit_distance: call ``fit(data)`` on the sampler's distance and on the sampler where they follow
@@ -236,6 +240,10 @@ class AgentLearner:
         """
         self.merged_buffer.extend(self._mark(data, online=False))
         self.num_offline = len(self.merged_buffer)
+        bc_initialise = getattr(self.algorithm, "bc_initialise", None)
+        if callable(bc_initialise):
+            with self.random_stream():
+                bc_initialise(data)
         if fit_distance:
             for _, part in self._sampler_parts():
                 if isinstance(part, Fittable):

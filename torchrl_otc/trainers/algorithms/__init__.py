@@ -7,6 +7,7 @@ the value distance ``d_q`` (section 3.3) reads (it follows
 :class:`BatchedCQL` and :class:`BatchedTD3BC` update N learners of one algorithm (agents x seeds) in one batched call
 with the numbers of N separate updates. :class:`DiscreteBCQ` and :class:`DiscreteCQL` are BCQ and CQL on one-hot
 (discrete) actions, with the same configs; :func:`make_algorithm` builds them for a ``OneHot`` action spec.
+:class:`BREMEN` is the model-based, deployment-efficient baseline of section 4.4 (continuous actions, no batched class).
 """
 
 from torchrl_otc.trainers.algorithms.awac import AWAC
@@ -15,6 +16,7 @@ from torchrl_otc.trainers.algorithms.base import Algorithm
 from torchrl_otc.trainers.algorithms.batched_common import BatchedAlgorithm
 from torchrl_otc.trainers.algorithms.bcq import BCQ
 from torchrl_otc.trainers.algorithms.bcq_batched import BatchedBCQ
+from torchrl_otc.trainers.algorithms.bremen import BREMEN
 from torchrl_otc.trainers.algorithms.cql import CQL
 from torchrl_otc.trainers.algorithms.cql_batched import BatchedCQL
 from torchrl_otc.trainers.algorithms.discrete import DiscreteAlgorithm, DiscreteBCQ, DiscreteCQL
@@ -33,6 +35,7 @@ __all__ = [
     "DISCRETE_ALGORITHMS",
     "Algorithm",
     "BCQ",
+    "BREMEN",
     "BatchedAWAC",
     "BatchedAlgorithm",
     "BatchedBCQ",

@@ -50,7 +50,7 @@ def resolve_config(name_or_config: str | AlgorithmConfig) -> AlgorithmConfig:
         >>> resolve_config(3)
         Traceback (most recent call last):
         ...
-        TypeError: make_algorithm takes an algorithm name (bcq, awac, cql, td3bc) or an AlgorithmConfig; got int.
+        TypeError: make_algorithm takes an algorithm name (bcq, awac, cql, td3bc, bremen) or an AlgorithmConfig; got int.
     """
     if isinstance(name_or_config, AlgorithmConfig):
         if name_or_config.name not in ALGORITHM_CONFIGS:

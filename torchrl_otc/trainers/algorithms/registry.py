@@ -9,6 +9,7 @@ from torchrl_otc.configs.algorithms import AlgorithmConfig
 from torchrl_otc.trainers.algorithms.awac import AWAC
 from torchrl_otc.trainers.algorithms.base import Algorithm, resolve_config
 from torchrl_otc.trainers.algorithms.bcq import BCQ
+from torchrl_otc.trainers.algorithms.bremen import BREMEN
 from torchrl_otc.trainers.algorithms.cql import CQL
 from torchrl_otc.trainers.algorithms.discrete import (
     DiscreteBCQ,
@@ -19,8 +20,14 @@ from torchrl_otc.trainers.algorithms.td3bc import TD3BC
 
 __all__ = ["ALGORITHMS", "DISCRETE_ALGORITHMS", "make_algorithm"]
 
-#: The four base algorithms of the paper (section 4, Table 3), by config name.
-ALGORITHMS: dict[str, type[Algorithm]] = {"bcq": BCQ, "awac": AWAC, "cql": CQL, "td3bc": TD3BC}
+#: The base algorithms of the paper (section 4, Table 3; BREMEN: section 4.4), by config name.
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    "bcq": BCQ,
+    "awac": AWAC,
+    "cql": CQL,
+    "td3bc": TD3BC,
+    "bremen": BREMEN,
+}
 
 #: The algorithms with a discrete (one-hot action) class, by config name (issue 17): same configs as above.
 DISCRETE_ALGORITHMS: dict[str, type[Algorithm]] = {"bcq": DiscreteBCQ, "cql": DiscreteCQL}
@@ -45,10 +52,11 @@ def make_algorithm(
     with ``gamma=config.discount``. The class is ``ALGORITHMS[config.name]``, or on discrete tasks
     ``DISCRETE_ALGORITHMS[config.name]`` (:class:`~torchrl_otc.trainers.algorithms.DiscreteBCQ`,
     :class:`~torchrl_otc.trainers.algorithms.DiscreteCQL`: same configs, one-hot actions); AWAC and TD3+BC have
-    no discrete variant.
+    no discrete variant. BREMEN (section 4.4, :class:`~torchrl_otc.trainers.algorithms.BREMEN`): a dynamics ensemble,
+    a Gaussian policy cloned on the offline data and improved by TRPO on imagined rollouts, a GAE value network.
 
     Args:
-        name_or_config: ``"bcq"``, ``"awac"``, ``"cql"``, ``"td3bc"`` (Table 3 defaults) or a config from
+        name_or_config: ``"bcq"``, ``"awac"``, ``"cql"``, ``"td3bc"``, ``"bremen"`` (Table 3 defaults) or a config from
             :mod:`torchrl_otc.configs.algorithms`.
         observation_spec: the agent's observation spec, shape ``[obs_dim]`` (or a Composite with
             ``"observation"``).
@@ -88,7 +96,7 @@ def make_algorithm(
         >>> make_algorithm("sac", Unbounded(shape=(5,)), Bounded(-1.0, 1.0, shape=(2,)))
         Traceback (most recent call last):
         ...
-        ValueError: Unknown algorithm 'sac'; valid algorithms: bcq, awac, cql, td3bc.
+        ValueError: Unknown algorithm 'sac'; valid algorithms: bcq, awac, cql, td3bc, bremen.
         >>> from torchrl.data import OneHot
         >>> type(make_algorithm("cql", Unbounded(shape=(5,)), OneHot(4))).__name__
         'DiscreteCQL'

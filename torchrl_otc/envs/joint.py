@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.data import Bounded, Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
 
 __all__ = ["JointEnv", "joint_to_agent_actions", "agent_to_joint_actions"]
@@ -110,20 +110,13 @@ class JointEnv(EnvBase):
             raise ValueError(
                 f"The env has {act_spec.shape[-2]} agents but the partition has {self.n_agents}."
             )
-        n_act = sum(len(p) for p in self.action_partition)
-        low = agent_to_joint_actions(
-            act_spec.space.low.expand(act_spec.shape), self.action_partition
-        )
-        high = agent_to_joint_actions(
-            act_spec.space.high.expand(act_spec.shape), self.action_partition
-        )
         obs = {"observation": Unbounded((*shape, state_dim), device=self.device)}
         self._has_local = (group, "local_observation") in env.full_observation_spec.keys(True)
         if self._has_local:
             local = env.full_observation_spec[group, "local_observation"]
             obs["local_observation"] = Unbounded(local.shape, device=self.device)
         self.observation_spec = Composite(obs, shape=shape, device=self.device)
-        self.action_spec = Bounded(low, high, (*shape, n_act), device=self.device)
+        self.action_spec = self._joint_action_spec(act_spec, shape)
         self.reward_spec = Unbounded((*shape, 1), device=self.device)
         self.done_spec = Composite(
             {
@@ -134,6 +127,18 @@ class JointEnv(EnvBase):
             device=self.device,
         )
         self._inner: TensorDictBase | None = None
+
+    def _joint_action_spec(self, act_spec: TensorSpec, shape: torch.Size) -> TensorSpec:
+        """The joint action's spec from the agents' ``act_spec`` ``[..., n_agents, k]``: bounds of each agent's
+        columns at its partition's columns (a subclass with other actions overrides it)."""
+        n_act = sum(len(p) for p in self.action_partition)
+        low = agent_to_joint_actions(
+            act_spec.space.low.expand(act_spec.shape), self.action_partition
+        )
+        high = agent_to_joint_actions(
+            act_spec.space.high.expand(act_spec.shape), self.action_partition
+        )
+        return Bounded(low, high, (*shape, n_act), device=self.device)
 
     @property
     def base_env(self) -> EnvBase:

@@ -48,11 +48,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tensordict import TensorDictBase
-from torchrl.data import Categorical, Composite, MultiOneHot, OneHot, Unbounded
+from torchrl.data import MultiOneHot, OneHot, TensorSpec
 from torchrl.envs import (
     Compose,
-    EnvBase,
     PettingZooWrapper,
     RenameTransform,
     StepCounter,
@@ -706,24 +704,12 @@ class OneHotJointEnv(JointEnv):
         (torch.Size([2, 3, 15]), [3])
     """
 
-    def __init__(self, env: EnvBase, action_partition: Any, *, group: str = "agents") -> None:
-        # JointEnv.__init__ builds a Bounded joint action spec, which one-hot actions have no bounds for: set
-        # the same attributes here with a MultiOneHot spec instead.
-        EnvBase.__init__(self, device=env.device, batch_size=env.batch_size)
-        self._env = env
-        self.group = group
-        self.action_partition = tuple(tuple(int(i) for i in p) for p in action_partition)
-        self.n_agents = len(self.action_partition)
-        shape = env.batch_size
-        act_spec = env.full_action_spec[group, "action"]
+    def _joint_action_spec(self, act_spec: TensorSpec, shape: torch.Size) -> TensorSpec:
+        """The agents' one-hot blocks side by side (``MultiOneHot``), after checking the partition's blocks."""
         if not isinstance(act_spec, OneHot):
             raise TypeError(
-                f"OneHotJointEnv needs a OneHot action spec at {(group, 'action')}; got "
+                f"OneHotJointEnv needs a OneHot action spec at {(self.group, 'action')}; got "
                 f"{type(act_spec).__name__}. Use JointEnv for bounded (continuous) actions."
-            )
-        if act_spec.shape[-2] != self.n_agents:
-            raise ValueError(
-                f"The env has {act_spec.shape[-2]} agents but the partition has {self.n_agents}."
             )
         n = int(act_spec.space.n)
         columns = sorted(c for p in self.action_partition for c in p)
@@ -739,26 +725,9 @@ class OneHotJointEnv(JointEnv):
                     f"and the blocks must cover the {n * self.n_agents} joint columns once; got "
                     f"{self.action_partition}."
                 )
-        state_dim = env.full_observation_spec[group, "observation"].shape[-1]
-        obs = {"observation": Unbounded((*shape, state_dim), device=self.device)}
-        self._has_local = (group, "local_observation") in env.full_observation_spec.keys(True)
-        if self._has_local:
-            local = env.full_observation_spec[group, "local_observation"]
-            obs["local_observation"] = Unbounded(local.shape, device=self.device)
-        self.observation_spec = Composite(obs, shape=shape, device=self.device)
-        self.action_spec = MultiOneHot(
+        return MultiOneHot(
             [n] * self.n_agents,
             shape=(*shape, n * self.n_agents),
             device=self.device,
             dtype=act_spec.dtype,
         )
-        self.reward_spec = Unbounded((*shape, 1), device=self.device)
-        self.done_spec = Composite(
-            {
-                k: Categorical(2, (*shape, 1), dtype=torch.bool, device=self.device)
-                for k in ("done", "terminated", "truncated")
-            },
-            shape=shape,
-            device=self.device,
-        )
-        self._inner: TensorDictBase | None = None

@@ -14,6 +14,7 @@ from torchrl.modules import MLP
 from torchrl.objectives import SoftUpdate
 from torchrl.objectives.utils import ValueEstimators
 
+from torchrl_otc.data.synthetic import CHAIN_STATES, masked_chain
 from torchrl_otc.objectives import DiscreteBCQActor, DiscreteBCQLoss
 from torchrl_otc.objectives.discrete_bcq import check_action_mask, masked_argmax
 
@@ -392,39 +393,12 @@ def test_state_dict_round_trip():
 
 
 # ------------------------------------------------------------------------------------- learning
-CHAIN_STATES, CHAIN_GAMMA = 4, 0.9  # states 0..2 plus the goal 3
+CHAIN_GAMMA = 0.9
 
 
 def chain_dataset() -> TensorDict:
-    """A deterministic chain: action 0 moves right (reward 1 on reaching the goal, terminal), action 1 stays
-    (reward 0.05), action 2 is unavailable everywhere and never in the data. Every (state, available action)
-    pair of states 0..2 appears once. Q*(s, right) = 0.9 ** (2 - s); staying is worse everywhere."""
-    obs, actions, next_obs, rewards, terms = [], [], [], [], []
-    eye = torch.eye(CHAIN_STATES)
-    for s in range(CHAIN_STATES - 1):
-        for a in (0, 1):
-            nxt = s + 1 if a == 0 else s
-            obs.append(eye[s])
-            next_obs.append(eye[nxt])
-            actions.append(a)
-            rewards.append(1.0 if nxt == CHAIN_STATES - 1 else (0.05 if a == 1 else 0.0))
-            terms.append(nxt == CHAIN_STATES - 1)
-    n = len(obs)
-    mask = torch.tensor([[True, True, False]]).expand(n, 3).clone()
-    terminated = torch.tensor(terms).unsqueeze(-1)
-    return TensorDict(
-        {
-            "observation": torch.stack(obs),
-            "action": F.one_hot(torch.tensor(actions), 3).bool(),
-            "action_mask": mask,
-            ("next", "observation"): torch.stack(next_obs),
-            ("next", "action_mask"): mask.clone(),
-            ("next", "reward"): torch.tensor(rewards).unsqueeze(-1),
-            ("next", "done"): terminated.clone(),
-            ("next", "terminated"): terminated,
-        },
-        [n],
-    )
+    """The masked chain of :func:`torchrl_otc.data.synthetic.masked_chain`, bool one-hot actions."""
+    return masked_chain(torch.bool)
 
 
 CHAIN_Q_RIGHT = torch.tensor([CHAIN_GAMMA**2, CHAIN_GAMMA, 1.0])

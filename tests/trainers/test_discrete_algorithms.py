@@ -12,6 +12,7 @@ from torch import nn
 from torchrl.data import Bounded, Categorical, Composite, OneHot, Unbounded
 
 from torchrl_otc.configs.algorithms import BCQConfig, CQLConfig
+from torchrl_otc.data.synthetic import CHAIN_STATES, masked_chain
 from torchrl_otc.modules.distances import ValueDistance, ValueFunctions
 from torchrl_otc.trainers.algorithms import (
     AWAC,
@@ -336,39 +337,12 @@ def test_same_seed_same_parameters(name):
 
 
 # -------------------------------------------------------------------------------------------- learning
-CHAIN_STATES, CHAIN_GAMMA = 4, 0.9  # states 0..2 and the terminal goal 3
+CHAIN_GAMMA = 0.9
 
 
 def chain_dataset() -> TensorDict:
-    """A deterministic chain (as in tests/objectives/test_discrete_bcq.py), int64 one-hot actions: action 0 moves
-    right (reward 1 on reaching the terminal goal), action 1 stays (reward 0.05), action 2 is never available.
-    The optimal action is "right" in every state."""
-    obs, actions, next_obs, rewards, terms = [], [], [], [], []
-    eye = torch.eye(CHAIN_STATES)
-    for s in range(CHAIN_STATES - 1):
-        for a in (0, 1):
-            nxt = s + 1 if a == 0 else s
-            obs.append(eye[s])
-            next_obs.append(eye[nxt])
-            actions.append(a)
-            rewards.append(1.0 if nxt == CHAIN_STATES - 1 else (0.05 if a == 1 else 0.0))
-            terms.append(nxt == CHAIN_STATES - 1)
-    n = len(obs)
-    mask = torch.tensor([[True, True, False]]).expand(n, 3).clone()
-    terminated = torch.tensor(terms).unsqueeze(-1)
-    return TensorDict(
-        {
-            "observation": torch.stack(obs),
-            "action": F.one_hot(torch.tensor(actions), 3),
-            "action_mask": mask,
-            ("next", "observation"): torch.stack(next_obs),
-            ("next", "action_mask"): mask.clone(),
-            ("next", "reward"): torch.tensor(rewards).unsqueeze(-1),
-            ("next", "done"): terminated.clone(),
-            ("next", "terminated"): terminated,
-        },
-        [n],
-    )
+    """The masked chain of :func:`torchrl_otc.data.synthetic.masked_chain`, int64 one-hot actions."""
+    return masked_chain(torch.int64)
 
 
 @pytest.mark.parametrize("name", ["bcq", "cql"])

@@ -26,6 +26,8 @@ __all__ = [
     "point_mass_sampling_shares",
     "discrete_mdp",
     "kernel_kl",
+    "masked_chain",
+    "CHAIN_STATES",
 ]
 
 
@@ -206,3 +208,55 @@ def kernel_kl(batches: TensorDict, kernel: Tensor) -> tuple[float, int]:
     emp = (counts + 0.5) / (counts + 0.5).sum(-1, keepdim=True)
     kl = (kernel * (kernel.clamp_min(1e-12).log() - emp.log())).sum(-1)
     return float(kl.mean()), int(counts.sum(-1).min())
+
+
+#: States of :func:`masked_chain`: ``0 .. CHAIN_STATES - 2`` and the terminal goal ``CHAIN_STATES - 1``.
+CHAIN_STATES = 4
+
+
+def masked_chain(action_dtype: torch.dtype = torch.bool) -> TensorDict:
+    """A deterministic chain with one never-available action, for tests of discrete-action learners (issue 17).
+
+    One-hot states ``0, 1, 2`` and a terminal goal ``3``; three actions: ``0`` moves right (reward 1 on reaching
+    the goal, which terminates), ``1`` stays (reward 0.05), ``2`` is masked out everywhere (``action_mask`` and
+    ``("next", "action_mask")`` are ``[True, True, False]``) and never in the data. Every (state, available action)
+    pair appears once. With discount ``gamma`` the optimal action is "right" in every state and
+    :math:`Q^*(s, \text{right}) = \\gamma^{2 - s}`; staying is worse everywhere.
+
+    Args:
+        action_dtype: dtype of the one-hot actions (bool as TorchRL's ``OneHot``, int64 as datasets store them).
+
+    Returns:
+        A TensorDict of 6 transitions.
+
+    Examples:
+        >>> chain = masked_chain()
+        >>> chain.shape, chain["action"].sum(0).tolist(), bool(chain["next", "terminated"].sum() == 1)
+        (torch.Size([6]), [3, 3, 0], True)
+    """
+    obs, actions, next_obs, rewards, terms = [], [], [], [], []
+    eye = torch.eye(CHAIN_STATES)
+    for s in range(CHAIN_STATES - 1):
+        for a in (0, 1):
+            nxt = s + 1 if a == 0 else s
+            obs.append(eye[s])
+            next_obs.append(eye[nxt])
+            actions.append(a)
+            rewards.append(1.0 if nxt == CHAIN_STATES - 1 else (0.05 if a == 1 else 0.0))
+            terms.append(nxt == CHAIN_STATES - 1)
+    n = len(obs)
+    mask = torch.tensor([[True, True, False]]).expand(n, 3).clone()
+    terminated = torch.tensor(terms).unsqueeze(-1)
+    return TensorDict(
+        {
+            "observation": torch.stack(obs),
+            "action": torch.nn.functional.one_hot(torch.tensor(actions), 3).to(action_dtype),
+            "action_mask": mask,
+            ("next", "observation"): torch.stack(next_obs),
+            ("next", "action_mask"): mask.clone(),
+            ("next", "reward"): torch.tensor(rewards).unsqueeze(-1),
+            ("next", "done"): terminated.clone(),
+            ("next", "terminated"): terminated,
+        },
+        [n],
+    )

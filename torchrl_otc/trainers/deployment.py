@@ -113,37 +113,8 @@ class Deployer:
             dtype: the joint action's dtype (the environment's action spec's; discrete tasks take integer or
                 boolean one-hot actions). Defaults to float.
         """
-        if self.task.discrete:
-            return self._discrete_policy(explore_agent, generator, dtype)
-        partition = self.task.action_partition
-        low, high = self.task.action_low, self.task.action_high
-        noise = self.exploration_noise * (high - low) / 2
-
-        def policy(td: TensorDictBase) -> TensorDictBase:
-            obs = td.get("observation")
-            joint = torch.empty(*obs.shape[:-1], self.task.action_dim, device=obs.device)
-            for index, (learner, cols) in enumerate(zip(self.learners, partition)):
-                action = learner.act(TensorDict({"observation": obs}, batch_size=obs.shape[:-1]))[
-                    "action"
-                ]
-                if index == explore_agent:
-                    action = action + noise * torch.randn(
-                        action.shape, generator=generator, device=action.device
-                    )
-                    action = action.clamp(low, high)
-                joint[..., list(cols)] = action
-            td.set("action", joint)
-            return td
-
-        return policy
-
-    def _discrete_policy(
-        self,
-        explore_agent: int | None,
-        generator: torch.Generator | None,
-        dtype: torch.dtype | None,
-    ) -> Policy:
         partition = [list(cols) for cols in self.task.action_partition]
+        explore = self._explorer(generator)
 
         def policy(td: TensorDictBase) -> TensorDictBase:
             obs = td.get("observation")
@@ -154,14 +125,37 @@ class Deployer:
                 if mask is not None:
                     agent_td.set(MASK_KEY, mask[..., cols])
                 if index == explore_agent:
-                    out = learner.explore(agent_td, self.exploration_noise, generator)
+                    action = explore(learner, agent_td)
                 else:
-                    out = learner.act(agent_td)
-                joint[..., cols] = out.get("action").to(joint)
+                    action = learner.act(agent_td).get("action")
+                joint[..., cols] = action.to(joint)
             td.set("action", joint if dtype is None else joint.to(dtype))
             return td
 
         return policy
+
+    def _explorer(
+        self, generator: torch.Generator | None
+    ) -> Callable[[AgentLearner, TensorDictBase], torch.Tensor]:
+        """The exploring agent's action (section 4.6): epsilon-greedy among the available actions on a discrete
+        task, else the deterministic action plus Gaussian noise of ``exploration_noise`` half-ranges, clamped."""
+        if self.task.discrete:
+
+            def epsilon_greedy(learner: AgentLearner, td: TensorDictBase) -> torch.Tensor:
+                return learner.explore(td, self.exploration_noise, generator).get("action")
+
+            return epsilon_greedy
+        low, high = self.task.action_low, self.task.action_high
+        noise = self.exploration_noise * (high - low) / 2
+
+        def gaussian(learner: AgentLearner, td: TensorDictBase) -> torch.Tensor:
+            action = learner.act(td).get("action")
+            action = action + noise * torch.randn(
+                action.shape, generator=generator, device=action.device
+            )
+            return action.clamp(low, high)
+
+        return gaussian
 
     @torch.no_grad()
     def collect(

@@ -210,7 +210,7 @@ def kernel_kl(batches: TensorDict, kernel: Tensor) -> tuple[float, int]:
     return float(kl.mean()), int(counts.sum(-1).min())
 
 
-#: States of :func:`masked_chain`: ``0 .. CHAIN_STATES - 2`` and the terminal goal ``CHAIN_STATES - 1``.
+#: The number of states of :func:`masked_chain`, its terminal goal (the last state) included.
 CHAIN_STATES = 4
 
 

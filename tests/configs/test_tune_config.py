@@ -203,6 +203,7 @@ SAMPLES = {
     "embedding_reconstruct": "next_state",
     "embedding_update_every": "4",
     "value_actions": "sample",
+    "value_refresh_every": "3",
     "self_match": "false",
     "offline_updates": "20",
     "deployments": "5",
@@ -227,9 +228,11 @@ SAMPLES = {
 def test_every_flat_shortcut_equals_its_dotted_path(flat):
     dotted = SHORTCUTS[flat]
     value = SAMPLES[flat]
-    base = (
-        parse_overrides(["algo=bcq"]) if flat == "value_actions" else TuneConfig()
-    )  # sample: not TD3+BC
+    bases = {  # sample: not TD3+BC; stale d_q values need d_q and scoring ahead
+        "value_actions": ["algo=bcq"],
+        "value_refresh_every": ["distance=value", "score_every=3"],
+    }
+    base = parse_overrides(bases[flat]) if flat in bases else TuneConfig()
     by_flat = parse_overrides([f"{flat}={value}"], base=base)
     assert by_flat == parse_overrides([f"{dotted}={value}"], base=base)
     assert by_flat != base

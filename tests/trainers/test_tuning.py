@@ -40,6 +40,7 @@ STRATEGIES = [
     ("otc",),
     ("otc", "distance=embedding"),
     ("otc", "distance=value"),
+    ("otc", "distance=value", "value_refresh_every=2", "score_every=2"),
     ("uniform",),
     ("online-only",),
     ("balanced-replay",),

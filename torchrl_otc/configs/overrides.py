@@ -84,6 +84,7 @@ SHORTCUTS: dict[str, str] = {
     "embedding_reconstruct": "sampler.distance.reconstruct",
     "embedding_update_every": "sampler.distance.update_every",
     "value_actions": "sampler.distance.value_actions",
+    "value_refresh_every": "sampler.distance.refresh_every",
     "self_match": "sampler.self_match",
     "offline_updates": "run.offline_updates",
     "deployments": "run.deployments",

@@ -174,6 +174,10 @@ class DistanceConfig:
             ``"sample"`` (mean over sampled actions; not for TD3+BC). Shortcut: ``value_actions=``.
         compile: compile the distance's pairwise step (:func:`torch.compile`; feature and embedding distances).
             Shortcut: ``compile=``.
+        refresh_every: d_q only: its values are treated as current for this many updates of the critic (an
+            approximation; ``1``, the default, is exact), taking effect through ``sampler.score_every``, which
+            must then be equal (see :class:`~torchrl_otc.ValueDistance`'s "Stale values"). Shortcut:
+            ``value_refresh_every=``.
         ensemble_size: ``distance=likelihood``: members of the ensemble (``sampler.distance.ensemble_size``).
         ensemble_hidden_sizes: ``distance=likelihood``: hidden widths of each member.
         fit_steps: ``distance=likelihood``: Adam steps of each refit on a deployment's data.
@@ -190,6 +194,7 @@ class DistanceConfig:
     update_every: int = 1
     value_actions: str = "policy"
     compile: bool = False
+    refresh_every: int = 1
     ensemble_size: int = 5
     ensemble_hidden_sizes: tuple[int, ...] = (64, 64)
     fit_steps: int = 200
@@ -202,6 +207,12 @@ class DistanceConfig:
         _choice("sampler.distance.reconstruct", self.reconstruct, ("action", "next_state"))
         _choice("sampler.distance.value_actions", self.value_actions, ("policy", "sample"))
         _at_least("sampler.distance.update_every", self.update_every, 1)
+        _at_least("sampler.distance.refresh_every", self.refresh_every, 1)
+        if self.refresh_every > 1 and self.name != "value":
+            raise ConfigError(
+                f"sampler.distance.refresh_every={self.refresh_every} reuses d_q's critic values; "
+                f"distance={self.name} has none. Use distance=value, or value_refresh_every=1."
+            )
         for name in ("ensemble_size", "fit_steps", "fit_batch_size"):
             _at_least(f"sampler.distance.{name}", getattr(self, name), 1)
         if not self.ensemble_hidden_sizes or min(self.ensemble_hidden_sizes) < 1:
@@ -299,6 +310,12 @@ class SamplerConfig:
             )
         self._validate_online_fraction()
         self.distance.validate()
+        if self.distance.refresh_every > 1 and self.score_every != self.distance.refresh_every:
+            raise ConfigError(
+                f"value_refresh_every={self.distance.refresh_every} takes effect through scoring ahead: one "
+                f"scoring serves score_every batches. Set score_every={self.distance.refresh_every} too (got "
+                f"score_every={self.score_every})."
+            )
         if self.name == "otc" and self.distance.name == "likelihood":
             if self.online_fraction is None or self.online_fraction == ADAPTIVE_FRACTION:
                 raise ConfigError(

@@ -213,6 +213,18 @@ class ValueDistance(L1EmbeddingDistance):
     the matrix path. With ``exclude`` (``OTCSampler(self_match=False)``) or non-finite values it falls back to
     the matrix. The critic runs over at most :attr:`critic_chunk` rows at a time.
 
+    **Stale values** (``refresh_every=k > 1``; an approximation, not in the paper). Exact d_q recomputes ``Q`` and
+    ``V(s')`` of all ``|B| + |D|`` rows at every update, because the critic changed; that pass costs several
+    updates (BCQ's ``V(s')`` decodes 10 actions per next state). With ``refresh_every=k`` the distance's
+    :attr:`version` is ``algorithm.num_updates // k``, so an :class:`~torchrl_otc.OTCSampler` with
+    ``score_every=k`` scores ``k |B|`` candidates against one ``|D|`` draw with the critic of the first update
+    of each group of ``k`` and serves the ``k`` batches from it: one critic pass over ``k |B| + |D|`` rows per
+    ``k`` updates instead of ``k`` passes over ``|B| + |D|``. The ``j``-th batch of a group uses values ``j``
+    updates old, and ``E_{s'} V(s')`` is taken over the ``k |B|`` candidates. How much one update moves the
+    matches is measured in ``benchmarks/bench_dq_refresh.py`` (see ``benchmarks/README.md``). It needs an
+    algorithm that counts its updates (``num_updates``, as every
+    :class:`~torchrl_otc.trainers.algorithms.Algorithm` does); it has no effect with ``score_every=1``.
+
     Both embeddings are computed under :func:`torch.no_grad`: no gradient reaches the critic or the policy.
     The embedding of a set depends on the whole set (its mean), so :attr:`rowwise_embedding` is ``False`` and
     the sampler never caches online embeddings for this distance.
@@ -237,6 +249,8 @@ class ValueDistance(L1EmbeddingDistance):
         next_state_key: key of ``s'``. Defaults to ``("next", "observation")``.
         compile: compile the L1 step of the matrix path (:class:`L1EmbeddingDistance`), which is only taken
             with ``exclude`` or non-finite values (see above). Defaults to ``False``.
+        refresh_every: ``k``: treat the values as current for ``k`` updates of the critic (see "Stale values").
+            Defaults to ``1``: exact, the values of the critic of the update being made.
 
     Attributes:
         critic_chunk (int): the most rows given to the critic (``Q``, ``V``) in one call: a class attribute,
@@ -275,11 +289,11 @@ class ValueDistance(L1EmbeddingDistance):
         action_key: NestedKey = "action",
         next_state_key: NestedKey = ("next", "observation"),
         compile: bool = False,
+        refresh_every: int = 1,
     ) -> None:
         super().__init__(compile=compile)
-        # Its scores follow the critic, which changes at every update: no version can say when they are still
-        # valid, so nothing is cached on one (OTCSampler(score_every=k) scores every call for it).
-        self.version = None  # type: ignore[assignment]
+        check_positive_int("refresh_every", refresh_every)
+        self.refresh_every = refresh_every
         if critic_reduction not in ("mean", "min"):
             raise ValueError(f"critic_reduction must be 'mean' or 'min'; got {critic_reduction!r}.")
         if value_actions not in ("policy", "sample"):
@@ -293,6 +307,11 @@ class ValueDistance(L1EmbeddingDistance):
             )
         if q_function is not None and algorithm is not None:
             raise ValueError("Pass either an algorithm or q_function/value_function, not both.")
+        if q_function is not None and refresh_every > 1:
+            raise ValueError(
+                f"refresh_every={refresh_every} counts the updates of an algorithm's critic; with q_function and "
+                "value_function there is none. Pass algorithm=..., or refresh_every=1."
+            )
         self.critic_reduction = critic_reduction
         self.value_actions = value_actions
         self.num_action_samples = num_action_samples
@@ -307,6 +326,23 @@ class ValueDistance(L1EmbeddingDistance):
         if algorithm is not None:
             self.bind(algorithm)
 
+    @property
+    def version(self) -> int | None:  # type: ignore[override]
+        """When the scores change: ``None`` (every update, the default) or ``num_updates // refresh_every``.
+
+        With ``refresh_every=1`` the critic changes at every update, so no version can say when scores are still
+        valid: nothing is cached on one (``OTCSampler(score_every=k)`` scores every call for it).
+        """
+        algorithm = self.__dict__.get("algorithm")
+        if self.__dict__.get("refresh_every", 1) == 1 or algorithm is None:
+            return None
+        return int(algorithm.num_updates) // self.refresh_every
+
+    @version.setter
+    def version(self, value: int | None) -> None:
+        # The base class starts every distance at version 0; this one's version follows the critic's updates.
+        pass
+
     def bind(self, algorithm: ValueFunctions) -> None:
         """Uses ``algorithm``'s values (no-op when built with ``q_function``/``value_function``).
 
@@ -314,11 +350,17 @@ class ValueDistance(L1EmbeddingDistance):
             algorithm: any :class:`ValueFunctions`, e.g. an :class:`~torchrl_otc.trainers.algorithms.Algorithm`.
 
         Raises:
-            ValueError: the algorithm cannot compute ``V`` with ``value_actions`` (TD3+BC with ``"sample"``).
+            ValueError: the algorithm cannot compute ``V`` with ``value_actions`` (TD3+BC with ``"sample"``), or
+                ``refresh_every > 1`` and it does not count its updates (no integer ``num_updates``).
         """
         if self._user_functions:
             return
         algorithm.check_state_value(self.value_actions)
+        if self.refresh_every > 1 and not isinstance(getattr(algorithm, "num_updates", None), int):
+            raise ValueError(
+                f"ValueDistance(refresh_every={self.refresh_every}) needs an algorithm that counts its updates "
+                f"(an integer num_updates); {type(algorithm).__name__} has none. Use refresh_every=1."
+            )
         reduction, actions, n = self.critic_reduction, self.value_actions, self.num_action_samples
 
         def q_function(obs: Tensor, action: Tensor) -> Tensor:
@@ -431,5 +473,5 @@ class ValueDistance(L1EmbeddingDistance):
     def extra_repr(self) -> str:
         return (
             f"critic_reduction={self.critic_reduction!r}, value_actions={self.value_actions!r}, "
-            f"bound={self.__dict__['q_function'] is not None}"
+            f"bound={self.__dict__['q_function'] is not None}, refresh_every={self.refresh_every}"
         )

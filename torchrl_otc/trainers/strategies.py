@@ -123,7 +123,9 @@ def make_sampler(
             device=device,
         )
     else:  # d_q (section 3.3): bound to the agent's own critic by AgentLearner
-        distance = ValueDistance(value_actions=spec.value_actions, compile=spec.compile)
+        distance = ValueDistance(
+            value_actions=spec.value_actions, compile=spec.compile, refresh_every=spec.refresh_every
+        )
     return OTCSampler(
         online,
         alpha=config.alpha,

@@ -276,7 +276,7 @@ class OTCSampler(OnlineRowsSampler):
                 f"OTCSampler's first argument is the online replay buffer (a torchrl ReplayBuffer holding "
                 f"D_i^k); got {type(online_buffer).__name__}."
             )
-        check_tensor_storage(online_buffer._storage, "OTCSampler (online buffer)")
+        check_tensor_storage(online_buffer.storage, "OTCSampler (online buffer)")
         alpha = float(alpha)
         if not (math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"alpha must be a finite number >= 0; got {alpha}.")
@@ -337,7 +337,7 @@ class OTCSampler(OnlineRowsSampler):
         self._rows = OnlineRowIndex()
         # Counts the writes to the online buffer: the online set's version, which the distance caches on.
         self._online_tracker = WriteTracker()
-        online_buffer._storage.attach(self._online_tracker)
+        online_buffer.storage.attach(self._online_tracker)
 
     # ---------------------------------------------------------------- decomposed OTC
     @property
@@ -380,7 +380,7 @@ class OTCSampler(OnlineRowsSampler):
     # ---------------------------------------------------------------- helpers
     @property
     def _online_storage(self) -> TensorStorage:
-        return self.online_buffer._storage
+        return self.online_buffer.storage
 
     def _keys(self) -> list[NestedKey]:
         keys = list(self.distance.in_keys)

@@ -13,14 +13,18 @@ Sampling costs the same in both and is left out. Both run interleaved in one pro
 machine load hits them alike; the figure reported is the median over repeats of the ratio separate / batched in
 the same repeat, next to the median milliseconds of each.
 
+``--floor`` adds a third contender, only the batched update's matrix products (:func:`matmul_replay`): the
+speed-up no batched update doing these products can exceed.
+
 Usage: ``python benchmarks/bench_batched.py [--repeats 10] [--block 4] [--threads 1] [--algos bcq,awac,cql,td3bc]
-[--seeds 5] [--agents 3] [--device cpu]``
+[--seeds 5] [--agents 3] [--device cpu] [--floor]``
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -97,10 +101,57 @@ def contenders(
     return {"separate": run_separate, "batched": run_batched}
 
 
+#: the matrix products a batched update runs, and the positions of their two matrix operands.
+_PRODUCTS = {
+    "aten::bmm": (0, 1),
+    "aten::baddbmm": (1, 2),
+    "aten::mm": (0, 1),
+    "aten::addmm": (1, 2),
+}
+
+
+def matmul_replay(
+    batched: Callable[[int], None], device: torch.device, updates: int = 2
+) -> Callable[[int], None]:
+    """Only the matrix products of the batched update: the floor of its time.
+
+    Records the ``bmm``/``mm`` calls (with ``baddbmm``/``addmm`` as products) of ``updates`` consecutive batched
+    updates (2: one with TD3+BC's actor step, one without); call ``j`` then replays the products of recorded
+    update ``j % updates`` on random operands of the same shapes. Everything else (elementwise work, Adam, Python)
+    left out, ``separate / replay`` bounds the speed-up any batched update with these products can reach.
+    """
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+    ) as prof:
+        for j in range(updates):
+            with torch.profiler.record_function(f"update {j}"):
+                batched(j)
+    marks = sorted(
+        (e.time_range.start, e.time_range.end, int(e.name.split()[1]))
+        for e in prof.events()
+        if e.name.startswith("update ")
+    )
+    products: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(updates)]
+    for e in prof.events():
+        if e.name in _PRODUCTS:
+            i, k = _PRODUCTS[e.name]
+            j = next(m for start, end, m in marks if start <= e.time_range.start <= end)
+            shapes = e.input_shapes[i], e.input_shapes[k]
+            products[j].append(tuple(torch.randn(s, device=device) for s in shapes))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(j: int) -> None:
+        for a, b in products[j % updates]:
+            torch.matmul(a, b)
+        sync()
+
+    return run
+
+
 def measure(
     fns: dict[str, Callable[[int], None]], repeats: int, block: int, warmup: int = 4
-) -> tuple[dict[str, float], float]:
-    """Median ms per update of each, and the median over repeats of the ratio separate / batched."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median ms per update of each, and per contender the median over repeats of the ratio separate / it."""
     for fn in fns.values():
         for i in range(warmup):
             fn(i)
@@ -113,8 +164,12 @@ def measure(
                 fn(step + i)
             times[key].append((time.perf_counter() - start) * 1e3 / block)
         step += block
-    ratios = [s / b for s, b in zip(times["separate"], times["batched"])]
-    return {k: statistics.median(v) for k, v in times.items()}, statistics.median(ratios)
+    ratios = {
+        k: statistics.median([s / b for s, b in zip(times["separate"], times[k])])
+        for k in fns
+        if k != "separate"
+    }
+    return {k: statistics.median(v) for k, v in times.items()}, ratios
 
 
 def main() -> None:
@@ -126,6 +181,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time only the batched update's matrix products (matmul_replay): the speed-up's ceiling",
+    )
     args = parser.parse_args()
     if args.block % 2:
         parser.error("--block must be even (TD3+BC's policy delay is 2)")
@@ -133,10 +193,14 @@ def main() -> None:
     device = torch.device(args.device)
     n = args.seeds * args.agents
     pool = batches(2 * n, device, torch.Generator().manual_seed(0))
+    load_before = os.getloadavg()[0]
     rows = []
     for name in args.algos.split(","):
-        medians, ratio = measure(contenders(name, n, device, pool), args.repeats, args.block)
-        rows.append((name, medians["separate"], medians["batched"], ratio))
+        fns = contenders(name, n, device, pool)
+        if args.floor:
+            fns["products"] = matmul_replay(fns["batched"], device)
+        medians, ratios = measure(fns, args.repeats, args.block)
+        rows.append((name, medians, ratios))
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -145,14 +209,19 @@ def main() -> None:
     print(
         f"\n{datetime.date.today()}, torch {torch.__version__}, {where}, {args.threads} thread(s), "
         f"{n} learners ({args.seeds} seeds x {args.agents} agents), batch {BATCH}, state {OBS}, action {ACT}, "
-        f"medians of {args.repeats} interleaved blocks of {args.block} updates\n"
+        f"medians of {args.repeats} interleaved blocks of {args.block} updates, 1-minute load average "
+        f"{load_before:.2f} before and {os.getloadavg()[0]:.2f} after (other processes on the machine)\n"
     )
-    print(
-        "| algorithm | separate ms (N x update) | batched ms (one update) | speed-up (median ratio) |"
-    )
-    print("|---|---|---|---|")
-    for name, sep, bat, ratio in rows:
-        print(f"| {name} | {sep:.1f} | {bat:.1f} | {ratio:.2f} |")
+    header = "| algorithm | separate ms (N x update) | batched ms (one update) | speed-up (median ratio) |"
+    if args.floor:
+        header += " matrix products only ms | ceiling (separate / products) |"
+    print(header)
+    print("|---" * header.count(" | ") + "|---|")
+    for name, medians, ratios in rows:
+        line = f"| {name} | {medians['separate']:.1f} | {medians['batched']:.1f} | {ratios['batched']:.2f} |"
+        if args.floor:
+            line += f" {medians['products']:.1f} | {ratios['products']:.2f} |"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ from torchrl_otc.trainers.algorithms import (
     BatchedTD3BC,
     make_algorithm,
 )
-from torchrl_otc.trainers.algorithms.batched_common import clip_per_learner
+from torchrl_otc.trainers.algorithms.batched_common import (
+    clip_per_learner,
+    stacked_adam,
+    stacked_linear,
+)
 from torchrl_otc.trainers.batched import BATCHED_ALGORITHMS, BatchedLearners
 from torchrl_otc.trainers.learner import AgentLearner
 
@@ -245,3 +249,56 @@ def test_batched_learners_refuse_mixed_algorithms_and_weights():
     agents[1].sample = weighted
     with pytest.raises(ValueError, match="priority_weight"):
         grouped.update()
+
+
+@pytest.mark.parametrize(
+    "hyperparameters",
+    [
+        {"lr": 1e-3},
+        {"lr": 0.1, "betas": (0.8, 0.9), "eps": 1e-6, "weight_decay": 0.01, "amsgrad": True},
+    ],
+)
+def test_stacked_adam_takes_each_learners_own_adam_steps_bit_for_bit(hyperparameters):
+    """One (foreach) Adam over stacked parameters: the separate learners' default Adam steps, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(5, 4), (5,), ()]
+    stacked = [torch.nn.Parameter(torch.randn(N, *s, generator=g)) for s in shapes]
+    separate = [[torch.nn.Parameter(p.detach()[i].clone()) for p in stacked] for i in range(N)]
+    opt = stacked_adam(stacked, **hyperparameters)
+    opts = [torch.optim.Adam(ps, **hyperparameters) for ps in separate]
+    for _ in range(4):
+        for p in stacked:
+            p.grad = torch.randn(p.shape, generator=g) * 1e-3
+        for i, ps in enumerate(separate):
+            for p, q in zip(ps, stacked):
+                p.grad = q.grad[i].clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    for i, ps in enumerate(separate):
+        for p, q in zip(ps, stacked):
+            assert torch.equal(p, q[i])
+            assert torch.equal(opts[i].state[p]["exp_avg_sq"], opt.state[q]["exp_avg_sq"][i])
+
+
+def test_stacked_linear_equals_linear_layers_with_their_gradients():
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.nn.Linear(4, 3) for _ in range(N)]
+    weight = torch.nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
+    bias = torch.nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
+    x = torch.randn(N, 6, 4, generator=g, requires_grad=True)
+    out = torch.randn(N, 6, 3, generator=g)
+    (stacked_linear(x, weight, bias) * out).sum().backward()
+    for i, m in enumerate(layers):
+        xi = x.detach()[i].clone().requires_grad_()
+        (m(xi) * out[i]).sum().backward()
+        assert torch.allclose(weight.grad[i], m.weight.grad, atol=1e-6)
+        assert torch.allclose(bias.grad[i], m.bias.grad, atol=1e-6)
+        assert torch.allclose(x.grad[i], xi.grad, atol=1e-6)
+    assert weight.grad.is_contiguous()  # in the weight's layout: accumulated without a copy
+    # only the gradients asked for: detached layers (TD3+BC's actor loss through the critic), constant inputs
+    x.grad = None
+    (stacked_linear(x, weight.detach(), bias.detach()) * out).sum().backward()
+    assert x.grad is not None
+    y = stacked_linear(x.detach(), weight, bias)
+    assert torch.autograd.grad(y.sum(), [weight])[0].shape == weight.shape

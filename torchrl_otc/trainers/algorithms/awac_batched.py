@@ -112,7 +112,7 @@ class BatchedAWAC(BatchedAlgorithm):
     :math:`\mathcal{L}^\pi_i = -\log\pi_i(a|s) \min(\exp(A_i(s, a) / \lambda), w_{\max})` with
     :math:`A_i = \min_j Q_{ij}(s, a) - \frac{1}{m}\sum_k \min_j Q_{ij}(s, a_k)`, :math:`a_k \sim \pi_i(\cdot|s)`
     (critics after their step), then the target critics move by ``tau``. The actor and critics run as one
-    ``baddbmm`` per layer over the learners; the policy samples are learner :math:`i`'s draws
+    ``bmm`` per layer over the learners; the policy samples are learner :math:`i`'s draws
     (:meth:`draw_noise`).
 
     Args:

@@ -49,7 +49,7 @@ class BatchedBCQ(BatchedAlgorithm):
         \mathcal{L}^Q_i = \sum_j (Q_{ij}(s, a) - y_i)^2,
 
     then :math:`\mathcal{L}^\xi_i = -Q_{i1}(s, \xi_i(s, D_i(s, z_i)))`, then the targets move by ``tau``. The
-    VAE, perturbation model and critics run as one ``baddbmm`` per layer over the learners (the critics over
+    VAE, perturbation model and critics run as one ``bmm`` per layer over the learners (the critics over
     ``2N``). :math:`\epsilon_i, z_{ik}, z_i` are learner :math:`i`'s draws (:meth:`draw_noise`).
 
     Args:

@@ -53,7 +53,7 @@ class BatchedCQL(BatchedAlgorithm):
     :math:`\mathcal{L}^\alpha_i = -\log\alpha_i (\log\pi_i(\tilde a|s) + \bar{\mathcal{H}})`; with Lagrange,
     :math:`\mathcal{L}^{\alpha'}_i` (its gradient to :math:`\log\alpha'_i` only). One backward of the sum, each part
     clipped per learner, one Adam step per part, then the target critics move by ``tau``. The critics' values of
-    the batch, of the uniform and of the policy actions come from one ``baddbmm`` per layer over ``2N`` critics.
+    the batch, of the uniform and of the policy actions come from one ``bmm`` per layer over ``2N`` critics.
 
     Args:
         algorithms: N :class:`~torchrl_otc.trainers.algorithms.CQL` algorithms with the same config and sizes.

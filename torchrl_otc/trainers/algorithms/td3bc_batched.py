@@ -23,6 +23,7 @@ from torchrl_otc.trainers.algorithms.batched_common import (
     StackedSequential,
     check_group,
     clip_per_learner,
+    stacked_adam,
     standard_normal,
 )
 from torchrl_otc.trainers.algorithms.td3bc import (
@@ -64,7 +65,7 @@ class BatchedTD3BC:
     and every ``policy_delay``-th step
     :math:`\mathcal{L}^\pi_i = -\lambda_i Q_{i1}(s_i, \pi_i(s_i)) + (\pi_i(s_i) - a_i)^2`,
     :math:`\lambda_i = \alpha / \overline{|Q_{i1}|}`, then the targets move by ``tau``. The networks are the MLPs
-    of :class:`~torchrl_otc.trainers.algorithms.TD3BC`; each layer runs as one ``baddbmm`` over the
+    of :class:`~torchrl_otc.trainers.algorithms.TD3BC`; each layer runs as one ``bmm`` over the
     agents (the critics as ``2N`` stacked MLPs).
 
     The stacked parameters are copies: :meth:`write_back` copies them (and the optimiser states) into the
@@ -114,7 +115,7 @@ class BatchedTD3BC:
         self._critic_layers = _linear_keys(loss0.qvalue_network_params, ("module",))
         self._head_keys = (("module", "1", "center"), ("module", "1", "half_range"))
         self._check_structure(loss0)
-        # the layers of the MLPs with their own activations (one baddbmm per Linear, ReLU in place)
+        # the layers of the MLPs with their own activations (one bmm per Linear, ReLU in place)
         self._actor_plan = StackedSequential.from_module(
             loss0.actor_network, loss0.actor_network.module[0], "TD3+BC actor"
         )
@@ -143,8 +144,8 @@ class BatchedTD3BC:
         self.min_action = torch.stack([a.loss.min_action for a in algorithms])  # [N, act]
         self.max_action = torch.stack([a.loss.max_action for a in algorithms])
         self.optimizers = {
-            "actor": torch.optim.Adam(self.actor, lr=cfg.actor_lr),
-            "critic": torch.optim.Adam(self.critic, lr=cfg.critic_lr),
+            "actor": stacked_adam(self.actor, lr=cfg.actor_lr),
+            "critic": stacked_adam(self.critic, lr=cfg.critic_lr),
         }
         self._load_optimizer_states()
 

@@ -19,6 +19,9 @@ if [ -n "$(git -C "$rl" status --porcelain --untracked-files=no)" ]; then
   exit 2
 fi
 python="${PYTHON:-python}"
+if [[ "$python" == */* ]]; then  # a relative path would break once the script runs pytest from the checkout
+  python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
+fi
 base="$(tr -d '[:space:]' < "$here/patches/BASE")"
 head="$(git -C "$rl" rev-parse HEAD)"
 echo "TorchRL checkout: $rl at $head (series made against $base)"
@@ -26,12 +29,15 @@ if [ "$head" != "$base" ]; then
   echo "note: not the base commit; the patches may still apply" >&2
 fi
 tests=()
-while read -r patch test; do
+while read -r patch patch_tests; do
   case "$patch" in ''|'#'*) continue ;; esac
   git -C "$rl" apply --unidiff-zero --check "$here/patches/$patch"
   git -C "$rl" apply --unidiff-zero "$here/patches/$patch"
   echo "applied $patch"
-  tests+=("$rl/$test")
+  read -r -a patch_test_list <<< "$patch_tests"  # a line may name several tests, separated by spaces
+  for test in "${patch_test_list[@]}"; do
+    tests+=("$rl/$test")
+  done
 done < "$here/patches/series"
 cd "$rl"
 PYTHONPATH="$rl${PYTHONPATH:+:$PYTHONPATH}" "$python" -m pytest -q -p no:cacheprovider -W ignore::UserWarning \

@@ -143,3 +143,43 @@ def test_joint_layout_matches_agents_layout():
     na, nj = a.step(ta)["next"], j.step(tj)["next"]
     torch.testing.assert_close(na["agents", "observation"][0], nj["observation"])
     torch.testing.assert_close(na["agents", "reward"][0], nj["reward"])
+
+
+def test_package_env_is_the_torchrl_env():
+    """The package's env is the TorchRL section's ``MaMuJoCoEnv`` (upstream/mamujoco-env.patch) plus its extras."""
+    from torchrl_otc.envs import mamujoco
+
+    assert issubclass(MaMuJoCoEnv, mamujoco._MaMuJoCoEnv)
+    assert issubclass(mamujoco._MaMuJoCoEnv, mamujoco.MaMuJoCoWrapper)
+    upstream = mamujoco._MaMuJoCoEnv("Hopper", "3x1", seed=4, device="cpu")
+    ours = MaMuJoCoEnv("Hopper", "3x1", seed=4)
+    torch.manual_seed(0)
+    a = upstream.rollout(30, break_when_any_done=False)
+    torch.manual_seed(0)
+    b = ours.rollout(30, break_when_any_done=False)
+    assert (a == b).all()
+
+
+def test_group_map_and_wrapper():
+    """TorchRL's options reach the package env; the wrapper takes a built gymnasium-robotics env."""
+    from gymnasium_robotics import mamujoco_v1
+    from torchrl.envs.utils import MarlGroupMapType
+
+    from torchrl_otc.envs.mamujoco import MaMuJoCoWrapper
+
+    per_agent = MaMuJoCoEnv(
+        "Walker2d", "2x3", seed=2, group_map=MarlGroupMapType.ONE_GROUP_PER_AGENT
+    )
+    grouped = MaMuJoCoEnv("Walker2d", "2x3", seed=2)
+    td_p, td_g = per_agent.reset(), grouped.reset()
+    local = torch.tensor([[0.1, 0.2, 0.3], [-0.4, -0.5, -0.6]])
+    td_p["agent_0", "action"], td_p["agent_1", "action"] = local[:1], local[1:]
+    td_g["agents", "action"] = local
+    nxt_p, nxt_g = per_agent.step(td_p)["next"], grouped.step(td_g)["next"]
+    for i in range(2):
+        assert torch.equal(nxt_p[f"agent_{i}", "observation"][0], nxt_g["agents", "observation"][i])
+        assert torch.equal(nxt_p[f"agent_{i}", "reward"][0], nxt_g["agents", "reward"][i])
+    check_env_specs(per_agent)
+    wrapped = MaMuJoCoWrapper(mamujoco_v1.parallel_env("Hopper", "3x1"), seed=0)
+    assert wrapped.action_partition == ACTION_PARTITIONS[("Hopper", "3x1")]
+    check_env_specs(wrapped)

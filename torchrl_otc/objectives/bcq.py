@@ -137,8 +137,8 @@ class BCQLoss(TwinCriticLoss):
     alone (a timeout) does not.
 
     As in TorchRL's losses, a ``priority_weight`` entry in the batch, if present and
-    ``use_prioritized_weights`` allows it, weights every part's reduction; the OTC sampler writes no such entry
-    unless asked to.
+    ``use_prioritized_weights`` allows it, weights every part's reduction (a prioritized sampler writes it; a
+    uniform one does not).
 
     Args:
         actor_network: the perturbation model :math:`\xi` as a :class:`~tensordict.nn.TensorDictModule` reading

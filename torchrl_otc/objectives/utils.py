@@ -275,7 +275,8 @@ def call_net(
         >>> critic = ValueOperator(MLP(in_features=5, out_features=1, num_cells=[8]), in_keys=["observation", "action"])
         >>> vae = TensorDictModule(ActionVAE(3, 2), in_keys=["observation", "action"], out_keys=["r", "m", "s"])
         >>> loss = BCQLoss(actor, critic, vae)
-        >>> _ = ForeachSoftUpdate(loss, tau=0.005)
+        >>> from torchrl.objectives import SoftUpdate
+        >>> _ = SoftUpdate(loss, tau=0.005)
         >>> obs, act = torch.randn(4, 3), torch.zeros(4, 2)
         >>> call_net(loss, "actor_network", loss.target_actor_network_params, [obs, act]).shape
         torch.Size([4, 2])
@@ -324,7 +325,8 @@ def critic_values(
         ...                            in_keys=["loc", "scale"], distribution_class=TanhNormal)
         >>> critic = ValueOperator(MLP(in_features=5, out_features=1, num_cells=[8]), in_keys=["observation", "action"])
         >>> loss = AWACLoss(actor, critic)
-        >>> _ = ForeachSoftUpdate(loss, tau=0.005)
+        >>> from torchrl.objectives import SoftUpdate
+        >>> _ = SoftUpdate(loss, tau=0.005)
         >>> inputs = {"observation": torch.randn(6, 3), "action": torch.zeros(6, 2)}
         >>> critic_values(loss, inputs, loss.qvalue_network_params).shape
         torch.Size([2, 6])
@@ -421,10 +423,16 @@ def build_value_estimator(
 
     Examples:
         >>> from tensordict.nn import TensorDictModule
-        >>> from torchrl_otc.objectives import MaskedDiscreteCQLLoss
-        >>> net = TensorDictModule(nn.Linear(3, 2), ["observation"], ["action_value"])
-        >>> loss = MaskedDiscreteCQLLoss(net, action_space="one-hot")
-        >>> build_value_estimator(loss, None, {"gamma": 0.9}, value_key=loss.tensor_keys.value) is loss
+        >>> from tensordict.nn import NormalParamExtractor
+        >>> from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
+        >>> from torchrl_otc.objectives.awac import AWACLoss
+        >>> net = nn.Sequential(MLP(in_features=3, out_features=4, num_cells=[8]), NormalParamExtractor())
+        >>> actor = ProbabilisticActor(TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        ...                            in_keys=["loc", "scale"], distribution_class=TanhNormal)
+        >>> critic = ValueOperator(MLP(in_features=5, out_features=1, num_cells=[8]), in_keys=["observation", "action"])
+        >>> loss = AWACLoss(actor, critic)
+        >>> key = loss.tensor_keys.state_action_value
+        >>> build_value_estimator(loss, None, {"gamma": 0.9}, value_key=key) is loss
         True
         >>> float(loss.value_estimator.gamma)
         0.8999999761581421

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from test_tuning import TINY  # the tiny runs of test_tuning.py (same folder)
 
-from torchrl_otc.configs.tune import parse_overrides
+from torchrl_otc.configs.tune import TuneConfig, parse_overrides
 from torchrl_otc.report import load_run
 from torchrl_otc.trainers import lockstep as lockstep_module
 from torchrl_otc.trainers.batched import BATCHED_ALGORITHMS
 from torchrl_otc.trainers.checkpointing import read_checkpoint
 from torchrl_otc.trainers.lockstep import LockstepError, LockstepTuners, batchable
-from torchrl_otc.trainers.sweep import Recipe, expand_recipe, lockstep_units, run_sweep
+from torchrl_otc.trainers.sweep import Recipe, _queues, expand_recipe, lockstep_units, run_sweep
 from torchrl_otc.trainers.tuning import DivergenceError, OnlineTuner
 
 SEEDS = (0, 1, 2)
@@ -229,6 +229,25 @@ def test_a_batched_sweep_groups_the_seeds_of_a_cell_and_skips_finished_runs(tmp_
     again = expand_recipe(_recipe(tmp_path), "smoke", runs_root=tmp_path / "workers")
     for x, y in zip(results, run_sweep(again, progress=False, batched=True, workers=2)):
         assert rows(x["run_dir"]) == rows(y["run_dir"])
+
+
+def test_lockstep_groups_are_cuts_of_consecutive_seeds_with_a_queue_each():
+    cfgs = [
+        TuneConfig(seed=s, strategy=x).to_dict()
+        for s in (3, 0, 2, 1, 4)
+        for x in ("otc", "uniform")
+    ]
+    units = lockstep_units(cfgs, seeds_per_group=2)
+    seeds = [sorted({cfgs[i]["run"]["seed"] for i in unit}) for unit in units]
+    strategies = [{cfgs[i]["sampler"]["name"] for i in unit} for unit in units]
+    assert sorted(map(tuple, seeds)) == [(0, 1), (0, 1), (2, 3), (2, 3), (4,), (4,)]
+    assert all(len(s) == 1 for s in strategies)  # one strategy per group
+    assert sorted(i for unit in units for i in unit) == list(range(len(cfgs)))
+    # the runs of a seed share a dataset: the groups of one cut of seeds share one worker's queue, so with
+    # three cuts three workers are busy
+    assert len(_queues(cfgs, units)) == 3
+    with pytest.raises(ValueError, match="seeds_per_group must be a positive integer; got 0"):
+        lockstep_units(cfgs, seeds_per_group=0)
 
 
 def test_runs_that_cannot_batch_run_on_their_own_with_an_info_line(monkeypatch, caplog):

@@ -17,7 +17,7 @@ from torchrl_otc.configs.tune import ConfigError, parse_overrides
 from torchrl_otc.report import improvement_table, load_run, write_report
 from torchrl_otc.report.writer import check_report_folder
 from torchrl_otc.trainers.lockstep import LockstepTuners
-from torchrl_otc.trainers.sweep import expand_recipe, load_recipe, run_sweep
+from torchrl_otc.trainers.sweep import LOCKSTEP_SEEDS, expand_recipe, load_recipe, run_sweep
 from torchrl_otc.trainers.tuning import OnlineTuner
 
 __all__ = ["add_report_command", "add_sweep_command", "add_tune_command"]
@@ -120,6 +120,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
     bad = [item for item in args.overrides if "=" not in item]
     if bad:
         raise ConfigError(f"Overrides look like key=value; got {bad[0]!r}.")
+    if args.lockstep_seeds < 1:
+        raise ConfigError(
+            f"--lockstep-seeds must be a positive integer; got {args.lockstep_seeds}."
+        )
     # the values stay text: expand_recipe hands them to parse_overrides, which checks and converts them
     extra = dict(item.split("=", 1) for item in args.overrides)
     only = [label.strip() for label in args.variants.split(",")] if args.variants else None
@@ -147,6 +151,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         ray_address=args.ray_address,
         batched=args.batched,
+        lockstep_seeds=args.lockstep_seeds,
     )
     report = write_report([folder], args.report or folder / "report")
     ran = sum(not r["skipped"] for r in results)
@@ -207,6 +212,15 @@ def add_sweep_command(sub: Any) -> None:
         help=(
             "train the seeds of a grid cell in one process, one batched update of all their agents per step; "
             "same run folders, resumable per run; numbers equal separate runs' to float tolerance"
+        ),
+    )
+    sweep.add_argument(
+        "--lockstep-seeds",
+        type=int,
+        default=LOCKSTEP_SEEDS,
+        help=(
+            f"with --batched: the most seeds one process trains in lockstep (consecutive seeds; groups of "
+            f"different seeds run in parallel workers; default {LOCKSTEP_SEEDS})"
         ),
     )
     sweep.add_argument("--dry-run", action="store_true", help="list the run folders and stop")

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from torchrl_otc.configs.overrides import ConfigError, read_yaml, to_dotted, unknown_keys
 from torchrl_otc.configs.tune import TuneConfig
+from torchrl_otc.modules.transition_distance import check_positive_int
 from torchrl_otc.trainers.lockstep import LockstepError, LockstepTuners, batchable
 from torchrl_otc.trainers.matched_mix import matched_option
 from torchrl_otc.trainers.run import RunFolder
@@ -485,15 +486,31 @@ def _lockstep_key(config: Mapping[str, Any]) -> str:
     return json.dumps(rest, sort_keys=True)
 
 
-def lockstep_units(payloads: list[dict[str, Any]]) -> list[list[int]]:
+#: Seeds per lockstep group (``otc sweep --batched --lockstep-seeds``): a grid cell's seeds are cut into groups of
+#: this many consecutive seeds, whatever the number of workers, so that the numbers do not depend on ``--workers``.
+LOCKSTEP_SEEDS = 4
+
+
+def lockstep_units(
+    payloads: list[dict[str, Any]], seeds_per_group: int = LOCKSTEP_SEEDS
+) -> list[list[int]]:
     """The sweep's lockstep groups: indices of the runs (nested config dicts) whose configs differ only in the seed,
-    ordered by their first run; a run whose algorithm has no batched class is a group of its own (logged).
+    at most ``seeds_per_group`` consecutive seeds each (the seeds sorted; the same cut for every strategy of a grid
+    cell), ordered by their first run; a run whose algorithm has no batched class is a group of its own (logged).
+
+    The runs of one seed share a dataset, so they run in one worker's queue: the cut gives a sweep with several
+    workers a queue per group of seeds, where one group per strategy would put a whole grid cell into one queue.
+    The cut does not depend on the number of workers, so neither do the numbers (a TD3+BC learner's last bits may
+    depend on the other learners of its group; see :mod:`~torchrl_otc.trainers.lockstep`).
 
     Examples:
-        >>> configs = [TuneConfig(seed=s, strategy=x).to_dict() for x in ("otc", "uniform") for s in (0, 1)]
+        >>> configs = [TuneConfig(seed=s, strategy=x).to_dict() for x in ("otc", "uniform") for s in (0, 1, 2, 3)]
         >>> lockstep_units(configs)
-        [[0, 1], [2, 3]]
+        [[0, 1, 2, 3], [4, 5, 6, 7]]
+        >>> lockstep_units(configs, seeds_per_group=2)
+        [[0, 1], [2, 3], [4, 5], [6, 7]]
     """
+    check_positive_int("seeds_per_group", seeds_per_group)
     units: dict[str, list[int]] = {}
     for i, payload in enumerate(payloads):
         why = batchable(str(payload["algorithm"]["name"]))
@@ -503,7 +520,20 @@ def lockstep_units(payloads: list[dict[str, Any]]) -> list[list[int]]:
         else:
             key = _lockstep_key(payload)
         units.setdefault(key, []).append(i)
-    return sorted(units.values(), key=lambda unit: unit[0])
+    cut = [
+        chunk for unit in units.values() for chunk in _seed_groups(payloads, unit, seeds_per_group)
+    ]
+    return sorted(cut, key=lambda unit: unit[0])
+
+
+def _seed_groups(payloads: list[dict[str, Any]], unit: list[int], size: int) -> list[list[int]]:
+    """``unit`` cut into groups of ``size`` consecutive seeds (sorted), each in its order in ``unit``."""
+    seeds = sorted({int(payloads[i]["run"]["seed"]) for i in unit})
+    group_of = {seed: k // size for k, seed in enumerate(seeds)}
+    groups: dict[int, list[int]] = {}
+    for i in unit:
+        groups.setdefault(group_of[int(payloads[i]["run"]["seed"])], []).append(i)
+    return [groups[k] for k in sorted(groups)]
 
 
 def _group_key(config: Mapping[str, Any]) -> str:
@@ -660,6 +690,7 @@ def run_sweep(
     ray_num_cpus: float = 1.0,
     ray_num_gpus: float = 0.0,
     batched: bool = False,
+    lockstep_seeds: int = LOCKSTEP_SEEDS,
 ) -> list[dict[str, Any]]:
     """Runs every config (skipping finished runs, resuming interrupted ones); returns their summaries.
 
@@ -680,7 +711,11 @@ def run_sweep(
             lockstep, with one batched update of all their agents per step
             (:class:`~torchrl_otc.trainers.lockstep.LockstepTuners`); each run keeps its folder, metrics,
             checkpoints and resume. Numbers equal the separate runs' to float tolerance (not bit for bit); the
-            runs' ``meta.json`` records ``"batched"``, and their offline agents are cached apart. With Ray, one
+            runs' ``meta.json`` records ``"batched"`` (with the runs of the group), and their offline agents are
+            cached apart.
+        lockstep_seeds: with ``batched``, the most seeds one group trains (:func:`lockstep_units`: consecutive
+            seeds, whatever ``workers`` is, so that the numbers do not depend on it; the groups of different seeds
+            run in parallel workers). Defaults to :data:`LOCKSTEP_SEEDS`. With Ray, one
             task per group (``ray_num_cpus``/``ray_num_gpus`` per group).
 
     Returns:
@@ -724,7 +759,9 @@ def run_sweep(
     payloads = [payloads[i] for i in order]
     # a unit runs in one process: a single run, or a lockstep group (a group starts at its first run's place,
     # so a matched mix's group follows its pairs' group)
-    units = lockstep_units(payloads) if batched else [[i] for i in range(len(payloads))]
+    units = (
+        lockstep_units(payloads, lockstep_seeds) if batched else [[i] for i in range(len(payloads))]
+    )
     if backend == "local" and workers > 1:
         return _in_order(order, _run_local_parallel(payloads, workers, progress, units, batched))
     if backend == "local":

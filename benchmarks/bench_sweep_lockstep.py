@@ -1,0 +1,113 @@
+"""Whole sweeps with and without lockstep (``otc sweep --batched``): wall-clock time of the same grid (issue 14, item 2).
+
+The grid: ``nav/nonstationary``, TD3+BC, random data of 20,000 transitions, 1,000 offline updates, 3 deployments of
+500 steps and 500 updates, 10 evaluation episodes; two strategies (uniform, OTC with the feature distance) and
+``--seeds`` seeds. Each mode runs ``otc sweep`` from scratch in its own folder (dataset builds and offline training
+included, each mode with its own cache), one after the other, ``--repeats`` times in turn; the table gives every
+wall-clock time and the medians.
+
+Modes: ``separate`` (every run in its own process, ``--workers`` side by side) and ``batched`` (``--batched``: the runs
+of a strategy in groups of ``--lockstep-seeds`` consecutive seeds, one process per group).
+
+Usage: ``python benchmarks/bench_sweep_lockstep.py [--workers 2] [--seeds 8] [--repeats 2] [--lockstep-seeds 4]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RECIPE = """\
+description: sweep throughput, separate against lockstep runs
+base: {{dataset: random, algo: td3bc, task: nav/nonstationary}}
+grid:
+  seed: {seeds}
+variants:
+  - {{label: uniform, strategy: uniform}}
+  - {{label: otc-feature, strategy: otc, distance: feature}}
+sizes:
+  cpu:
+    dataset_size: 20000
+    offline_updates: 1000
+    deployments: 3
+    steps_per_deployment: 500
+    updates_per_deployment: 500
+    eval_episodes: 10
+"""
+
+
+def sweep(root: Path, recipe: Path, workers: int, batched: bool, lockstep_seeds: int) -> float:
+    """Seconds of one ``otc sweep`` from scratch in ``root``."""
+    shutil.rmtree(root, ignore_errors=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torchrl_otc.cli",
+        "sweep",
+        str(recipe),
+        f"cache_dir={root / 'cache'}",
+    ]
+    command += [
+        "--size",
+        "cpu",
+        "--workers",
+        str(workers),
+        "--runs-root",
+        str(root),
+        "--no-progress",
+    ]
+    if batched:
+        command += ["--batched", "--lockstep-seeds", str(lockstep_seeds)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--lockstep-seeds", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = Path(tmp) / "lockstep.yaml"
+        recipe.write_text(RECIPE.format(seeds=list(range(args.seeds))))
+        times: dict[str, list[float]] = {"separate": [], "batched": []}
+        for _ in range(args.repeats):
+            for mode in times:
+                times[mode].append(
+                    sweep(
+                        Path(tmp) / mode,
+                        recipe,
+                        args.workers,
+                        mode == "batched",
+                        args.lockstep_seeds,
+                    )
+                )
+    load = os.getloadavg()[0]
+    print(
+        f"# {datetime.date.today()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
+        f"workers {args.workers} | {args.seeds} seeds x 2 strategies | lockstep seeds {args.lockstep_seeds} | "
+        f"load {load:.2f}\n"
+    )
+    print("| mode | seconds (each run) | median |\n|---|---|---|")
+    for mode, values in times.items():
+        print(
+            f"| {mode} | {', '.join(f'{v:.0f}' for v in values)} | {statistics.median(values):.0f} |"
+        )
+    ratio = statistics.median(times["separate"]) / statistics.median(times["batched"])
+    print(f"\nseparate / batched: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -29,30 +29,24 @@ import statistics
 import time
 
 import torch
-from bench_learned_distances import ACT, OBS, transitions
-from torchrl.data import Bounded, RandomSampler, Unbounded
+from bench_learned_distances import learner, transitions
+from torchrl.data import RandomSampler
 
 from torchrl_otc import OTCSampler, ValueDistance
-from torchrl_otc.configs.algorithms import make_config
 from torchrl_otc.modules import OnlineRows
 from torchrl_otc.trainers.learner import AgentLearner
 
 NUM_CANDIDATES, NUM_ONLINE = 512, 2000
 
 
-def learner(factory, args) -> AgentLearner:
-    out = AgentLearner(
-        make_config("bcq"),
-        Unbounded(shape=(OBS,)),
-        Bounded(-1.0, 1.0, (ACT,)),
-        seed=0,
-        merged_capacity=args.offline + args.online,
-        online_capacity=args.online,
-        sampler_factory=factory,
+def bcq_learner(factory, args, warmup: int = 8) -> AgentLearner:
+    return learner(
+        "bcq",
+        factory,
+        transitions(args.offline, 0, False),
+        transitions(args.online, 1, True),
+        warmup=warmup,
     )
-    out.add_offline(transitions(args.offline, 0, False))
-    out.add_deployment(transitions(args.online, 1, True), adapt_alpha=True)
-    return out
 
 
 def samplers() -> dict:
@@ -68,10 +62,7 @@ def samplers() -> dict:
 
 
 def cost(args) -> list[tuple[str, float, float]]:
-    learners = {name: learner(factory, args) for name, factory in samplers().items()}
-    for each in learners.values():
-        for _ in range(8):  # warm-up (first samples build caches)
-            each.update()
+    learners = {name: bcq_learner(factory, args) for name, factory in samplers().items()}
     times: dict[str, list[float]] = {name: [] for name in learners}
     for _ in range(args.repeats):
         for name, each in learners.items():
@@ -85,7 +76,7 @@ def cost(args) -> list[tuple[str, float, float]]:
 
 def floor(args) -> tuple[float, float, float]:
     """(uniform update ms, value pass ms over |B| + |D| rows, 1 + pass / update), medians, interleaved."""
-    uniform = learner(samplers()["uniform"], args)
+    uniform = bcq_learner(samplers()["uniform"], args, warmup=0)
     distance = ValueDistance(uniform.algorithm)
     rows = uniform.merged_buffer.storage[
         torch.randint(0, len(uniform.merged_buffer), (NUM_CANDIDATES + NUM_ONLINE,))
@@ -117,7 +108,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def staleness(args) -> list[tuple[int, float, float, float]]:
     """Per ``j``: medians of (matches kept, Spearman of scores, best-quarter overlap)."""
-    each = learner(samplers()["d_q exact"], args)
+    each = bcq_learner(samplers()["d_q exact"], args, warmup=0)
     for _ in range(args.warmup):
         each.update()
     distance = each.sampler.distance

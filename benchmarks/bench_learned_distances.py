@@ -104,37 +104,53 @@ def samplers(device: torch.device) -> dict:
     }
 
 
+def learner(
+    algo: str,
+    factory,
+    offline: TensorDict,
+    online: TensorDict,
+    device: torch.device | str = "cpu",
+    warmup: int = 5,
+) -> AgentLearner:
+    """An ``algo`` learner at Table 3's sizes (this module's agent) sampling with ``factory``, holding ``offline``
+    and one deployment ``online`` (alpha adapted), after ``warmup`` updates (the first samples build caches).
+    The cost benchmarks of the learned distances and of d_q (``bench_value_match.py``, ``bench_dq_refresh.py``)
+    all build their learners here."""
+    out = AgentLearner(
+        make_config(algo),
+        Unbounded(shape=(OBS,)),
+        Bounded(-1.0, 1.0, (ACT,)),
+        seed=0,
+        device=device,
+        storage_device=device,
+        merged_capacity=len(offline) + len(online),
+        online_capacity=len(online),
+        sampler_factory=factory,
+    )
+    out.add_offline(offline)
+    out.add_deployment(online, adapt_alpha=True)
+    for _ in range(warmup):
+        out.update()
+    return out
+
+
 def cost(args) -> list[tuple[str, str, float, float]]:
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     offline = transitions(args.offline, 0, False).to(device)
     online = transitions(args.online, 1, True).to(device)
-    learners = {}
-    for algo in ("bcq", "td3bc"):
-        for name, factory in samplers(device).items():
-            learner = AgentLearner(
-                make_config(algo),
-                Unbounded(shape=(OBS,)),
-                Bounded(-1.0, 1.0, (ACT,)),
-                seed=0,
-                device=device,
-                storage_device=device,
-                merged_capacity=args.offline + args.online,
-                online_capacity=args.online,
-                sampler_factory=factory,
-            )
-            learner.add_offline(offline)
-            learner.add_deployment(online, adapt_alpha=True)
-            for _ in range(5):  # warm-up (first sample builds caches)
-                learner.update()
-            learners[algo, name] = learner
+    learners = {
+        (algo, name): learner(algo, factory, offline, online, device)
+        for algo in ("bcq", "td3bc")
+        for name, factory in samplers(device).items()
+    }
     times: dict[tuple[str, str], list[float]] = {key: [] for key in learners}
     for _ in range(args.repeats):
-        for key, learner in learners.items():
+        for key, each in learners.items():
             sync()
             t0 = time.perf_counter()
             for _ in range(args.block):
-                learner.update()
+                each.update()
             sync()
             times[key].append((time.perf_counter() - t0) * 1e3 / args.block)
     rows = []

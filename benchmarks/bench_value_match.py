@@ -114,12 +114,10 @@ def matching(args) -> None:
 
 
 def update(args) -> None:
-    from bench_learned_distances import ACT, OBS, transitions
-    from torchrl.data import Bounded, RandomSampler, Unbounded
+    from bench_learned_distances import learner, transitions
+    from torchrl.data import RandomSampler
 
     from torchrl_otc import OTCSampler
-    from torchrl_otc.configs.algorithms import make_config
-    from torchrl_otc.trainers.learner import AgentLearner
 
     def small_chunks() -> ValueDistance:
         distance = ValueDistance()
@@ -133,28 +131,15 @@ def update(args) -> None:
         "OTC d_q, sorted, chunk 512": lambda online: OTCSampler(online, distance=small_chunks()),
     }
     offline, online = transitions(args.offline, 0, False), transitions(args.online, 1, True)
-    learners = {}
-    for name, factory in factories.items():
-        learner = AgentLearner(
-            make_config("bcq"),
-            Unbounded(shape=(OBS,)),
-            Bounded(-1.0, 1.0, (ACT,)),
-            seed=0,
-            merged_capacity=args.offline + args.online,
-            online_capacity=args.online,
-            sampler_factory=factory,
-        )
-        learner.add_offline(offline)
-        learner.add_deployment(online, adapt_alpha=True)
-        for _ in range(5):
-            learner.update()
-        learners[name] = learner
+    learners = {
+        name: learner("bcq", factory, offline, online) for name, factory in factories.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in learners}
     for _ in range(args.repeats):
-        for name, learner in learners.items():
+        for name, each in learners.items():
             t0 = time.perf_counter()
             for _ in range(args.block):
-                learner.update()
+                each.update()
             times[name].append((time.perf_counter() - t0) * 1e3 / args.block)
     base = statistics.median(times["uniform"])
     for name, values in times.items():

@@ -200,13 +200,19 @@ class MaMuJoCoWrapper(_EnvWrapper):
             for group, agents in self.group_map.items()
         }
 
-    def _make_specs(self, env) -> None:
+    def _robot_action_bounds(self, env) -> tuple[torch.Tensor, torch.Tensor]:
+        """Makes the partition and the groups; returns the robot's action bounds (its single-agent action space)."""
         self._make_partition(env)
         self._make_group_map()
-        device = self.device
         space = env.single_agent_env.action_space
-        low = torch.as_tensor(space.low, dtype=torch.float32)
-        high = torch.as_tensor(space.high, dtype=torch.float32)
+        return (
+            torch.as_tensor(space.low, dtype=torch.float32),
+            torch.as_tensor(space.high, dtype=torch.float32),
+        )
+
+    def _make_specs(self, env) -> None:
+        low, high = self._robot_action_bounds(env)
+        device = self.device
         observation_spec = Composite(device=device)
         action_spec = Composite(device=device)
         reward_spec = Composite(device=device)
@@ -495,12 +501,8 @@ class MaMuJoCoEnv(_MaMuJoCoEnv):
     def _make_specs(self, env) -> None:
         if self.layout == "agents":
             return super()._make_specs(env)
-        self._make_partition(env)
-        self._make_group_map()
+        low, high = self._robot_action_bounds(env)
         device = self.device
-        space = env.single_agent_env.action_space
-        low = torch.as_tensor(space.low, dtype=torch.float32)
-        high = torch.as_tensor(space.high, dtype=torch.float32)
         self.observation_spec = Composite(
             observation=Unbounded((self.state_dim,), device=device), device=device
         )

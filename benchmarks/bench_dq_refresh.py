@@ -29,7 +29,7 @@ import statistics
 import time
 
 import torch
-from bench_learned_distances import learner, transitions
+from bench_learned_distances import interleaved_update_ms, learner, transitions
 from torchrl.data import RandomSampler
 
 from torchrl_otc import OTCSampler, ValueDistance
@@ -63,13 +63,7 @@ def samplers() -> dict:
 
 def cost(args) -> list[tuple[str, float, float]]:
     learners = {name: bcq_learner(factory, args) for name, factory in samplers().items()}
-    times: dict[str, list[float]] = {name: [] for name in learners}
-    for _ in range(args.repeats):
-        for name, each in learners.items():
-            t0 = time.perf_counter()
-            for _ in range(args.block):
-                each.update()
-            times[name].append((time.perf_counter() - t0) * 1e3 / args.block)
+    times = interleaved_update_ms(learners, args.repeats, args.block)
     base = statistics.median(times["uniform"])
     return [(name, statistics.median(v), statistics.median(v) / base) for name, v in times.items()]
 

@@ -29,6 +29,7 @@ import datetime
 import platform
 import statistics
 import time
+from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -134,6 +135,23 @@ def learner(
     return out
 
 
+def interleaved_update_ms(
+    learners: dict, repeats: int, block: int, sync=lambda: None
+) -> dict[Any, list[float]]:
+    """Milliseconds per ``update()`` of each learner: ``repeats`` rounds, each timing ``block`` updates of every
+    learner in turn (interleaved, so that a load change affects all of them alike); ``sync`` waits for the device."""
+    times: dict[Any, list[float]] = {key: [] for key in learners}
+    for _ in range(repeats):
+        for key, each in learners.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(block):
+                each.update()
+            sync()
+            times[key].append((time.perf_counter() - t0) * 1e3 / block)
+    return times
+
+
 def cost(args) -> list[tuple[str, str, float, float]]:
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -144,15 +162,7 @@ def cost(args) -> list[tuple[str, str, float, float]]:
         for algo in ("bcq", "td3bc")
         for name, factory in samplers(device).items()
     }
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in learners}
-    for _ in range(args.repeats):
-        for key, each in learners.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.block):
-                each.update()
-            sync()
-            times[key].append((time.perf_counter() - t0) * 1e3 / args.block)
+    times = interleaved_update_ms(learners, args.repeats, args.block, sync)
     rows = []
     for (algo, name), values in times.items():
         ms = statistics.median(values)

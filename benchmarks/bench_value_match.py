@@ -114,7 +114,7 @@ def matching(args) -> None:
 
 
 def update(args) -> None:
-    from bench_learned_distances import learner, transitions
+    from bench_learned_distances import interleaved_update_ms, learner, transitions
     from torchrl.data import RandomSampler
 
     from torchrl_otc import OTCSampler
@@ -134,13 +134,7 @@ def update(args) -> None:
     learners = {
         name: learner("bcq", factory, offline, online) for name, factory in factories.items()
     }
-    times: dict[str, list[float]] = {name: [] for name in learners}
-    for _ in range(args.repeats):
-        for name, each in learners.items():
-            t0 = time.perf_counter()
-            for _ in range(args.block):
-                each.update()
-            times[name].append((time.perf_counter() - t0) * 1e3 / args.block)
+    times = interleaved_update_ms(learners, args.repeats, args.block)
     base = statistics.median(times["uniform"])
     for name, values in times.items():
         ms = statistics.median(values)

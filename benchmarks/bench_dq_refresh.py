@@ -17,7 +17,10 @@ unchanged, the Spearman correlation of the candidates' eq. (3) scores (the next-
 the overlap of the best quarter of the candidates by score. ``j = k - 1`` is the oldest values
 ``refresh_every=k`` uses.
 
-Usage: ``python benchmarks/bench_dq_refresh.py [--repeats 9] [--block 20] [--threads 1] [--only cost,floor,stale]``
+``--device cuda`` puts the learners, buffers and data on the GPU and waits for it before each clock reading.
+
+Usage: ``python benchmarks/bench_dq_refresh.py [--repeats 9] [--block 20] [--threads 1] [--only cost,floor,stale]
+[--device cpu]``
 """
 
 from __future__ import annotations
@@ -43,10 +46,17 @@ def bcq_learner(factory, args, warmup: int = 8) -> AgentLearner:
     return learner(
         "bcq",
         factory,
-        transitions(args.offline, 0, False),
-        transitions(args.online, 1, True),
+        transitions(args.offline, 0, False).to(args.device),
+        transitions(args.online, 1, True).to(args.device),
+        args.device,
         warmup=warmup,
     )
+
+
+def synchronizer(device: str):
+    """Waits for ``device`` before a clock is read (nothing to wait for on the CPU)."""
+    device = torch.device(device)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 def samplers() -> dict:
@@ -63,7 +73,7 @@ def samplers() -> dict:
 
 def cost(args) -> list[tuple[str, float, float]]:
     learners = {name: bcq_learner(factory, args) for name, factory in samplers().items()}
-    times = interleaved_update_ms(learners, args.repeats, args.block)
+    times = interleaved_update_ms(learners, args.repeats, args.block, synchronizer(args.device))
     base = statistics.median(times["uniform"])
     return [(name, statistics.median(v), statistics.median(v) / base) for name, v in times.items()]
 
@@ -75,19 +85,19 @@ def floor(args) -> tuple[float, float, float]:
     rows = uniform.merged_buffer.storage[
         torch.randint(0, len(uniform.merged_buffer), (NUM_CANDIDATES + NUM_ONLINE,))
     ]
+    sync = synchronizer(args.device)
     for _ in range(5):
         uniform.update()
         distance._values(rows)
     update_ms, pass_ms = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.block):
-            uniform.update()
-        update_ms.append((time.perf_counter() - t0) * 1e3 / args.block)
-        t0 = time.perf_counter()
-        for _ in range(args.block):
-            distance._values(rows)
-        pass_ms.append((time.perf_counter() - t0) * 1e3 / args.block)
+        for step, out in ((uniform.update, update_ms), (lambda: distance._values(rows), pass_ms)):
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(args.block):
+                step()
+            sync()
+            out.append((time.perf_counter() - t0) * 1e3 / args.block)
     u, p = statistics.median(update_ms), statistics.median(pass_ms)
     return u, p, 1.0 + p / u
 
@@ -154,12 +164,13 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--stale-updates", type=int, nargs="+", default=[1, 3, 7])
     parser.add_argument("--only", default="cost,floor,stale")
+    parser.add_argument("--device", default="cpu", help="where the learners, buffers and data live")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
         f"# {datetime.date.today()} | {platform.processor() or platform.machine()} | torch {torch.__version__} | "
-        f"threads {args.threads} | offline {args.offline} online {args.online}\n"
+        f"threads {args.threads} | device {args.device} | offline {args.offline} online {args.online}\n"
     )
     parts = args.only.split(",")
     if "cost" in parts:

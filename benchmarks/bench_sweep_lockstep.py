@@ -9,7 +9,8 @@ wall-clock time and the medians.
 Modes: ``separate`` (every run in its own process, ``--workers`` side by side) and ``batched`` (``--batched``: the runs
 of a strategy in groups of ``--lockstep-seeds`` consecutive seeds, one process per group).
 
-Usage: ``python benchmarks/bench_sweep_lockstep.py [--workers 2] [--seeds 8] [--repeats 2] [--lockstep-seeds 4]``
+Usage: ``python benchmarks/bench_sweep_lockstep.py [--workers 2] [--seeds 8] [--repeats 2] [--lockstep-seeds 4]
+[--device cpu]`` (not in ``gpu.sh``: a sweep takes minutes).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ sizes:
 """
 
 
-def sweep(root: Path, recipe: Path, workers: int, batched: bool, lockstep_seeds: int) -> float:
-    """Seconds of one ``otc sweep`` from scratch in ``root``."""
+def sweep(
+    root: Path, recipe: Path, workers: int, batched: bool, lockstep_seeds: int, device: str
+) -> float:
+    """Seconds of one ``otc sweep`` from scratch in ``root``, every run on ``device``."""
     shutil.rmtree(root, ignore_errors=True)
     command = [
         sys.executable,
@@ -55,6 +58,7 @@ def sweep(root: Path, recipe: Path, workers: int, batched: bool, lockstep_seeds:
         "sweep",
         str(recipe),
         f"cache_dir={root / 'cache'}",
+        f"device={device}",
     ]
     command += [
         "--size",
@@ -78,6 +82,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--lockstep-seeds", type=int, default=4)
+    parser.add_argument(
+        "--device", default="cpu", help="the runs' device (the sweep's device= override)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         recipe = Path(tmp) / "lockstep.yaml"
@@ -92,12 +99,14 @@ def main() -> None:
                         args.workers,
                         mode == "batched",
                         args.lockstep_seeds,
+                        args.device,
                     )
                 )
     load = os.getloadavg()[0]
     print(
         f"# {datetime.date.today()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-        f"workers {args.workers} | {args.seeds} seeds x 2 strategies | lockstep seeds {args.lockstep_seeds} | "
+        f"device {args.device} | workers {args.workers} | {args.seeds} seeds x 2 strategies | "
+        f"lockstep seeds {args.lockstep_seeds} | "
         f"load {load:.2f}\n"
     )
     print("| mode | seconds (each run) | median |\n|---|---|---|")

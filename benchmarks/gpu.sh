@@ -17,7 +17,8 @@
 # What it writes (8 files at most, since the device tool gives back at most 8 files from $OUT):
 #   machine.txt          date, host, CPU, nvidia-smi, versions (python, torch, CUDA, torchrl, tensordict,
 #                        device name), the commit, then one line per benchmark: exit status, seconds, command
-#   sampler.md           bench_sampler.py              learned_distances.md  bench_learned_distances.py --only cost
+#   sampler.md           bench_sampler.py              learned_distances.md  bench_learned_distances.py --only cost,
+#                                                                            bench_dq_refresh.py --only cost,floor
 #   batched.md           bench_batched.py              update.md             bench_update.py, bench_bremen.py
 #   lockstep.md          bench_lockstep.py (TD3+BC, then BCQ)
 #   envs.md              bench_envs.py --only envs,sim-builds
@@ -38,10 +39,12 @@
 # buffers (~5 s).
 #   sampler          300 repeats x 12 rows of < 5 ms, + 10^6-row buffers and 2 compiles        ~60 s  (limit 90)
 #   learned dist.    16 learners x 10 repeats x 20 updates x ~5-15 ms (CPU: 6-34 ms), + 3-6
-#                    compiles and 100,000-row buffers                                          ~90 s  (limit 120)
+#                    compiles and 100,000-row buffers                                          ~90 s  (limit 110)
+#   d_q refresh      5 BCQ learners x 5 repeats x 10 updates x ~5-30 ms (CPU: 6-45 ms), the
+#                    floor's value passes, 100,000-row buffers                                 ~20 s  (limit 30)
 #   batched          4 algorithms x 44 blocks of 15 separate + 1 batched update (CPU: 0.2-3.3 s
 #                    per 15 separate updates; GPU ~0.1-0.3 s), + building 30 learners each     ~45 s  (limit 75)
-#   update           5 algorithms x 2 x 210 updates (CPU: 5-74 ms), parts, N = 1..6 agents     ~50 s  (limit 75)
+#   update           5 algorithms x 2 x 210 updates (CPU: 5-74 ms), parts, N = 1..6 agents     ~50 s  (limit 65)
 #   lockstep         per algorithm 1 repeat: 5 runs separate + 5 in lockstep of 300 offline +
 #                    2 x 200 updates and 2 x 200 env steps (CPU: 57 s TD3+BC, 66 s BCQ), + the
 #                    5 datasets                                                                ~50 s each (limit 65 each)
@@ -49,7 +52,7 @@
 #                    ~20 s), navigation and VMAS builds (CPU: ~12 s)                           ~45 s  (limit 60)
 #   bremen           2000 BC steps, 5 x 50 updates (CPU: ~15 ms per model step, ~0.7 s per
 #                    policy step), + a TD3+BC update per model step of the first five            ~20 s  (limit 30)
-# Sum of the estimates ~7 minutes; sum of the limits 580 s (+10 s grace each), so even hangs end inside 10
+# Sum of the estimates ~7 minutes; sum of the limits 590 s (+10 s grace each), so even hangs end inside 10
 # minutes. If the first run shows a step far from its estimate, change its arguments below and run again.
 set -euo pipefail
 
@@ -175,6 +178,8 @@ if [[ $QUICK == 1 ]]; then
     run sampler 90 sampler.md benchmarks/bench_sampler.py "${D[@]}" --rows 20000 --online 2500 --repeats 3
     run learned_distances 120 learned_distances.md benchmarks/bench_learned_distances.py "${D[@]}" \
         --only cost --repeats 1 --block 2 --offline 5000 --online 2500
+    run dq_refresh 60 learned_distances.md benchmarks/bench_dq_refresh.py "${D[@]}" \
+        --only cost,floor --repeats 1 --block 2 --offline 5000 --online 2500
     run batched 75 batched.md benchmarks/bench_batched.py "${D[@]}" --repeats 1 --block 2 --seeds 1 --agents 2
     run update 75 update.md benchmarks/bench_update.py "${D[@]}" --repeats 1 --block 2 --agents 1,2
     run bremen 30 update.md benchmarks/bench_bremen.py "${D[@]}" --repeats 1
@@ -187,10 +192,12 @@ if [[ $QUICK == 1 ]]; then
 else
     # the figures of issue 14 first: OTC's cost against uniform sampling, then batched learners
     run sampler 90 sampler.md benchmarks/bench_sampler.py "${D[@]}" --repeats 300
-    run learned_distances 120 learned_distances.md benchmarks/bench_learned_distances.py "${D[@]}" \
+    run learned_distances 110 learned_distances.md benchmarks/bench_learned_distances.py "${D[@]}" \
         --only cost --repeats 10 --block 20
+    run dq_refresh 30 learned_distances.md benchmarks/bench_dq_refresh.py "${D[@]}" \
+        --only cost,floor --repeats 5 --block 10
     run batched 75 batched.md benchmarks/bench_batched.py "${D[@]}" --repeats 10 --block 4
-    run update 75 update.md benchmarks/bench_update.py "${D[@]}" --repeats 20 --block 10
+    run update 65 update.md benchmarks/bench_update.py "${D[@]}" --repeats 20 --block 10
     run bremen 30 update.md benchmarks/bench_bremen.py "${D[@]}" --repeats 3
     for algo in td3bc bcq; do
         run "lockstep $algo" 65 lockstep.md benchmarks/bench_lockstep.py "${D[@]}" --algo "$algo" --repeats 1

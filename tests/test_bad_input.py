@@ -191,6 +191,11 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("recipe a folder", lambda t: ["sweep", str(t), "--size", "smoke"], "is a folder"),
     ("sweep --workers 0", _recipe(RECIPE_OK, "--workers", "0"), "--workers must be >= 1"),
     (
+        "sweep --lockstep-seeds 0",
+        _recipe(RECIPE_OK, "--batched", "--lockstep-seeds", "0"),
+        "--lockstep-seeds must be a positive integer; got 0",
+    ),
+    (
         "sweep --report a file",
         lambda t: _recipe(RECIPE_OK, "--report", str(_afile(t)))(t),
         "report folder",

@@ -14,6 +14,7 @@ from typing import Any
 
 from torchrl_otc._paths import file_in_the_way
 from torchrl_otc.configs.tune import ConfigError, parse_overrides
+from torchrl_otc.modules.transition_distance import check_positive_int
 from torchrl_otc.report import improvement_table, load_run, write_report
 from torchrl_otc.report.writer import check_report_folder
 from torchrl_otc.trainers.lockstep import LockstepTuners
@@ -120,10 +121,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     bad = [item for item in args.overrides if "=" not in item]
     if bad:
         raise ConfigError(f"Overrides look like key=value; got {bad[0]!r}.")
-    if args.lockstep_seeds < 1:
-        raise ConfigError(
-            f"--lockstep-seeds must be a positive integer; got {args.lockstep_seeds}."
-        )
+    check_positive_int("--lockstep-seeds", args.lockstep_seeds)
     # the values stay text: expand_recipe hands them to parse_overrides, which checks and converts them
     extra = dict(item.split("=", 1) for item in args.overrides)
     only = [label.strip() for label in args.variants.split(",")] if args.variants else None

@@ -712,11 +712,10 @@ def run_sweep(
             (:class:`~torchrl_otc.trainers.lockstep.LockstepTuners`); each run keeps its folder, metrics,
             checkpoints and resume. Numbers equal the separate runs' to float tolerance (not bit for bit); the
             runs' ``meta.json`` records ``"batched"`` (with the runs of the group), and their offline agents are
-            cached apart.
+            cached apart. With Ray, one task per group (``ray_num_cpus``/``ray_num_gpus`` per group).
         lockstep_seeds: with ``batched``, the most seeds one group trains (:func:`lockstep_units`: consecutive
             seeds, whatever ``workers`` is, so that the numbers do not depend on it; the groups of different seeds
-            run in parallel workers). Defaults to :data:`LOCKSTEP_SEEDS`. With Ray, one
-            task per group (``ray_num_cpus``/``ray_num_gpus`` per group).
+            run in parallel workers). Defaults to :data:`LOCKSTEP_SEEDS`.
 
     Returns:
         One ``{"run_dir", "skipped", "returns"?}`` per config, in order.

@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+from bench_learned_distances import synchronizer
 from tensordict import TensorDict
 from torchrl.data import Bounded, Unbounded
 
@@ -51,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     obs_spec, act_spec = Unbounded(shape=(OBS,)), Bounded(-0.1, 0.1, (ACT,))
     bremen = make_algorithm("bremen", obs_spec, act_spec, device, seed=0)
     td3bc = make_algorithm("td3bc", obs_spec, act_spec, device, seed=0)

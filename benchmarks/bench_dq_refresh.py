@@ -32,7 +32,7 @@ import statistics
 import time
 
 import torch
-from bench_learned_distances import interleaved_update_ms, learner, transitions
+from bench_learned_distances import interleaved_update_ms, learner, synchronizer, transitions
 from torchrl.data import RandomSampler
 
 from torchrl_otc import OTCSampler, ValueDistance
@@ -51,12 +51,6 @@ def bcq_learner(factory, args, warmup: int = 8) -> AgentLearner:
         args.device,
         warmup=warmup,
     )
-
-
-def synchronizer(device: str):
-    """Waits for ``device`` before a clock is read (nothing to wait for on the CPU)."""
-    device = torch.device(device)
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 def samplers() -> dict:

@@ -135,6 +135,12 @@ def learner(
     return out
 
 
+def synchronizer(device: torch.device | str):
+    """A function that waits for ``device`` before a clock is read (nothing to wait for on the CPU)."""
+    device = torch.device(device)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def interleaved_update_ms(
     learners: dict, repeats: int, block: int, sync=lambda: None
 ) -> dict[Any, list[float]]:
@@ -154,7 +160,7 @@ def interleaved_update_ms(
 
 def cost(args) -> list[tuple[str, str, float, float]]:
     device = torch.device(args.device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     offline = transitions(args.offline, 0, False).to(device)
     online = transitions(args.online, 1, True).to(device)
     learners = {

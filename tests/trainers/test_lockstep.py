@@ -1,13 +1,13 @@
 """Lockstep runs: the seeds of a grid cell in one process, their updates batched, each run its own folder.
 
 Batched numbers equal separate ones to float tolerance, not bit for bit: a batched update computes each learner's
-losses with stacked ``baddbmm`` calls instead of one matmul per learner, which sums in another order (about 1e-7
+losses with stacked ``bmm`` calls instead of one matmul per learner, which sums in another order (about 1e-7
 relative on one update; training carries such differences along, as any change of rounding does). Sampling with
 the feature or embedding distance does not depend on the networks, so the runs stay within about 1e-5 at these
 sizes; d_q's matching reads the critic, so rounding may flip a match and the runs drift apart (not tested here).
-A group killed during its updates (every run's last checkpoint at the same update) resumes to the uninterrupted
-lockstep run's numbers exactly; a group whose runs resume from different stages (killed while one run collects or
-evaluates) lets the runs behind catch up in a smaller batch, which may change the last bits (so: float tolerance).
+A learner's numbers do not depend on the other learners of its batch (bit for bit), so a group killed during its
+updates and a group whose runs resume from different stages (killed while one run collects or evaluates: the runs
+behind catch up in a smaller batch) both resume to the uninterrupted lockstep run's numbers exactly.
 """
 
 from __future__ import annotations
@@ -84,6 +84,18 @@ def test_lockstep_runs_equal_separate_runs_to_float_tolerance(tmp_path, override
     assert sorted(p.name.endswith("-batched") for p in cache.iterdir()) == [True] * len(SEEDS)
 
 
+@pytest.mark.parametrize("algo", ["td3bc", "bcq"])
+def test_a_run_batched_alone_equals_the_same_run_in_a_group(tmp_path, algo):
+    """Seed 1 in a group of three and seed 1 batched alone (``otc tune --batched``): the same metrics, as text."""
+    grouped = lockstep(tmp_path / "a", f"algo={algo}")
+    alone = LockstepTuners(
+        [OnlineTuner(config(tmp_path / "b", "seed=1", f"algo={algo}"), progress=False)]
+    ).run()
+    a, b = grouped[1]["run_dir"], alone[0]["run_dir"]
+    assert rows(a) == rows(b)
+    assert (Path(a) / "DONE").read_text() == (Path(b) / "DONE").read_text()
+
+
 def _killed_then_resumed(tmp_path, monkeypatch, where: str, *overrides: str):
     """Lockstep runs killed at ``where`` and resumed in lockstep; returns (uninterrupted, resumed) run folders.
 
@@ -137,16 +149,11 @@ def test_resume_in_lockstep_equals_the_uninterrupted_lockstep_run(
             {"stage": "collect", "deployment": 2, "update": 0},
             {"stage": "update", "deployment": 1, "update": 16},
         ]
+    # every run resumes to the uninterrupted run's numbers, as text: also the third, which catches up batched
+    # alone (a learner's numbers do not depend on the other learners of its batch)
     for a, b in zip(reference, resumed):
-        if (
-            where == "update"
-        ):  # every run resumed from the same update: exactly the same numbers, as text
-            assert rows(a) == rows(b)
-            assert (Path(b) / "DONE").read_text() == (Path(a) / "DONE").read_text()
-        else:  # the third run caught up alone (batched with fewer learners): to float tolerance
-            assert [r[:4] for r in rows(a)] == [r[:4] for r in rows(b)]
-            for w, g in zip(rows(a), rows(b)):
-                assert math.isclose(float(g[4]), float(w[4]), rel_tol=1e-4, abs_tol=1e-6), (w, g)
+        assert rows(a) == rows(b)
+        assert (Path(b) / "DONE").read_text() == (Path(a) / "DONE").read_text()
 
 
 def test_a_failing_run_leaves_the_group_and_the_others_finish(tmp_path, monkeypatch):

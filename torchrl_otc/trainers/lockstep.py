@@ -13,11 +13,12 @@ Tuners at different points (a group resumed from checkpoints written at differen
 agents were cached) are answered smallest point first, so the ones behind catch up and join the others.
 
 Numbers: a batched update computes the same losses as the separate ones in another order of floating-point
-operations (stacked ``baddbmm`` instead of one matmul per learner), so metrics equal those of separate runs to float
+operations (stacked ``bmm`` instead of one matmul per learner), so metrics equal those of separate runs to float
 tolerance, not bit for bit; training amplifies the differences over many updates as any change of rounding does.
-A learner's numbers do not depend on which other learners share its batch for BCQ, AWAC and CQL (bit for bit,
-measured); for TD3+BC they may differ in the last bit between a group of one learner and several. Batched runs
-therefore keep their own offline cache (the key ends in ``-batched``) and record ``"batched"`` in ``meta.json``.
+Batched runs therefore keep their own offline cache (the key ends in ``-batched``) and record ``"batched"`` in
+``meta.json``. A learner's numbers do not depend on which other learners share its batch, for every batched
+algorithm (bit for bit on one device, tested): a run batched alone (``otc tune --batched``), in a sweep's group of
+any size, or catching up after a resume computes the same numbers.
 """
 
 from __future__ import annotations

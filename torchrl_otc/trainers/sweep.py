@@ -487,7 +487,7 @@ def _lockstep_key(config: Mapping[str, Any]) -> str:
 
 
 #: Seeds per lockstep group (``otc sweep --batched --lockstep-seeds``): a grid cell's seeds are cut into groups of
-#: this many consecutive seeds, whatever the number of workers, so that the numbers do not depend on ``--workers``.
+#: this many consecutive seeds, whatever the number of workers.
 LOCKSTEP_SEEDS = 4
 
 
@@ -500,8 +500,8 @@ def lockstep_units(
 
     The runs of one seed share a dataset, so they run in one worker's queue: the cut gives a sweep with several
     workers a queue per group of seeds, where one group per strategy would put a whole grid cell into one queue.
-    The cut does not depend on the number of workers, so neither do the numbers (a TD3+BC learner's last bits may
-    depend on the other learners of its group; see :mod:`~torchrl_otc.trainers.lockstep`).
+    The numbers depend on neither the cut nor the number of workers: a learner's numbers do not depend on the
+    other learners of its group (:mod:`~torchrl_otc.trainers.lockstep`).
 
     Examples:
         >>> configs = [TuneConfig(seed=s, strategy=x).to_dict() for x in ("otc", "uniform") for s in (0, 1, 2, 3)]
@@ -714,8 +714,8 @@ def run_sweep(
             runs' ``meta.json`` records ``"batched"`` (with the runs of the group), and their offline agents are
             cached apart. With Ray, one task per group (``ray_num_cpus``/``ray_num_gpus`` per group).
         lockstep_seeds: with ``batched``, the most seeds one group trains (:func:`lockstep_units`: consecutive
-            seeds, whatever ``workers`` is, so that the numbers do not depend on it; the groups of different seeds
-            run in parallel workers). Defaults to :data:`LOCKSTEP_SEEDS`.
+            seeds, whatever ``workers`` is; the groups of different seeds run in parallel workers; the numbers do
+            not depend on the cut). Defaults to :data:`LOCKSTEP_SEEDS`.
 
     Returns:
         One ``{"run_dir", "skipped", "returns"?}`` per config, in order.

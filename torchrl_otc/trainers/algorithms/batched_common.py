@@ -118,7 +118,13 @@ def clip_per_learner(params: Sequence[Tensor], max_norm: float | None) -> None:
     if not grads:
         return
     n = grads[0].shape[0]
-    norms = torch.stack([g.reshape(n, -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    # the squared norms summed one tensor after the other: a reduction over a stacked [P, n] tensor takes another
+    # order of additions when n is 1, and a learner's numbers must not depend on the size of its group
+    squares = [g.reshape(n, -1).pow(2).sum(1) for g in grads]
+    total = squares[0]
+    for square in squares[1:]:
+        total = total + square
+    norms = total.sqrt()
     coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
@@ -154,6 +160,12 @@ class _StackedLinear(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight)
         # bmm, then the bias in place: one memory pass, and bmm runs faster than baddbmm with a broadcast bias
+        if x.shape[0] == 1:
+            # bmm of one matrix takes another BLAS path than bmm of several (for one output column, other bits):
+            # run it as two, so that a learner's numbers do not depend on how many learners share its group
+            return torch.bmm(x.repeat(2, 1, 1), weight.repeat(2, 1, 1).mT)[:1].add(
+                bias.unsqueeze(-2)
+            )
         return torch.bmm(x, weight.mT).add_(bias.unsqueeze(-2))
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Wall time of a grid cell's seeds: separate runs one after the other against one lockstep group (``--batched``).
+"""Wall time of a grid cell's seeds: separate runs one after the other against one lockstep group (the default).
 
 The runs are those of a reduced ``cpu`` size of ``examples/recipes/figure6_mpe_and_nonstationary.yaml`` (the
 navigation task, OTC with the feature distance, TD3+BC or BCQ at Table 3's sizes): ``--seeds`` runs with their

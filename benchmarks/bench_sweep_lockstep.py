@@ -1,4 +1,4 @@
-"""Whole sweeps with and without lockstep (``otc sweep --batched``): wall-clock time of the same grid (issue 14, item 2).
+"""Whole sweeps with and without lockstep (``otc sweep`` and ``otc sweep --separate``): wall-clock time of the same grid (issue 14, item 2).
 
 The grid: ``nav/nonstationary``, TD3+BC, random data of 20,000 transitions, 1,000 offline updates, 3 deployments of
 500 steps and 500 updates, 10 evaluation episodes; two strategies (uniform, OTC with the feature distance) and
@@ -6,10 +6,11 @@ The grid: ``nav/nonstationary``, TD3+BC, random data of 20,000 transitions, 1,00
 included, each mode with its own cache), one after the other, ``--repeats`` times in turn; the table gives every
 wall-clock time and the medians.
 
-Modes: ``separate`` (every run in its own process, ``--workers`` side by side) and ``batched`` (``--batched``: the runs
-of a strategy in groups of ``--lockstep-seeds`` consecutive seeds, one process per group).
+Modes: ``separate`` (``--separate``: every run in its own process, ``--workers`` side by side) and ``batched`` (the
+sweep's default: both strategies of consecutive seeds in one group, one process per group; ``--lockstep-seeds``
+passes the sweep's option, else the sweep cuts the groups itself).
 
-Usage: ``python benchmarks/bench_sweep_lockstep.py [--workers 2] [--seeds 8] [--repeats 2] [--lockstep-seeds 4]
+Usage: ``python benchmarks/bench_sweep_lockstep.py [--workers 2] [--seeds 8] [--repeats 2] [--lockstep-seeds N]
 [--device cpu]`` (not in ``gpu.sh``: a sweep takes minutes).
 """
 
@@ -47,7 +48,7 @@ sizes:
 
 
 def sweep(
-    root: Path, recipe: Path, workers: int, batched: bool, lockstep_seeds: int, device: str
+    root: Path, recipe: Path, workers: int, batched: bool, lockstep_seeds: int | None, device: str
 ) -> float:
     """Seconds of one ``otc sweep`` from scratch in ``root``, every run on ``device``."""
     shutil.rmtree(root, ignore_errors=True)
@@ -69,8 +70,10 @@ def sweep(
         str(root),
         "--no-progress",
     ]
-    if batched:
-        command += ["--batched", "--lockstep-seeds", str(lockstep_seeds)]
+    if not batched:
+        command += ["--separate"]
+    elif lockstep_seeds is not None:
+        command += ["--lockstep-seeds", str(lockstep_seeds)]
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -81,7 +84,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--lockstep-seeds", type=int, default=4)
+    parser.add_argument(
+        "--lockstep-seeds", type=int, default=None, help="the sweep's option (default: its own cut)"
+    )
     parser.add_argument(
         "--device", default="cpu", help="the runs' device (the sweep's device= override)"
     )
@@ -106,7 +111,7 @@ def main() -> None:
     print(
         f"# {datetime.date.today()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
         f"device {args.device} | workers {args.workers} | {args.seeds} seeds x 2 strategies | "
-        f"lockstep seeds {args.lockstep_seeds} | "
+        f"lockstep seeds {args.lockstep_seeds or 'auto'} | "
         f"load {load:.2f}\n"
     )
     print("| mode | seconds (each run) | median |\n|---|---|---|")

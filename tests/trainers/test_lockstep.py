@@ -25,7 +25,13 @@ from torchrl_otc.report import load_run
 from torchrl_otc.trainers import lockstep as lockstep_module
 from torchrl_otc.trainers.batched import BATCHED_ALGORITHMS
 from torchrl_otc.trainers.checkpointing import read_checkpoint
-from torchrl_otc.trainers.lockstep import LockstepError, LockstepTuners, batchable
+from torchrl_otc.trainers.lockstep import (
+    LockstepError,
+    LockstepTuners,
+    batchable,
+    lockstep_mode,
+    started_batched,
+)
 from torchrl_otc.trainers.sweep import Recipe, _queues, expand_recipe, lockstep_units, run_sweep
 from torchrl_otc.trainers.tuning import DivergenceError, OnlineTuner
 
@@ -213,16 +219,29 @@ def _recipe(tmp_path) -> Recipe:
     )
 
 
-def test_a_batched_sweep_groups_the_seeds_of_a_cell_and_skips_finished_runs(tmp_path):
+def test_a_batched_sweep_groups_the_seeds_and_strategies_of_a_cell_and_skips_finished_runs(
+    tmp_path, monkeypatch
+):
     cfgs = expand_recipe(_recipe(tmp_path), "smoke", runs_root=tmp_path)
     payloads = [c.to_dict() for c in cfgs]
-    # seed 0 and 1 of each variant (the grid's order: seed, then variant)
-    assert lockstep_units(payloads) == [[0, 2], [1, 3]]
+    # seeds 0 and 1 of both variants in one group
+    assert lockstep_units(payloads) == [[0, 1, 2, 3]]
+    answered = []
+    original = LockstepTuners._update
+
+    def update(self, slots, members):
+        answered.append((members[0].request.phase, len(members)))
+        return original(self, slots, members)
+
+    monkeypatch.setattr(LockstepTuners, "_update", update)
     results = run_sweep(cfgs, progress=False, batched=True)
+    monkeypatch.undo()
+    # each seed's offline agents trained once (by its first strategy's run), then all four runs tuned together
+    assert {(phase, n) for phase, n in answered} == {("offline", 2), ("online", 4)}
     assert [r["skipped"] for r in results] == [False] * 4
     for c in cfgs:
         meta = json.loads((Path(c.run.runs_root) / c.run.run_name / "meta.json").read_text())
-        assert len(meta["batched"]["runs"]) == 2 and c.run.run_name in meta["batched"]["runs"]
+        assert len(meta["batched"]["runs"]) == 4 and c.run.run_name in meta["batched"]["runs"]
     # the uniform runs loaded the OTC runs' batched offline agents: the same offline rows
     a, b = (load_run(r["run_dir"]) for r in results[:2])
     offline = lambda run: [  # noqa: E731
@@ -247,14 +266,57 @@ def test_lockstep_groups_are_cuts_of_consecutive_seeds_with_a_queue_each():
     units = lockstep_units(cfgs, seeds_per_group=2)
     seeds = [sorted({cfgs[i]["run"]["seed"] for i in unit}) for unit in units]
     strategies = [{cfgs[i]["sampler"]["name"] for i in unit} for unit in units]
-    assert sorted(map(tuple, seeds)) == [(0, 1), (0, 1), (2, 3), (2, 3), (4,), (4,)]
-    assert all(len(s) == 1 for s in strategies)  # one strategy per group
+    assert sorted(map(tuple, seeds)) == [(0, 1), (2, 3), (4,)]
+    assert all(s == {"otc", "uniform"} for s in strategies)  # every strategy of its seeds
     assert sorted(i for unit in units for i in unit) == list(range(len(cfgs)))
     # the runs of a seed share a dataset: the groups of one cut of seeds share one worker's queue, so with
     # three cuts three workers are busy
     assert len(_queues(cfgs, units)) == 3
     with pytest.raises(ValueError, match="seeds_per_group must be a positive integer; got 0"):
         lockstep_units(cfgs, seeds_per_group=0)
+
+
+def test_matched_mixes_are_grouped_apart_from_the_strategies_they_read():
+    pairs = [TuneConfig(seed=s, strategy="otc", run_name=f"otc-{s}").to_dict() for s in (0, 1)]
+    mixes = [
+        TuneConfig(
+            seed=s, strategy="mix", mix_fraction="matched", mix_pair=f"otc-{s}", run_name=f"m-{s}"
+        ).to_dict()
+        for s in (0, 1)
+    ]
+    uniform = [TuneConfig(seed=s, strategy="uniform").to_dict() for s in (0, 1)]
+    assert lockstep_units(pairs + mixes + uniform) == [[0, 1, 4, 5], [2, 3]]
+
+
+def test_strategies_in_one_group_equal_one_group_per_strategy(tmp_path):
+    """A group of two seeds x two strategies (one training each seed's offline agents, the other loading them)
+    against a group per strategy: the same metrics, as text."""
+    strategies = ("strategy=otc", "strategy=uniform")
+    together = LockstepTuners(
+        [
+            OnlineTuner(
+                config(tmp_path / "a", f"seed={seed}", x, f"run_name={x[9:]}{seed}"), progress=False
+            )
+            for x in strategies
+            for seed in (0, 1)
+        ]
+    ).run()
+    apart = []
+    for x in strategies:
+        apart += LockstepTuners(
+            [
+                OnlineTuner(
+                    config(tmp_path / "b", f"seed={seed}", x, f"run_name={x[9:]}{seed}"),
+                    progress=False,
+                )
+                for seed in (0, 1)
+            ]
+        ).run()
+    for a, b in zip(together, apart):
+        assert rows(a["run_dir"]) == rows(b["run_dir"])
+        assert (Path(a["run_dir"]) / "DONE").read_text() == (
+            Path(b["run_dir"]) / "DONE"
+        ).read_text()
 
 
 def test_runs_that_cannot_batch_run_on_their_own_with_an_info_line(monkeypatch, caplog):
@@ -265,7 +327,7 @@ def test_runs_that_cannot_batch_run_on_their_own_with_an_info_line(monkeypatch, 
     assert "runs on its own, not batched: algorithm 'td3bc' has no batched class" in caplog.text
 
 
-def test_otc_sweep_and_tune_take_batched(tmp_path, capsys):
+def test_otc_sweep_and_tune_batch_by_default_and_take_separate(tmp_path, capsys):
     from torchrl_otc.cli import main
 
     recipe = tmp_path / "mini.yaml"
@@ -280,12 +342,20 @@ def test_otc_sweep_and_tune_take_batched(tmp_path, capsys):
             }
         )
     )
-    args = ["sweep", str(recipe), "--size", "smoke", "--runs-root", str(tmp_path), "--no-progress"]
-    assert main([*args, "--batch-seeds"]) == 0
+    args = ["sweep", str(recipe), "--size", "smoke", "--no-progress"]
+    assert main([*args, "--runs-root", str(tmp_path)]) == 0  # batched: the default
     assert "2 runs (2 run now, 0 already finished)" in capsys.readouterr().out
-    assert main([*args, "--batched"]) == 0
+    assert main([*args, "--runs-root", str(tmp_path), "--batched"]) == 0
     assert "2 runs (0 run now, 2 already finished)" in capsys.readouterr().out
-    tune = ["tune", "--no-progress", "--batched", "task=nav/nonstationary", "dataset_size=600"]
+    folders = sorted((tmp_path / "mini-smoke").glob("*-seed*"))
+    assert all("batched" in json.loads((f / "meta.json").read_text()) for f in folders)
+    assert main([*args, "--runs-root", str(tmp_path / "apart"), "--separate"]) == 0
+    apart = sorted((tmp_path / "apart" / "mini-smoke").glob("*-seed*"))
+    assert len(apart) == 2
+    assert not any("batched" in json.loads((f / "meta.json").read_text()) for f in apart)
+    with pytest.raises(SystemExit):  # one mode at a time
+        main([*args, "--batched", "--separate"])
+    tune = ["tune", "--no-progress", "task=nav/nonstationary", "dataset_size=600"]
     tune += [
         "offline_updates=4",
         "deployments=1",
@@ -298,8 +368,26 @@ def test_otc_sweep_and_tune_take_batched(tmp_path, capsys):
         "num_online=50",
         f"runs_root={tmp_path / 'tune'}",
     ]
-    tune += [f"cache_dir={tmp_path / 'cache'}", "run_name=cli"]
-    assert main(tune) == 0
+    tune += [f"cache_dir={tmp_path / 'cache'}"]
+    assert main([*tune, "run_name=cli"]) == 0  # batched: the default
     meta = json.loads((tmp_path / "tune" / "cli" / "meta.json").read_text())
     assert meta["batched"] == {"runs": ["cli"]}
+    assert main([*tune, "run_name=apart", "--separate"]) == 0
+    assert "batched" not in json.loads((tmp_path / "tune" / "apart" / "meta.json").read_text())
     assert main(["tune", "--batched", "algo=sac"]) == 2
+
+
+def test_a_resumed_run_keeps_the_mode_it_started_in(tmp_path, caplog):
+    fresh = OnlineTuner(config(tmp_path, "run_name=fresh"), progress=False)
+    assert started_batched(fresh.folder) is None
+    assert lockstep_mode(fresh) is True and lockstep_mode(fresh, False) is False
+    assert lockstep_mode(OnlineTuner(config(tmp_path, "algo=bremen"), progress=False)) is False
+    for name, meta, mode in (("apart", {}, False), ("together", {"batched": {"runs": []}}, True)):
+        tuner = OnlineTuner(config(tmp_path, f"run_name={name}"), progress=False)
+        tuner.folder.path.mkdir(parents=True)
+        (tuner.folder.path / "config.yaml").write_text("{}")
+        (tuner.folder.path / "meta.json").write_text(json.dumps(meta))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="torchrl_otc.trainers.lockstep"):
+            assert [lockstep_mode(tuner, asked) for asked in (None, True, False)] == [mode] * 3
+        assert "the mode it started in" in caplog.text

@@ -269,12 +269,20 @@ def test_a_sweep_orders_matched_decomposed_otc_after_its_coupled_pair(tmp_path, 
     payloads = [c.to_dict() for c in configs]
     assert [_is_matched(p) for p in payloads] == [True, True, False] * 2
     ran = []
-    monkeypatch.setattr(
-        sweep, "_run_one", lambda payload, progress: ran.append(payload["run"]["run_name"]) or {}
-    )
+
+    def run_unit(payloads, progress, batched):
+        ran.append([payload["run"]["run_name"].rsplit("-", 2)[1:] for payload in payloads])
+        return [{} for _ in payloads]
+
+    monkeypatch.setattr(sweep, "_run_unit", run_unit)
+    run_sweep(configs, progress=False, batched=False)
+    assert ran == [[[label, f"seed{s}"]] for s in (0, 1) for label in ("otc", "dec", "matched")]
+    # batched: the runs that read their pair are grouped apart, after the pairs' group
+    ran.clear()
     run_sweep(configs, progress=False)
-    assert [name.rsplit("-", 2)[1:] for name in ran] == [
-        [label, f"seed{s}"] for s in (0, 1) for label in ("otc", "dec", "matched")
+    assert ran == [
+        [["otc", "seed0"], ["otc", "seed1"]],
+        [[label, f"seed{s}"] for s in (0, 1) for label in ("dec", "matched")],
     ]
     # a decomposed pair is refused: the pair must be the coupled procedure
     recipe.variants[2]["online_fraction"] = 0.3

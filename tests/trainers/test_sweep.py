@@ -256,22 +256,39 @@ def test_workers_run_the_grid_side_by_side_as_one_process_would(tmp_path):
     assert all(r["skipped"] for r in run_sweep(configs, progress=False, workers=2))
 
 
-def test_a_failing_run_stops_its_group_only_and_is_named(tmp_path):
+def _good_and_bad(tmp_path: Path) -> tuple[list, list]:
+    """Seed 0's two runs of the mini recipe, and the same two reading a dataset folder that does not exist."""
     good = expand_recipe(_mini_recipe(tmp_path), "smoke", runs_root=tmp_path)[:2]
     bad = expand_recipe(
         _mini_recipe(tmp_path, dataset_path=str(tmp_path / "no-such-dataset")),
         "smoke",
         runs_root=tmp_path / "bad",
     )[:2]
+    return good, bad
+
+
+def test_a_failing_run_stops_its_group_only_and_is_named(tmp_path):
+    good, bad = _good_and_bad(tmp_path)
     with pytest.raises(
         RuntimeError, match="1 run\\(s\\) failed: .*bad/mini-smoke/.*uniform-seed0"
     ) as err:
-        run_sweep([*bad, *good], progress=False, workers=2)
+        run_sweep([*bad, *good], progress=False, workers=2, batched=False)
     assert "1 later run(s) sharing their data were not started" in str(err.value)
     assert "metadata.json is missing" in str(err.value) and "run the sweep again" in str(err.value)
     # the other group finished; the failed group's second run was not started
     assert all((Path(c.run.runs_root) / c.run.run_name / "DONE").exists() for c in good)
     assert not (Path(bad[1].run.runs_root) / bad[1].run.run_name).exists()
+
+
+def test_a_failing_lockstep_group_in_a_worker_is_named_and_the_other_groups_finish(tmp_path):
+    """Batched (the default), each seed's runs are one group in a worker process: the failed group's runs are
+    named (the worker sends the group's error back whole), the other group finishes."""
+    good, bad = _good_and_bad(tmp_path)
+    with pytest.raises(RuntimeError, match="2 run\\(s\\) failed: .*bad/mini-smoke/") as err:
+        run_sweep([*bad, *good], progress=False, workers=2)
+    assert "metadata.json is missing" in str(err.value)
+    assert "0 later run(s) sharing their data were not started" in str(err.value)
+    assert all((Path(c.run.runs_root) / c.run.run_name / "DONE").exists() for c in good)
 
 
 def test_bad_worker_counts_are_refused():

@@ -1,6 +1,7 @@
 """``otc tune``, ``otc report`` and ``otc sweep``: the command-line side of the tuning loop and its reports.
 
-``otc tune`` runs Algorithm 1 through :class:`~torchrl_otc.trainers.tuning.OnlineTuner`, ``otc sweep`` a recipe's
+``otc tune`` runs Algorithm 1 through :class:`~torchrl_otc.trainers.tuning.OnlineTuner` (its agents' updates batched
+when the algorithm has a batched class: :func:`~torchrl_otc.trainers.lockstep.lockstep_mode`), ``otc sweep`` a recipe's
 grid through :func:`~torchrl_otc.trainers.sweep.run_sweep`, and both end with :func:`~torchrl_otc.report.write_report`,
 which ``otc report`` runs alone.
 """
@@ -17,7 +18,7 @@ from torchrl_otc.configs.tune import ConfigError, parse_overrides
 from torchrl_otc.modules.transition_distance import check_positive_int
 from torchrl_otc.report import improvement_table, load_run, write_report
 from torchrl_otc.report.writer import check_report_folder
-from torchrl_otc.trainers.lockstep import LockstepTuners
+from torchrl_otc.trainers.lockstep import LockstepTuners, lockstep_mode
 from torchrl_otc.trainers.sweep import LOCKSTEP_SEEDS, expand_recipe, load_recipe, run_sweep
 from torchrl_otc.trainers.tuning import OnlineTuner
 
@@ -35,7 +36,8 @@ def _run_tune(args: argparse.Namespace) -> int:
         tuner = OnlineTuner.resume(resume[0], progress=not args.no_progress)
     else:
         tuner = OnlineTuner(parse_overrides(overrides), progress=not args.no_progress)
-    summary = LockstepTuners([tuner]).run()[0] if args.batched else tuner.run()
+    batched = lockstep_mode(tuner, args.batched)
+    summary = LockstepTuners([tuner]).run()[0] if batched else tuner.run()
     report = write_report([summary["run_dir"]], summary["run_dir"])
     run = load_run(summary["run_dir"])
     returns = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(summary["returns"].items()))
@@ -44,6 +46,37 @@ def _run_tune(args: argparse.Namespace) -> int:
         f"{improvement_table([run])}\n\nreport: {report}\n"
     )
     return 0
+
+
+def _add_mode_options(
+    parser: argparse.ArgumentParser,
+    *,
+    default: bool | None,
+    batched: str,
+    separate: str,
+    aliases: tuple[str, ...] = (),
+) -> None:
+    """``--batched`` / ``--separate`` (one of them; ``args.batched`` is ``True``, ``False`` or ``default``)."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--batched",
+        *aliases,
+        dest="batched",
+        action="store_const",
+        const=True,
+        default=default,
+        help=batched,
+    )
+    mode.add_argument(
+        "--separate",
+        dest="batched",
+        action="store_const",
+        const=False,
+        help=(
+            f"{separate}: numbers equal the batched ones to float tolerance, not bit for bit; a resumed run "
+            f"keeps the mode it started in"
+        ),
+    )
 
 
 def add_tune_command(sub: Any) -> None:
@@ -72,10 +105,14 @@ def add_tune_command(sub: Any) -> None:
         "overrides", nargs="*", help="key=value overrides (see TuneConfig), or resume=RUN_DIR"
     )
     tune.add_argument("--no-progress", action="store_true", help="no progress bars")
-    tune.add_argument(
-        "--batched",
-        action="store_true",
-        help="update the agents with one batched call per step (equal to the default to float tolerance)",
+    _add_mode_options(
+        tune,
+        default=None,
+        batched=(
+            "update the agents with one batched call per step (the default when the algorithm has a batched "
+            "class: BCQ, AWAC, CQL, TD3+BC with continuous actions)"
+        ),
+        separate="update the agents one after the other",
     )
     tune.set_defaults(func=_run_tune)
 
@@ -121,7 +158,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     bad = [item for item in args.overrides if "=" not in item]
     if bad:
         raise ConfigError(f"Overrides look like key=value; got {bad[0]!r}.")
-    check_positive_int("--lockstep-seeds", args.lockstep_seeds)
+    if args.lockstep_seeds is not None:
+        check_positive_int("--lockstep-seeds", args.lockstep_seeds)
     # the values stay text: expand_recipe hands them to parse_overrides, which checks and converts them
     extra = dict(item.split("=", 1) for item in args.overrides)
     only = [label.strip() for label in args.variants.split(",")] if args.variants else None
@@ -202,23 +240,28 @@ def add_sweep_command(sub: Any) -> None:
         default=None,
         help="comma-separated labels: run only these variants now (the same runs as in the whole preset)",
     )
-    sweep.add_argument(
-        "--batched",
-        "--batch-seeds",
-        dest="batched",
-        action="store_true",
-        help=(
-            "train the seeds of a grid cell in one process, one batched update of all their agents per step; "
-            "same run folders, resumable per run; numbers equal separate runs' to float tolerance"
+    _add_mode_options(
+        sweep,
+        default=True,
+        batched=(
+            "(the default) train the seeds and strategies of a grid cell in one process, one batched update of "
+            "all their agents per step; same run folders, resumable per run; a run's numbers are those of "
+            "`otc tune` of its config"
         ),
+        separate=(
+            "every run on its own, its agents updated one after the other (the mode of the sweeps before "
+            "lockstep became the default)"
+        ),
+        aliases=("--batch-seeds",),
     )
     sweep.add_argument(
         "--lockstep-seeds",
         type=int,
-        default=LOCKSTEP_SEEDS,
+        default=None,
         help=(
-            f"with --batched: the most seeds one process trains in lockstep (consecutive seeds; groups of "
-            f"different seeds run in parallel workers; default {LOCKSTEP_SEEDS})"
+            f"the most seeds one process trains in lockstep (consecutive seeds, every strategy of them; groups "
+            f"of different seeds run in parallel workers); default: each grid cell cut to keep every worker "
+            f"busy, at most {LOCKSTEP_SEEDS} seeds"
         ),
     )
     sweep.add_argument("--dry-run", action="store_true", help="list the run folders and stop")

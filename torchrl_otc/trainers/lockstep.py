@@ -1,7 +1,8 @@
-"""Several runs (the seeds of a grid cell) trained in one process, their updates batched: lockstep tuning.
+"""Several runs (the seeds and strategies of a grid cell) trained in one process, their updates batched: lockstep
+tuning.
 
 :class:`LockstepTuners` drives N :class:`~torchrl_otc.trainers.tuning.OnlineTuner` s whose configs differ in the
-seed (and the run folder). Each tuner's loop is a generator that asks for one update of its agents at a time
+seed, the sampling strategy and the run folder. Each tuner's loop is a generator that asks for one update of its agents at a time
 (:class:`~torchrl_otc.trainers.tuning.UpdateRequest`); everything else it does itself, one tuner after the other:
 building its agents, loading the offline cache, collecting its deployments on its own environment, evaluating,
 logging its ``metrics.csv``, writing its checkpoints and its ``DONE`` marker, at the same points as alone. The
@@ -10,7 +11,13 @@ with one batched update of all their agents (:class:`~torchrl_otc.trainers.batch
 still samples with its own sampler, generator and random stream, has its own parameters and Adam moments, and
 trains its sampler's learned parts (d_e's CVAE, Balanced Replay's density-ratio network) on its own batch.
 Tuners at different points (a group resumed from checkpoints written at different stages, a tuner whose offline
-agents were cached) are answered smallest point first, so the ones behind catch up and join the others.
+agents were cached) are answered smallest point first, so the ones behind catch up and join the others. Tuners that
+share their offline agents (the strategies of a seed: one offline cache) train them once: the first trains them
+(batched with the other seeds' first tuners), the others start when they are cached and load them, as separate
+runs of a sweep do one after the other.
+
+``otc tune`` and ``otc sweep`` run this way by default (:func:`lockstep_mode`); :meth:`OnlineTuner.run
+<torchrl_otc.trainers.tuning.OnlineTuner.run>` and ``--separate`` update the agents one after the other.
 
 Numbers: a batched update computes the same losses as the separate ones in another order of floating-point
 operations (stacked ``bmm`` instead of one matmul per learner), so metrics equal those of separate runs to float
@@ -30,6 +37,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,9 +45,10 @@ import torch
 
 from torchrl_otc.trainers.batched import BATCHED_ALGORITHMS, BatchedLearners
 from torchrl_otc.trainers.learner import AgentLearner, RowLabels
+from torchrl_otc.trainers.run import RunFolder
 from torchrl_otc.trainers.tuning import OnlineTuner, Steps, UpdateRequest
 
-__all__ = ["LockstepError", "LockstepTuners", "batchable"]
+__all__ = ["LockstepError", "LockstepTuners", "batchable", "lockstep_mode", "started_batched"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +97,10 @@ class LockstepError(RuntimeError):
         self.results = results
         self.errors = errors
 
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        # rebuilt from its attributes (its args hold only the message): a sweep's worker process sends it back
+        return type(self), (self.results, self.errors)
+
 
 class _Group(BatchedLearners):
     """:class:`BatchedLearners` whose :meth:`step` returns each learner's metrics as :meth:`AgentLearner.update`
@@ -97,7 +110,7 @@ class _Group(BatchedLearners):
         self, *, train_sampler: bool, labels: Sequence[RowLabels | None]
     ) -> list[dict[str, float]]:
         start = time.perf_counter()
-        batches, stacked, noise, sample_ms = self._draw("Run them separately (without --batched).")
+        batches, stacked, noise, sample_ms = self._draw("Run them separately (--separate).")
         out = self.batched.update(stacked, noise)
         losses = {k: v.tolist() for k, v in out.items() if k.startswith("loss")}
         parts = []
@@ -152,6 +165,65 @@ class _Slot:
     rng: dict[str, Any] = field(default_factory=dict)
 
 
+def started_batched(folder: RunFolder | str | Path) -> bool | None:
+    """How the run a folder holds was started: ``True`` batched (``meta.json`` records ``"batched"``), ``False``
+    separately, ``None`` when the folder holds no run yet (or its ``meta.json`` cannot be read). A resumed run
+    keeps the mode it started in, so that its numbers come from one mode.
+
+    Examples:
+        >>> import tempfile
+        >>> started_batched(tempfile.mkdtemp()) is None
+        True
+    """
+    folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
+    meta = folder.path / "meta.json"
+    if not folder.holds_run() or not meta.exists():
+        return None
+    try:
+        return "batched" in json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def lockstep_mode(tuner: OnlineTuner, batched: bool | None = None) -> bool:
+    """Whether a run trains batched (its agents' updates in one :class:`LockstepTuners`), as ``otc tune`` and
+    ``otc sweep`` decide it.
+
+    A resumed run keeps the mode it started in (:func:`started_batched`; logged when ``batched`` asks for the
+    other), so that its numbers come from one mode. A new run follows ``batched``; ``None`` (the default of
+    ``otc tune``) trains it batched when its algorithm has a batched class (:func:`batchable`), else agent by
+    agent.
+
+    Args:
+        tuner: the run.
+        batched: ``True`` batched, ``False`` agent by agent (:meth:`OnlineTuner.run
+            <torchrl_otc.trainers.tuning.OnlineTuner.run>`), ``None`` batched when it can be.
+
+    Examples:
+        >>> from torchrl_otc.configs.tune import parse_overrides
+        >>> import tempfile; root = tempfile.mkdtemp()
+        >>> cfg = parse_overrides(["task=nav/nonstationary", f"runs_root={root}"])
+        >>> lockstep_mode(OnlineTuner(cfg, progress=False)), lockstep_mode(OnlineTuner(cfg), False)
+        (True, False)
+    """
+    started = started_batched(tuner.folder)
+    if started is not None:
+        if batched is not None and batched != started:
+            logger.info(
+                "%s resumes %s, the mode it started in.",
+                tuner.folder.path,
+                "batched" if started else "agent by agent",
+            )
+        return started
+    return batchable(tuner) is None if batched is None else batched
+
+
+def _trains_offline(slot: _Slot) -> bool:
+    """Whether the slot's run is still training its offline agents (past that phase, they are cached; a run that
+    failed or finished trains nothing)."""
+    return slot.request is not None and slot.request.phase == "offline"
+
+
 @contextlib.contextmanager
 def _own_random_state(slot: _Slot):
     """Runs the block with the process-wide random states (torch, NumPy, ``random``) the slot's loop left, as
@@ -195,6 +267,10 @@ class LockstepTuners:
     :class:`LockstepError` names it. An interruption (``KeyboardInterrupt``) stops every tuner, as it would stop
     one process.
 
+    Tuners that share an offline cache (the strategies of one seed: the same offline key) train
+    their offline agents once: the first of them in ``tuners`` trains, the others wait until the cache is written
+    (or until the first failed) and load it.
+
     Args:
         tuners: tuners of one algorithm with a batched class (:data:`~torchrl_otc.trainers.batched.
             BATCHED_ALGORITHMS`), identical algorithm configs, sizes and device, each with its own run folder; a
@@ -226,7 +302,7 @@ class LockstepTuners:
             why = batchable(tuner)
             if why is not None:
                 raise ValueError(
-                    f"{tuner.folder.path} cannot run in lockstep: {why}; run it without --batched."
+                    f"{tuner.folder.path} cannot run in lockstep: {why}; run it with --separate."
                 )
         algos = sorted({t.config.algorithm.name for t in self.tuners})
         if len(algos) > 1:
@@ -261,12 +337,26 @@ class LockstepTuners:
         with contextlib.ExitStack() as stack:
             for slot in slots:
                 stack.enter_context(slot.tuner.folder.lock())
+            # runs that share their offline agents (the strategies of a seed): the first trains them, the others
+            # start once they are cached, and load them
+            first: dict[Path, _Slot] = {}
+            waiting: list[tuple[_Slot, _Slot]] = []
             for slot in slots:
                 self._warn_mixed_mode(slot.tuner)
-                slot.steps = slot.tuner._steps()
-                self._advance(slot, None)
+                cache = slot.tuner._offline_cache()
+                if cache in first and not (cache / "COMPLETE").exists():
+                    waiting.append((slot, first[cache]))
+                    continue
+                first.setdefault(cache, slot)
+                self._start(slot)
             try:
-                while pending := [s for s in slots if s.request is not None]:
+                while True:
+                    for pair in [p for p in waiting if not _trains_offline(p[1])]:
+                        waiting.remove(pair)
+                        self._start(pair[0])
+                    pending = [s for s in slots if s.request is not None]
+                    if not pending:
+                        break
                     key = min(s.request.key for s in pending)  # type: ignore[union-attr]
                     members = [s for s in pending if s.request.key == key]  # type: ignore[union-attr]
                     answers = self._update(slots, members)
@@ -285,6 +375,11 @@ class LockstepTuners:
             raise LockstepError(results, errors)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 
+    def _start(self, slot: _Slot) -> None:
+        """Starts (or resumes) the slot's loop, up to its first request."""
+        slot.steps = slot.tuner._steps()
+        self._advance(slot, None)
+
     def _advance(self, slot: _Slot, answer: list[dict[str, float]] | None) -> None:
         """Runs the slot's loop, with its own process-wide random states, up to its next request or its end."""
         assert slot.steps is not None
@@ -295,7 +390,8 @@ class LockstepTuners:
                 slot.request, slot.summary = None, stop.value
             except Exception as err:  # this run fails alone; the group goes on
                 slot.request, slot.error = None, err
-                logger.error("lockstep: %s failed: %s", slot.tuner.folder.path, err)
+                if len(self.tuners) > 1:  # one run raises its own error, which says it
+                    logger.error("lockstep: %s failed: %s", slot.tuner.folder.path, err)
 
     def _update(self, slots: list[_Slot], members: list[_Slot]) -> list[list[dict[str, float]]]:
         """One batched update of every agent of ``members``; their metrics, split by tuner."""
@@ -339,16 +435,9 @@ class LockstepTuners:
     @staticmethod
     def _warn_mixed_mode(tuner: OnlineTuner) -> None:
         """A run started separately and resumed in lockstep: its numbers mix both (logged)."""
-        meta = tuner.folder.path / "meta.json"
-        if not tuner.folder.holds_run() or not meta.exists():
-            return
-        try:
-            batched = "batched" in json.loads(meta.read_text())
-        except (OSError, ValueError):
-            return
-        if not batched:
+        if started_batched(tuner.folder) is False:
             logger.warning(
-                "%s was started without --batched and resumes batched: its numbers mix both modes (equal to "
-                "float tolerance).",
+                "%s was started separately and resumes batched: its numbers mix both modes (equal to float "
+                "tolerance).",
                 tuner.folder.path,
             )

@@ -26,10 +26,12 @@ ray``), and skips runs whose folder is finished (a ``DONE`` marker written by
 interrupted midway is resumed from its checkpoint. Runs that share a cached dataset (and so its offline-trained
 agents) always run in the same worker, one after the other, so that the cache is built once.
 
-With ``batched=True`` (``otc sweep --batched``) the runs whose configs differ only in the seed (the seeds of a grid
-cell) train in one process in lockstep (:class:`~torchrl_otc.trainers.lockstep.LockstepTuners`): one batched update
-of all their agents per step, each run still writing its own folder, metrics and checkpoints and resuming on its
-own. Opt-in: batched numbers equal the separate runs' to float tolerance, not bit for bit.
+By default (``batched=True``) the runs whose configs differ only in the seed and the sampling strategy (the seeds
+and strategies of a grid cell) train in one process in lockstep (:class:`~torchrl_otc.trainers.lockstep.
+LockstepTuners`): each seed's offline agents trained once, then one batched update of all their agents per step,
+each run still writing its own folder, metrics and checkpoints and resuming on its own. ``batched=False``
+(``otc sweep --separate``) runs each run on its own, its agents one after the other: numbers equal to float
+tolerance, not bit for bit.
 """
 
 from __future__ import annotations
@@ -56,7 +58,12 @@ from tqdm.auto import tqdm
 from torchrl_otc.configs.overrides import ConfigError, read_yaml, to_dotted, unknown_keys
 from torchrl_otc.configs.tune import TuneConfig
 from torchrl_otc.modules.transition_distance import check_positive_int
-from torchrl_otc.trainers.lockstep import LockstepError, LockstepTuners, batchable
+from torchrl_otc.trainers.lockstep import (
+    LockstepError,
+    LockstepTuners,
+    batchable,
+    lockstep_mode,
+)
 from torchrl_otc.trainers.matched_mix import matched_option
 from torchrl_otc.trainers.run import RunFolder
 from torchrl_otc.trainers.tuning import OnlineTuner
@@ -447,70 +454,91 @@ def _prepare(config: dict[str, Any], progress: bool) -> OnlineTuner | dict[str, 
     return OnlineTuner(cfg, progress=progress)
 
 
-def _run_one(config: dict[str, Any], progress: bool) -> dict[str, Any]:
-    tuner = _prepare(config, progress)
-    if isinstance(tuner, dict):
-        return tuner
-    summary = tuner.run()
-    logger.info("sweep: %s (ran)", tuner.folder.path)
-    return {**summary, "skipped": False}
-
-
 def _run_unit(configs: list[dict[str, Any]], progress: bool, batched: bool) -> list[dict[str, Any]]:
     """Runs one unit of a sweep: a single run, or (``batched``) a lockstep group; their summaries, in order.
+
+    A run resumed from its folder keeps the mode it started in
+    (:func:`~torchrl_otc.trainers.lockstep.lockstep_mode`), so that its numbers come from one mode: started
+    separately, it resumes separately; started batched, it resumes batched, alone if its unit is not batched (the
+    same numbers: a learner's numbers do not depend on the other learners of its group). A run whose algorithm has
+    no batched class runs separately.
 
     Raises:
         LockstepError: some runs of the group failed (the others finished; the error names the failed ones).
     """
-    if not batched:
-        return [_run_one(config, progress) for config in configs]
     prepared = [_prepare(config, progress) for config in configs]
-    tuners = [t for t in prepared if isinstance(t, OnlineTuner)]
-    summaries = iter(LockstepTuners(tuners).run() if tuners else [])
+    together, alone = [], []
+    for item in prepared:
+        if not isinstance(item, dict):
+            (together if lockstep_mode(item, None if batched else False) else alone).append(item)
+    summaries = {id(tuner): tuner.run() for tuner in alone}
+    if together:
+        summaries.update(zip(map(id, together), LockstepTuners(together).run()))
     out = []
     for item in prepared:
         if isinstance(item, dict):
             out.append(item)
+            continue
+        out.append({**summaries[id(item)], "skipped": False})
+        if item in together:
+            logger.info("sweep: %s (ran, batched with %d runs)", item.folder.path, len(together))
         else:
-            out.append({**next(summaries), "skipped": False})
-            logger.info("sweep: %s (ran, batched with %d runs)", item.folder.path, len(tuners))
+            logger.info("sweep: %s (ran)", item.folder.path)
     return out
 
 
 def _lockstep_key(config: Mapping[str, Any]) -> str:
-    """Runs that may train in lockstep share a key: the same config but the seed (and the run folder; a matched
-    mix's pair follows the seed)."""
+    """Runs that may train in lockstep share a key: the same config but the seed, the run folder and the sampling
+    strategy (the ``sampler`` part: the strategies of a seed share their offline-trained agents, which the group
+    trains once). The runs that read their OTC pair's metrics (matched mixes, matched decomposed OTC) have keys of
+    their own, so that they run after their pairs' group, in a group of matched runs."""
     rest = json.loads(json.dumps(config, default=str))
-    for section, name in (("run", "seed"), ("run", "run_name"), ("sampler", "mix_pair")):
+    for section, name in (("run", "seed"), ("run", "run_name")):
         rest[section].pop(name, None)
+    rest.pop("sampler")
+    rest["reads its pair"] = _is_matched(config)
     return json.dumps(rest, sort_keys=True)
 
 
-#: Seeds per lockstep group (``otc sweep --batched --lockstep-seeds``): a grid cell's seeds are cut into groups of
-#: this many consecutive seeds, whatever the number of workers.
+#: The most seeds of a lockstep group when ``otc sweep --lockstep-seeds`` is not given (the groups of a grid cell
+#: are then cut to keep every worker busy: :func:`lockstep_units`).
 LOCKSTEP_SEEDS = 4
 
 
 def lockstep_units(
-    payloads: list[dict[str, Any]], seeds_per_group: int = LOCKSTEP_SEEDS
+    payloads: list[dict[str, Any]], seeds_per_group: int | None = None, workers: int = 1
 ) -> list[list[int]]:
-    """The sweep's lockstep groups: indices of the runs (nested config dicts) whose configs differ only in the seed,
-    at most ``seeds_per_group`` consecutive seeds each (the seeds sorted; the same cut for every strategy of a grid
-    cell), ordered by their first run; a run whose algorithm has no batched class is a group of its own (logged).
+    """The sweep's lockstep groups: indices of the runs (nested config dicts) whose configs differ only in the seed
+    and the sampling strategy (:func:`_lockstep_key`; matched mixes are grouped apart, after their pairs), at most
+    ``seeds_per_group`` consecutive seeds each (the seeds sorted, every strategy of those seeds in the group),
+    ordered by their first run; a run whose algorithm has no batched class is a group of its own (logged).
 
-    The runs of one seed share a dataset, so they run in one worker's queue: the cut gives a sweep with several
-    workers a queue per group of seeds, where one group per strategy would put a whole grid cell into one queue.
-    The numbers depend on neither the cut nor the number of workers: a learner's numbers do not depend on the
-    other learners of its group (:mod:`~torchrl_otc.trainers.lockstep`).
+    A group trains each seed's offline agents once, for all its strategies
+    (:class:`~torchrl_otc.trainers.lockstep.LockstepTuners`), then tunes every strategy of every seed in one
+    batched update. The runs of one seed share a dataset, so they run in one worker's queue: the cut gives a sweep
+    with several workers a queue per group of seeds, where one group per grid cell would be one queue. Without
+    ``seeds_per_group``, a cell of ``n`` seeds is cut into groups of ``min(LOCKSTEP_SEEDS, ceil(n / workers))``
+    seeds, so that the cell alone keeps every worker busy. The numbers depend on neither the cut nor the number of
+    workers: a learner's numbers do not depend on the other learners of its group
+    (:mod:`~torchrl_otc.trainers.lockstep`).
+
+    Args:
+        payloads: the sweep's runs, as nested config dicts.
+        seeds_per_group: the most seeds of a group; ``None`` cuts by ``workers`` as above.
+        workers: the processes that will run the groups side by side.
 
     Examples:
         >>> configs = [TuneConfig(seed=s, strategy=x).to_dict() for x in ("otc", "uniform") for s in (0, 1, 2, 3)]
         >>> lockstep_units(configs)
-        [[0, 1, 2, 3], [4, 5, 6, 7]]
-        >>> lockstep_units(configs, seeds_per_group=2)
-        [[0, 1], [2, 3], [4, 5], [6, 7]]
+        [[0, 1, 2, 3, 4, 5, 6, 7]]
+        >>> lockstep_units(configs, workers=2)
+        [[0, 1, 4, 5], [2, 3, 6, 7]]
+        >>> lockstep_units(configs, seeds_per_group=1)
+        [[0, 4], [1, 5], [2, 6], [3, 7]]
     """
-    check_positive_int("seeds_per_group", seeds_per_group)
+    if seeds_per_group is not None:
+        check_positive_int("seeds_per_group", seeds_per_group)
+    check_positive_int("workers", workers)
     units: dict[str, list[int]] = {}
     for i, payload in enumerate(payloads):
         why = batchable(str(payload["algorithm"]["name"]))
@@ -520,9 +548,13 @@ def lockstep_units(
         else:
             key = _lockstep_key(payload)
         units.setdefault(key, []).append(i)
-    cut = [
-        chunk for unit in units.values() for chunk in _seed_groups(payloads, unit, seeds_per_group)
-    ]
+    cut = []
+    for unit in units.values():
+        size = seeds_per_group
+        if size is None:
+            seeds = len({int(payloads[i]["run"]["seed"]) for i in unit})
+            size = min(LOCKSTEP_SEEDS, -(-seeds // workers))
+        cut += _seed_groups(payloads, unit, size)
     return sorted(cut, key=lambda unit: unit[0])
 
 
@@ -689,8 +721,8 @@ def run_sweep(
     ray_address: str | None = None,
     ray_num_cpus: float = 1.0,
     ray_num_gpus: float = 0.0,
-    batched: bool = False,
-    lockstep_seeds: int = LOCKSTEP_SEEDS,
+    batched: bool = True,
+    lockstep_seeds: int | None = None,
 ) -> list[dict[str, Any]]:
     """Runs every config (skipping finished runs, resuming interrupted ones); returns their summaries.
 
@@ -707,15 +739,21 @@ def run_sweep(
         ray_address: address of a running Ray cluster (``None``: ``ray.init()`` decides).
         ray_num_cpus: CPUs reserved per run on Ray.
         ray_num_gpus: GPUs reserved per run on Ray (use with ``device=cuda``).
-        batched: train the runs whose configs differ only in the seed (:func:`lockstep_units`) in one process, in
-            lockstep, with one batched update of all their agents per step
+        batched: (the default) train the runs whose configs differ only in the seed and the sampling strategy
+            (:func:`lockstep_units`) in one process, in lockstep (each seed's offline agents trained once), with one
+            batched update of all their agents per step
             (:class:`~torchrl_otc.trainers.lockstep.LockstepTuners`); each run keeps its folder, metrics,
-            checkpoints and resume. Numbers equal the separate runs' to float tolerance (not bit for bit); the
-            runs' ``meta.json`` records ``"batched"`` (with the runs of the group), and their offline agents are
-            cached apart. With Ray, one task per group (``ray_num_cpus``/``ray_num_gpus`` per group).
+            checkpoints and resume, and its numbers are those of ``otc tune`` of its config (bit for bit, on one
+            device). ``False`` runs every run on its own, its agents updated one after the other (``otc sweep
+            --separate``, :meth:`OnlineTuner.run <torchrl_otc.trainers.tuning.OnlineTuner.run>`): numbers equal
+            the batched ones to float tolerance, not bit for bit, so the two modes cache their offline agents
+            apart, ``meta.json`` records ``"batched"`` (with the runs of the group) for batched runs, and a resumed
+            run keeps the mode it started in. Runs whose algorithm has no batched class run on their own. With
+            Ray, one task per group (``ray_num_cpus``/``ray_num_gpus`` per group).
         lockstep_seeds: with ``batched``, the most seeds one group trains (:func:`lockstep_units`: consecutive
-            seeds, whatever ``workers`` is; the groups of different seeds run in parallel workers; the numbers do
-            not depend on the cut). Defaults to :data:`LOCKSTEP_SEEDS`.
+            seeds; the groups of different seeds run in parallel workers; the numbers do not depend on the cut).
+            ``None`` (the default) cuts each grid cell's seeds so that it keeps all ``workers`` busy, at most
+            :data:`LOCKSTEP_SEEDS` seeds per group.
 
     Returns:
         One ``{"run_dir", "skipped", "returns"?}`` per config, in order.
@@ -759,7 +797,9 @@ def run_sweep(
     # a unit runs in one process: a single run, or a lockstep group (a group starts at its first run's place,
     # so a matched mix's group follows its pairs' group)
     units = (
-        lockstep_units(payloads, lockstep_seeds) if batched else [[i] for i in range(len(payloads))]
+        lockstep_units(payloads, lockstep_seeds, workers)
+        if batched
+        else [[i] for i in range(len(payloads))]
     )
     if backend == "local" and workers > 1:
         return _in_order(order, _run_local_parallel(payloads, workers, progress, units, batched))

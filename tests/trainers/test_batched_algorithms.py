@@ -303,6 +303,23 @@ def test_stacked_adam_takes_each_learners_own_adam_steps_bit_for_bit(hyperparame
             assert torch.equal(opts[i].state[p]["exp_avg_sq"], opt.state[q]["exp_avg_sq"][i])
 
 
+@pytest.mark.parametrize("rows", [32, 256])
+@pytest.mark.parametrize(("fan_in", "fan_out"), [(1, 64), (26, 1), (26, 64), (256, 256)])
+def test_stacked_linear_gives_one_layer_the_same_bits_alone_and_stacked(rows, fan_in, fan_out):
+    """A layer alone (``E = 1``) and the first of three: the same output and gradients, bit for bit (one output
+    or one input column took another BLAS path alone)."""
+    g = torch.Generator().manual_seed(rows + fan_in + fan_out)
+    x, w = torch.randn(3, rows, fan_in, generator=g), torch.randn(3, fan_out, fan_in, generator=g)
+    b, grad = torch.randn(3, fan_out, generator=g), torch.randn(3, rows, fan_out, generator=g)
+    results = []
+    for n in (1, 3):
+        xs, ws, bs = (t[:n].clone().requires_grad_() for t in (x, w, b))
+        out = stacked_linear(xs, ws, bs)
+        out.backward(grad[:n])
+        results.append([t[0] for t in (out, xs.grad, ws.grad, bs.grad)])
+    assert all(torch.equal(a, c) for a, c in zip(*results))
+
+
 def test_stacked_linear_equals_linear_layers_with_their_gradients():
     g = torch.Generator().manual_seed(0)
     layers = [torch.nn.Linear(4, 3) for _ in range(N)]

@@ -24,8 +24,8 @@ operations (stacked ``bmm`` instead of one matmul per learner), so metrics equal
 tolerance, not bit for bit; training amplifies the differences over many updates as any change of rounding does.
 Batched runs therefore keep their own offline cache (the key ends in ``-batched``) and record ``"batched"`` in
 ``meta.json``. A learner's numbers do not depend on which other learners share its batch, for every batched
-algorithm (bit for bit on one device, tested): a run batched alone (``otc tune --batched``), in a sweep's group of
-any size, or catching up after a resume computes the same numbers.
+algorithm (bit for bit on one device at one intra-op thread, the sweeps' default; tested): a run batched alone
+(``otc tune``), in a sweep's group of any size, or catching up after a resume computes the same numbers.
 """
 
 from __future__ import annotations

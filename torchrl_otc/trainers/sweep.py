@@ -744,7 +744,7 @@ def run_sweep(
             batched update of all their agents per step
             (:class:`~torchrl_otc.trainers.lockstep.LockstepTuners`); each run keeps its folder, metrics,
             checkpoints and resume, and its numbers are those of ``otc tune`` of its config (bit for bit, on one
-            device). ``False`` runs every run on its own, its agents updated one after the other (``otc sweep
+            device, at one intra-op thread). ``False`` runs every run on its own, its agents updated one after the other (``otc sweep
             --separate``, :meth:`OnlineTuner.run <torchrl_otc.trainers.tuning.OnlineTuner.run>`): numbers equal
             the batched ones to float tolerance, not bit for bit, so the two modes cache their offline agents
             apart, ``meta.json`` records ``"batched"`` (with the runs of the group) for batched runs, and a resumed

@@ -160,9 +160,10 @@ class _StackedLinear(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight)
         # bmm, then the bias in place: one memory pass, and bmm runs faster than baddbmm with a broadcast bias
-        if x.shape[0] == 1:
-            # bmm of one matrix takes another BLAS path than bmm of several (for one output column, other bits):
-            # run it as two, so that a learner's numbers do not depend on how many learners share its group
+        if x.shape[0] == 1 and weight.shape[-2] == 1:
+            # bmm of one matrix with one output column takes another BLAS path than bmm of several (other bits;
+            # measured: no other shape differs): run it as two, so that a learner's numbers do not depend on how
+            # many learners share its group
             return torch.bmm(x.repeat(2, 1, 1), weight.repeat(2, 1, 1).mT)[:1].add(
                 bias.unsqueeze(-2)
             )
@@ -172,9 +173,15 @@ class _StackedLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad
+        grad_x = None
+        if need_x and x.shape[0] == 1 and weight.shape[-1] == 1:
+            # one matrix with one input column: the other BLAS path again (see forward), run as two
+            grad_x = torch.bmm(grad.repeat(2, 1, 1), weight.repeat(2, 1, 1))[:1]
+        elif need_x:
+            grad_x = torch.bmm(grad, weight)
         # grad^T x is [E, out, in] like the weight: autograd accumulates it without a transposing copy
         return (
-            torch.bmm(grad, weight) if need_x else None,
+            grad_x,
             torch.bmm(grad.mT, x) if need_weight else None,
             grad.sum(-2) if need_bias else None,
         )

@@ -1,7 +1,8 @@
 """Speed of OTCSampler.sample against uniform sampling (issue: sampler speed; paper Table 2 for context).
 
 Medians over repeats, all in one process. Sizes: 10^6 merged rows, 10^4 online rows, |B| = 512, |D| = 2000,
-batch 128, HalfCheetah-2x3-like features (17-d state, 3-d action per agent).
+batch 128, HalfCheetah-2x3-like features (17-d state, 3-d action per agent). The ``part:`` rows time pieces
+alone, among them what a packed, pre-standardised feature cache would replace (not built).
 
     python benchmarks/bench_sampler.py [--rows 1000000] [--repeats 200] [--device cpu] [--no-compile]
 
@@ -23,6 +24,7 @@ from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffe
 
 from torchrl_otc import FeatureDistance, MixSampler, OTCSampler
 from torchrl_otc.data.samplers import argmin_random_ties, rank_priorities
+from torchrl_otc.data.samplers._storage import gather
 from torchrl_otc.modules.transition_distance import _l1_min, pairwise_l1
 
 
@@ -131,6 +133,29 @@ def main() -> None:
         results[f"OTC rb.sample(128), {tag}"] = per_batch(merged.sample)
         results[f"OTC sampler.sample (indices only), {tag}"] = per_batch(
             lambda s=sampler, m=merged: s.sample(m.storage, 128)
+        )
+
+    # What a packed, pre-standardised feature cache (issue 14 item 3; not built) could save: the candidates' read
+    # and embedding as the sampler does them (k |B| = 2048 rows with score_every=4, 512 without), against one
+    # index_select from a [rows, 37] matrix of the same embeddings computed once.
+    keys = list(sampler.distance.in_keys)
+    packed = torch.cat(
+        sampler.distance.embed(gather(merged.storage, torch.arange(args.rows), keys)), -1
+    )
+    # Fresh random rows on every call (cold reads, as the sampler's), the draw included in both.
+    draw = torch.Generator(device=args.device).manual_seed(1)
+    for rows in (512, 2048):
+
+        def fresh(rows=rows):
+            return torch.randint(args.rows, (rows,), generator=draw, device=args.device)
+
+        results[f"  part: read + embed {rows} new candidates (the sampler's)"] = timeit(
+            lambda: sampler.distance.embed(gather(merged.storage, fresh(), keys)),
+            args.repeats,
+            args.device,
+        )
+        results[f"  part: index_select {rows} new rows of a packed [{args.rows}, 37] cache"] = (
+            timeit(lambda: packed.index_select(0, fresh()), args.repeats, args.device)
         )
 
     # Breakdown of the eager path.

@@ -140,7 +140,10 @@ def main() -> None:
     # index_select from a [rows, 37] matrix of the same embeddings computed once.
     keys = list(sampler.distance.in_keys)
     packed = torch.cat(
-        sampler.distance.embed(gather(merged.storage, torch.arange(args.rows), keys)), -1
+        sampler.distance.embed(
+            gather(merged.storage, torch.arange(args.rows, device=args.device), keys)
+        ),
+        -1,
     )
     # Fresh random rows on every call (cold reads, as the sampler's), the draw included in both.
     draw = torch.Generator(device=args.device).manual_seed(1)

@@ -157,7 +157,7 @@ def main() -> None:
             args.repeats,
             args.device,
         )
-        results[f"  part: index_select {rows} new rows of a packed [{args.rows}, 37] cache"] = (
+        results[f"  part: index_select {rows} new rows of a packed {list(packed.shape)} cache"] = (
             timeit(lambda: packed.index_select(0, fresh()), args.repeats, args.device)
         )
 

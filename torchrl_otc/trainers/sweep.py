@@ -548,19 +548,22 @@ def lockstep_units(
         else:
             key = _lockstep_key(payload)
         units.setdefault(key, []).append(i)
-    cut = []
-    for unit in units.values():
-        size = seeds_per_group
-        if size is None:
-            seeds = len({int(payloads[i]["run"]["seed"]) for i in unit})
-            size = min(LOCKSTEP_SEEDS, -(-seeds // workers))
-        cut += _seed_groups(payloads, unit, size)
+    cut = [
+        chunk
+        for unit in units.values()
+        for chunk in _seed_groups(payloads, unit, seeds_per_group, workers)
+    ]
     return sorted(cut, key=lambda unit: unit[0])
 
 
-def _seed_groups(payloads: list[dict[str, Any]], unit: list[int], size: int) -> list[list[int]]:
-    """``unit`` cut into groups of ``size`` consecutive seeds (sorted), each in its order in ``unit``."""
+def _seed_groups(
+    payloads: list[dict[str, Any]], unit: list[int], size: int | None, workers: int
+) -> list[list[int]]:
+    """``unit`` cut into groups of ``size`` consecutive seeds (sorted), each in its order in ``unit``; ``None``:
+    ``min(LOCKSTEP_SEEDS, ceil(seeds / workers))``."""
     seeds = sorted({int(payloads[i]["run"]["seed"]) for i in unit})
+    if size is None:
+        size = min(LOCKSTEP_SEEDS, -(-len(seeds) // workers))
     group_of = {seed: k // size for k, seed in enumerate(seeds)}
     groups: dict[int, list[int]] = {}
     for i in unit:

@@ -120,11 +120,7 @@ def clip_per_learner(params: Sequence[Tensor], max_norm: float | None) -> None:
     n = grads[0].shape[0]
     # the squared norms summed one tensor after the other: a reduction over a stacked [P, n] tensor takes another
     # order of additions when n is 1, and a learner's numbers must not depend on the size of its group
-    squares = [g.reshape(n, -1).pow(2).sum(1) for g in grads]
-    total = squares[0]
-    for square in squares[1:]:
-        total = total + square
-    norms = total.sqrt()
+    norms = sum(g.reshape(n, -1).pow(2).sum(1) for g in grads).sqrt()
     coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
@@ -152,6 +148,17 @@ def stacked_adam(params: Sequence[nn.Parameter], **hyperparameters: Any) -> torc
     return torch.optim.Adam(params, foreach=True, **hyperparameters)
 
 
+def _group_bmm(a: Tensor, b: Tensor, transpose: bool = False) -> Tensor:
+    """``bmm(a, b)`` (``b`` transposed with ``transpose``) with the same bits for a stack of one matrix as for
+    that matrix in a stack of several: a single product with one result column takes another BLAS path (other bits;
+    measured over a grid of shapes, no other product differs), so it runs as two, the copy's result dropped.
+    ``b`` is repeated before it is transposed: a repeated transposed view would be laid out otherwise, which changes
+    the bits too."""
+    if a.shape[0] == 1 and b.shape[-2 if transpose else -1] == 1:
+        return _group_bmm(a.repeat(2, 1, 1), b.repeat(2, 1, 1), transpose)[:1].clone()
+    return torch.bmm(a, b.mT if transpose else b)
+
+
 class _StackedLinear(torch.autograd.Function):
     """``x @ weight^T + bias`` of ``E`` stacked layers, its gradients computed in the parameters' own layout."""
 
@@ -160,28 +167,15 @@ class _StackedLinear(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight)
         # bmm, then the bias in place: one memory pass, and bmm runs faster than baddbmm with a broadcast bias
-        if x.shape[0] == 1 and weight.shape[-2] == 1:
-            # bmm of one matrix with one output column takes another BLAS path than bmm of several (other bits;
-            # measured: no other shape differs): run it as two, so that a learner's numbers do not depend on how
-            # many learners share its group
-            return torch.bmm(x.repeat(2, 1, 1), weight.repeat(2, 1, 1).mT)[:1].add(
-                bias.unsqueeze(-2)
-            )
-        return torch.bmm(x, weight.mT).add_(bias.unsqueeze(-2))
+        return _group_bmm(x, weight, transpose=True).add_(bias.unsqueeze(-2))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad
-        grad_x = None
-        if need_x and x.shape[0] == 1 and weight.shape[-1] == 1:
-            # one matrix with one input column: the other BLAS path again (see forward), run as two
-            grad_x = torch.bmm(grad.repeat(2, 1, 1), weight.repeat(2, 1, 1))[:1]
-        elif need_x:
-            grad_x = torch.bmm(grad, weight)
         # grad^T x is [E, out, in] like the weight: autograd accumulates it without a transposing copy
         return (
-            grad_x,
+            _group_bmm(grad, weight) if need_x else None,
             torch.bmm(grad.mT, x) if need_weight else None,
             grad.sum(-2) if need_bias else None,
         )
